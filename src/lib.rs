@@ -1,0 +1,1 @@
+//! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.

@@ -1,0 +1,22 @@
+//! The `minarc` command line: a thin layer over the library's domain modules.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "minarc",
+    version,
+    about = "Mechanistic interpretability workbench for Qwen2 models on ARC-style puzzles"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {}
+}
