@@ -1,6 +1,7 @@
 //! The `minarc` command line: a thin layer over the library's domain modules.
 
 use clap::{Parser, Subcommand};
+use minarc::script::cli as script_cli;
 
 #[derive(Parser)]
 #[command(
@@ -14,9 +15,24 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Run a Rhai script (`minarc run FILE -- args`); errors print file:line:col.
+    Run(script_cli::RunArgs),
+    /// Run a script and re-run it on every save, keeping models and caches loaded.
+    Watch(script_cli::WatchArgs),
+    /// Interactive Rhai shell with the model kept loaded.
+    Repl,
+    /// List every script function with its signature and doc (`--markdown` for README tables).
+    HelpFunctions(script_cli::HelpFunctionsArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    let code = match cli.command {
+        Command::Run(a) => script_cli::run(a)?,
+        Command::Watch(a) => script_cli::watch(a)?,
+        Command::Repl => script_cli::repl()?,
+        Command::HelpFunctions(a) => script_cli::help_functions(a)?,
+    };
+    std::process::exit(code);
 }
