@@ -69,7 +69,10 @@ pub fn watch(args: WatchArgs) -> Result<i32> {
     let stop_flag = host.state().interrupt_handle();
     let mut w = Watcher::new(host, &args.file);
     report(1, w.run_once().map(|_| ()));
-    eprintln!("watching {} (Ctrl-C while idle to quit)", args.file.display());
+    eprintln!(
+        "watching {} (Ctrl-C while idle to quit)",
+        args.file.display()
+    );
     // While idle, the interrupt flag means "quit"; during a run it only stops the run
     // (run_once clears it afterwards).
     w.event_loop(&stop_flag, |ev| {

@@ -87,7 +87,11 @@ impl Docs {
             .fns
             .iter()
             .map(|f| f.name.trim_start_matches('.').to_string())
-            .filter(|n| n.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_'))
+            .filter(|n| {
+                n.chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphabetic() || c == '_')
+            })
             .collect();
         names.sort();
         names.dedup();
@@ -196,7 +200,8 @@ impl<'a> Registrar<'a> {
         f: impl Fn(&mut T) -> R + Send + Sync + 'static,
     ) -> &mut Self {
         self.engine.register_get(name, move |t: &mut T| f(t));
-        self.docs.add_fn(self.domain, &format!(".{name}"), signature, doc);
+        self.docs
+            .add_fn(self.domain, &format!(".{name}"), signature, doc);
         self
     }
 
@@ -211,7 +216,8 @@ impl<'a> Registrar<'a> {
         doc: &str,
         f: impl Fn(&mut T, I) -> Result<R, Box<EvalAltResult>> + Send + Sync + 'static,
     ) -> &mut Self {
-        self.engine.register_indexer_get(move |t: &mut T, i: I| f(t, i));
+        self.engine
+            .register_indexer_get(move |t: &mut T, i: I| f(t, i));
         self.docs.add_fn(self.domain, "[]", signature, doc);
         self
     }

@@ -17,9 +17,20 @@ pub enum ErrorKind {
     Io,
 }
 
-/// A located script error, ready to print.
+/// A located script error, ready to print (boxed details; fields are reached through `Deref`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScriptError {
+pub struct ScriptError(Box<ErrorDetails>);
+
+impl std::ops::Deref for ScriptError {
+    type Target = ErrorDetails;
+    fn deref(&self) -> &ErrorDetails {
+        &self.0
+    }
+}
+
+/// The parts of a [`ScriptError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorDetails {
     /// Parse, runtime, interrupted or I/O.
     pub kind: ErrorKind,
     /// Source name (usually the file path as given on the command line).
@@ -69,19 +80,35 @@ impl ScriptError {
             _ => ErrorKind::Runtime,
         };
         let (line, col) = line_col(cur.position());
-        Self::located(kind, source_name, source, line, col, bare_message(cur), call_stack)
+        Self::located(
+            kind,
+            source_name,
+            source,
+            line,
+            col,
+            bare_message(cur),
+            call_stack,
+        )
     }
 
     /// Build from a parse error.
     pub fn from_parse(source_name: &str, source: &str, err: &ParseError) -> Self {
         let (line, col) = line_col(err.position());
         let message = format!("syntax error: {}", err.err_type());
-        Self::located(ErrorKind::Parse, source_name, source, line, col, message, Vec::new())
+        Self::located(
+            ErrorKind::Parse,
+            source_name,
+            source,
+            line,
+            col,
+            message,
+            Vec::new(),
+        )
     }
 
     /// An error reading the script itself.
     pub fn io(source_name: &str, err: &std::io::Error) -> Self {
-        Self {
+        ScriptError(Box::new(ErrorDetails {
             kind: ErrorKind::Io,
             source_name: source_name.to_string(),
             line: None,
@@ -89,7 +116,7 @@ impl ScriptError {
             message: format!("cannot read script: {err}"),
             source_line: None,
             call_stack: Vec::new(),
-        }
+        }))
     }
 
     fn located(
@@ -104,7 +131,7 @@ impl ScriptError {
         let source_line = line
             .and_then(|l| source.lines().nth(l.saturating_sub(1)))
             .map(|s| s.to_string());
-        Self {
+        ScriptError(Box::new(ErrorDetails {
             kind,
             source_name: source_name.to_string(),
             line,
@@ -112,7 +139,7 @@ impl ScriptError {
             message,
             source_line,
             call_stack,
-        }
+        }))
     }
 
     /// `file:line:col` (or `file` when unknown).
@@ -184,6 +211,9 @@ mod tests {
         assert_eq!(e.call_stack.len(), 1);
         assert_eq!(e.call_stack[0].0, "f");
         assert_eq!(e.call_stack[0].1, Some(4));
-        assert!(e.to_string().contains("in call to function 'f' at s.rhai:4:1"));
+        assert!(
+            e.to_string()
+                .contains("in call to function 'f' at s.rhai:4:1")
+        );
     }
 }

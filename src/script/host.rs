@@ -155,7 +155,10 @@ impl HostState {
         let mut models = lock(&self.models);
         if let Some(m) = models.get(&key) {
             return m.clone().downcast::<T>().map_err(|_| {
-                anyhow::anyhow!("{} is already loaded as a different kind of object", key.display())
+                anyhow::anyhow!(
+                    "{} is already loaded as a different kind of object",
+                    key.display()
+                )
             });
         }
         let value = Arc::new(load(&key)?);
@@ -209,7 +212,11 @@ impl HostState {
     }
 
     /// A typed per-session slot (e.g. an activation cache) created on first use.
-    pub fn slot<T: Any + Send + Sync>(&self, key: &str, init: impl FnOnce() -> T) -> Result<Arc<T>> {
+    pub fn slot<T: Any + Send + Sync>(
+        &self,
+        key: &str,
+        init: impl FnOnce() -> T,
+    ) -> Result<Arc<T>> {
         let mut slots = lock(&self.slots);
         let entry = slots
             .entry(key.to_string())
@@ -291,7 +298,11 @@ impl Host {
     }
 
     /// Register more functions (another domain, or test helpers) with their docs.
-    pub fn register(&mut self, domain: &'static str, f: impl FnOnce(&mut Registrar, &Arc<HostState>)) {
+    pub fn register(
+        &mut self,
+        domain: &'static str,
+        f: impl FnOnce(&mut Registrar, &Arc<HostState>),
+    ) {
         let mut reg = Registrar::new(&mut self.engine, &mut self.docs, domain);
         f(&mut reg, &self.state);
     }
@@ -340,7 +351,10 @@ impl Host {
 
     /// Names of script-defined functions kept from earlier evaluations.
     pub fn script_fn_names(&self) -> Vec<String> {
-        self.fns.iter_functions().map(|f| f.name.to_string()).collect()
+        self.fns
+            .iter_functions()
+            .map(|f| f.name.to_string())
+            .collect()
     }
 
     /// Compile `src` against the persistent scope.
@@ -352,13 +366,24 @@ impl Host {
 
     /// Evaluate source text in the persistent scope. With `keep_fns`, functions defined by
     /// earlier evaluations are callable and the ones defined here are kept (REPL, `:load`).
-    pub fn eval_source(&mut self, name: &str, src: &str, keep_fns: bool) -> Result<Dynamic, ScriptError> {
+    pub fn eval_source(
+        &mut self,
+        name: &str,
+        src: &str,
+        keep_fns: bool,
+    ) -> Result<Dynamic, ScriptError> {
         let ast = self.compile(name, src)?;
         self.eval_ast(name, src, ast, keep_fns)
     }
 
     /// Evaluate a compiled script (see [`Host::eval_source`]).
-    pub fn eval_ast(&mut self, name: &str, src: &str, ast: AST, keep_fns: bool) -> Result<Dynamic, ScriptError> {
+    pub fn eval_ast(
+        &mut self,
+        name: &str,
+        src: &str,
+        ast: AST,
+        keep_fns: bool,
+    ) -> Result<Dynamic, ScriptError> {
         self.state.clear_interrupt();
         let ast = if keep_fns { self.fns.merge(&ast) } else { ast };
         let result = guarded_eval(&self.engine, &mut self.scope, &ast);
@@ -393,7 +418,11 @@ impl Host {
 
 /// Evaluate with panics caught (a panic in a native call becomes a script error, the host
 /// keeps its state).
-fn guarded_eval(engine: &Engine, scope: &mut Scope<'static>, ast: &AST) -> Result<Dynamic, Box<EvalAltResult>> {
+fn guarded_eval(
+    engine: &Engine,
+    scope: &mut Scope<'static>,
+    ast: &AST,
+) -> Result<Dynamic, Box<EvalAltResult>> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         engine.eval_ast_with_scope::<Dynamic>(scope, ast)
     }))

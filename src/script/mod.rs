@@ -14,6 +14,6 @@ pub mod runner;
 pub mod tensor;
 pub mod watch;
 
-pub use errors::{ErrorKind, ScriptError};
+pub use errors::{ErrorDetails, ErrorKind, ScriptError};
 pub use host::{Host, HostState, Output, SharedBuf};
 pub use tensor::Tensor;

@@ -38,9 +38,10 @@ impl ReplOutput {
     /// The text to show, if any.
     pub fn text(&self) -> Option<&str> {
         match self {
-            ReplOutput::Value(s) | ReplOutput::Info(s) | ReplOutput::Error(s) | ReplOutput::Interrupted(s) => {
-                Some(s)
-            }
+            ReplOutput::Value(s)
+            | ReplOutput::Info(s)
+            | ReplOutput::Error(s)
+            | ReplOutput::Interrupted(s) => Some(s),
             _ => None,
         }
     }
@@ -73,7 +74,11 @@ impl ReplCore {
 
     /// The prompt to show for the next line.
     pub fn prompt(&self) -> &'static str {
-        if self.is_continuing() { "   ...> " } else { "minarc> " }
+        if self.is_continuing() {
+            "   ...> "
+        } else {
+            "minarc> "
+        }
     }
 
     /// Drop a pending multi-line input (Ctrl-C at the prompt).
@@ -119,7 +124,9 @@ impl ReplCore {
             ":load" | ":l" => self.load(Path::new(arg)),
             ":reset" => {
                 self.host.reset();
-                ReplOutput::Info("script variables and functions dropped; models and host state kept".into())
+                ReplOutput::Info(
+                    "script variables and functions dropped; models and host state kept".into(),
+                )
             }
             ":quit" | ":q" | ":exit" => ReplOutput::Quit,
             _ => ReplOutput::Error(format!("unknown command {cmd} (try :help)")),
@@ -143,9 +150,13 @@ impl ReplCore {
     fn help_all(&self) -> String {
         let docs = self.host.docs();
         let mut out = String::from("Commands:\n");
-        out.push_str("  :help [name]   list every function, or show one function's signatures and docs\n");
+        out.push_str(
+            "  :help [name]   list every function, or show one function's signatures and docs\n",
+        );
         out.push_str("  :load FILE     run a script file in this session (its variables and functions stay)\n");
-        out.push_str("  :reset         drop script variables and functions, keep models and caches\n");
+        out.push_str(
+            "  :reset         drop script variables and functions, keep models and caches\n",
+        );
         out.push_str("  :quit          leave (also Ctrl-D)\n");
         out.push_str("Keys: Tab completes, Ctrl-C interrupts a running evaluation or clears the line.\n\nTypes:\n");
         for t in docs.types() {
@@ -216,7 +227,11 @@ pub fn completion_start(line: &str, pos: usize) -> usize {
 pub fn complete_with(words: &[String], line: &str, pos: usize) -> Vec<String> {
     let head = &line[..pos.min(line.len())];
     if head.starts_with(':') && !head.contains(' ') {
-        return COMMANDS.iter().filter(|c| c.starts_with(head)).map(|c| c.to_string()).collect();
+        return COMMANDS
+            .iter()
+            .filter(|c| c.starts_with(head))
+            .map(|c| c.to_string())
+            .collect();
     }
     if let Some(rest) = head.strip_prefix(":load ") {
         return complete_path(rest.trim_start());
@@ -226,7 +241,11 @@ pub fn complete_with(words: &[String], line: &str, pos: usize) -> Vec<String> {
     if prefix.is_empty() {
         return Vec::new();
     }
-    words.iter().filter(|w| w.starts_with(prefix)).cloned().collect()
+    words
+        .iter()
+        .filter(|w| w.starts_with(prefix))
+        .cloned()
+        .collect()
 }
 
 fn complete_path(prefix: &str) -> Vec<String> {
@@ -234,7 +253,11 @@ fn complete_path(prefix: &str) -> Vec<String> {
         Some(i) => (&prefix[..=i], &prefix[i + 1..]),
         None => ("", prefix),
     };
-    let read_dir = if dir.is_empty() { Path::new(".") } else { Path::new(dir) };
+    let read_dir = if dir.is_empty() {
+        Path::new(".")
+    } else {
+        Path::new(dir)
+    };
     let Ok(entries) = std::fs::read_dir(read_dir) else {
         return Vec::new();
     };
@@ -243,7 +266,8 @@ fn complete_path(prefix: &str) -> Vec<String> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let slash = if e.path().is_dir() { "/" } else { "" };
-            name.starts_with(stem).then(|| format!("{dir}{name}{slash}"))
+            name.starts_with(stem)
+                .then(|| format!("{dir}{name}{slash}"))
         })
         .collect();
     out.sort();
@@ -335,8 +359,16 @@ mod terminal {
 
     impl Completer for ReplHelper {
         type Candidate = String;
-        fn complete(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
-            Ok((super::completion_start(line, pos), complete_with(&self.words, line, pos)))
+        fn complete(
+            &self,
+            line: &str,
+            pos: usize,
+            _ctx: &Context<'_>,
+        ) -> rustyline::Result<(usize, Vec<String>)> {
+            Ok((
+                super::completion_start(line, pos),
+                complete_with(&self.words, line, pos),
+            ))
         }
     }
     impl Hinter for ReplHelper {

@@ -127,7 +127,10 @@ impl Tensor {
         let d = norm_dim(dim, self.ndim())?;
         let size = self.0.dims()[d];
         let (s, e) = (norm_bound(start, size)?, norm_bound(end, size)?);
-        ensure!(s <= e, "slice start {start} is after end {end} (dim size {size})");
+        ensure!(
+            s <= e,
+            "slice start {start} is after end {end} (dim size {size})"
+        );
         Ok(Tensor(self.0.narrow(d, s, e - s)?))
     }
 
@@ -388,7 +391,10 @@ impl Tensor {
                 small = small.contiguous()?.index_select(&idx, d)?;
             }
         }
-        let vals = small.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let vals = small
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
         let int = is_int_dtype(self.0.dtype());
         let mut out = String::new();
         let mut pos = 0;
@@ -447,9 +453,12 @@ fn flatten_into(v: &Dynamic, shape: &[usize], depth: usize, out: &mut Vec<f32>) 
         out.push(x);
         return Ok(());
     }
-    let arr = v
-        .read_lock::<Array>()
-        .ok_or_else(|| anyhow!("from_array(): ragged nesting (expected an array at depth {depth}, got {})", v.type_name()))?;
+    let arr = v.read_lock::<Array>().ok_or_else(|| {
+        anyhow!(
+            "from_array(): ragged nesting (expected an array at depth {depth}, got {})",
+            v.type_name()
+        )
+    })?;
     ensure!(
         arr.len() == shape[depth],
         "from_array(): ragged array (length {} at depth {depth}, expected {})",
@@ -509,7 +518,9 @@ fn fmt_nested(
 impl fmt::Display for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.preview() {
-            Ok(p) if self.ndim() >= 2 => write!(f, "Tensor{:?} {}\n{p}", self.shape(), self.dtype()),
+            Ok(p) if self.ndim() >= 2 => {
+                write!(f, "Tensor{:?} {}\n{p}", self.shape(), self.dtype())
+            }
             Ok(p) => write!(f, "Tensor{:?} {} {p}", self.shape(), self.dtype()),
             Err(e) => write!(f, "Tensor{:?} {} <{e}>", self.shape(), self.dtype()),
         }
@@ -548,11 +559,17 @@ mod tests {
     #[test]
     fn indexing_and_slicing_check_bounds() {
         let t = t23();
-        assert_eq!(t.index(-1).unwrap().0.to_vec1::<f32>().unwrap(), vec![-4., 5., -6.]);
+        assert_eq!(
+            t.index(-1).unwrap().0.to_vec1::<f32>().unwrap(),
+            vec![-4., 5., -6.]
+        );
         assert!(t.index(2).is_err());
         assert!(t.select(2, 0).is_err());
-        assert_eq!(t.slice(1, 1, -0 + 3).unwrap().shape(), vec![2, 2]);
-        assert_eq!(t.slice(1, -2, 3).unwrap().0.to_vec2::<f32>().unwrap(), vec![vec![-2., 3.], vec![5., -6.]]);
+        assert_eq!(t.slice(1, 1, 3).unwrap().shape(), vec![2, 2]);
+        assert_eq!(
+            t.slice(1, -2, 3).unwrap().0.to_vec2::<f32>().unwrap(),
+            vec![vec![-2., 3.], vec![5., -6.]]
+        );
         assert!(t.slice(1, 2, 1).is_err());
         assert!(t.slice(1, 0, 4).is_err());
     }

@@ -69,10 +69,17 @@ impl Watcher {
 
     /// Re-run on every change of the file until `stop` is set. `on_event` sees
     /// [`WatchEvent::Ready`] once the watcher is installed, then every run's result.
-    pub fn event_loop(&mut self, stop: &AtomicBool, mut on_event: impl FnMut(&WatchEvent)) -> Result<()> {
+    pub fn event_loop(
+        &mut self,
+        stop: &AtomicBool,
+        mut on_event: impl FnMut(&WatchEvent),
+    ) -> Result<()> {
         let abs = std::path::absolute(&self.path)
             .with_context(|| format!("cannot resolve {}", self.path.display()))?;
-        let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let dir = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
         let Some(file_name) = abs.file_name().map(|f| f.to_os_string()) else {
             bail!("{} is not a file path", self.path.display());
         };
@@ -90,8 +97,14 @@ impl Watcher {
         let relevant = |ev: &notify::Result<notify::Event>| match ev {
             Ok(ev) => {
                 matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_))
-                    && !matches!(ev.kind, EventKind::Modify(notify::event::ModifyKind::Metadata(_)))
-                    && ev.paths.iter().any(|p| p.file_name() == Some(file_name.as_os_str()))
+                    && !matches!(
+                        ev.kind,
+                        EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+                    )
+                    && ev
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name() == Some(file_name.as_os_str()))
             }
             Err(_) => false,
         };
@@ -103,7 +116,9 @@ impl Watcher {
                         match rx.recv_timeout(DEBOUNCE) {
                             Ok(_) => continue,
                             Err(mpsc::RecvTimeoutError::Timeout) => break,
-                            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("file watcher stopped"),
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                bail!("file watcher stopped")
+                            }
                         }
                     }
                     let result = self.run_once().map(|_| ());

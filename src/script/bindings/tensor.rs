@@ -19,9 +19,12 @@ fn tensors(what: &str, arr: &Array) -> anyhow::Result<Vec<Tensor>> {
     arr.iter()
         .enumerate()
         .map(|(k, v)| {
-            v.read_lock::<Tensor>()
-                .map(|t| t.clone())
-                .ok_or_else(|| anyhow::anyhow!("{what}: element {k} is a {}, expected a Tensor", v.type_name()))
+            v.read_lock::<Tensor>().map(|t| t.clone()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{what}: element {k} is a {}, expected a Tensor",
+                    v.type_name()
+                )
+            })
         })
         .collect()
 }
@@ -218,10 +221,30 @@ fn register_indexing(r: &mut Registrar) {
 fn register_reductions(r: &mut Registrar) {
     type Whole = fn(&Tensor) -> anyhow::Result<FLOAT>;
     let whole: [(&str, &str, &str, Whole); 4] = [
-        ("sum", "Sum of all elements.", "Sums along dim (removed from the shape).", Tensor::sum_all),
-        ("mean", "Mean of all elements.", "Means along dim (removed from the shape).", Tensor::mean_all),
-        ("max", "Largest element.", "Maxima along dim (removed from the shape).", Tensor::max_all),
-        ("min", "Smallest element.", "Minima along dim (removed from the shape).", Tensor::min_all),
+        (
+            "sum",
+            "Sum of all elements.",
+            "Sums along dim (removed from the shape).",
+            Tensor::sum_all,
+        ),
+        (
+            "mean",
+            "Mean of all elements.",
+            "Means along dim (removed from the shape).",
+            Tensor::mean_all,
+        ),
+        (
+            "max",
+            "Largest element.",
+            "Maxima along dim (removed from the shape).",
+            Tensor::max_all,
+        ),
+        (
+            "min",
+            "Smallest element.",
+            "Minima along dim (removed from the shape).",
+            Tensor::min_all,
+        ),
     ];
     for (name, doc, dim_doc, f) in whole {
         let sig = format!("{name}(t: Tensor) -> float");
@@ -253,29 +276,63 @@ fn register_reductions(r: &mut Registrar) {
 
 fn register_arithmetic(r: &mut Registrar) {
     let ops = [
-        ("+", BinOp::Add, "Elementwise sum (broadcasting); with a number, adds it to every element."),
-        ("-", BinOp::Sub, "Elementwise difference (broadcasting); with a number, subtracts elementwise."),
-        ("*", BinOp::Mul, "Elementwise product (broadcasting); with a number, scales."),
-        ("/", BinOp::Div, "Elementwise quotient (broadcasting); with a number, divides elementwise."),
+        (
+            "+",
+            BinOp::Add,
+            "Elementwise sum (broadcasting); with a number, adds it to every element.",
+        ),
+        (
+            "-",
+            BinOp::Sub,
+            "Elementwise difference (broadcasting); with a number, subtracts elementwise.",
+        ),
+        (
+            "*",
+            BinOp::Mul,
+            "Elementwise product (broadcasting); with a number, scales.",
+        ),
+        (
+            "/",
+            BinOp::Div,
+            "Elementwise quotient (broadcasting); with a number, divides elementwise.",
+        ),
     ];
     for (name, op, doc) in ops {
-        r.func(name, &format!("Tensor {name} Tensor -> Tensor"), doc, move |a: Tensor, b: Tensor| {
-            guard(name, || a.binary(op, &b))
-        });
-        r.func(name, &format!("Tensor {name} float -> Tensor"), doc, move |a: Tensor, s: FLOAT| {
-            guard(name, || a.scalar_op(op, s, false))
-        });
-        r.func(name, &format!("float {name} Tensor -> Tensor"), doc, move |s: FLOAT, a: Tensor| {
-            guard(name, || a.scalar_op(op, s, true))
-        });
-        r.func(name, &format!("Tensor {name} int -> Tensor"), doc, move |a: Tensor, s: INT| {
-            guard(name, || a.scalar_op(op, s as FLOAT, false))
-        });
-        r.func(name, &format!("int {name} Tensor -> Tensor"), doc, move |s: INT, a: Tensor| {
-            guard(name, || a.scalar_op(op, s as FLOAT, true))
-        });
+        r.func(
+            name,
+            &format!("Tensor {name} Tensor -> Tensor"),
+            doc,
+            move |a: Tensor, b: Tensor| guard(name, || a.binary(op, &b)),
+        );
+        r.func(
+            name,
+            &format!("Tensor {name} float -> Tensor"),
+            doc,
+            move |a: Tensor, s: FLOAT| guard(name, || a.scalar_op(op, s, false)),
+        );
+        r.func(
+            name,
+            &format!("float {name} Tensor -> Tensor"),
+            doc,
+            move |s: FLOAT, a: Tensor| guard(name, || a.scalar_op(op, s, true)),
+        );
+        r.func(
+            name,
+            &format!("Tensor {name} int -> Tensor"),
+            doc,
+            move |a: Tensor, s: INT| guard(name, || a.scalar_op(op, s as FLOAT, false)),
+        );
+        r.func(
+            name,
+            &format!("int {name} Tensor -> Tensor"),
+            doc,
+            move |s: INT, a: Tensor| guard(name, || a.scalar_op(op, s as FLOAT, true)),
+        );
     }
-    r.func("-", "-Tensor -> Tensor", "Elementwise negation.", |a: Tensor| -> RResult<Tensor> {
-        guard("-", || a.neg())
-    });
+    r.func(
+        "-",
+        "-Tensor -> Tensor",
+        "Elementwise negation.",
+        |a: Tensor| -> RResult<Tensor> { guard("-", || a.neg()) },
+    );
 }

@@ -149,15 +149,21 @@ pub fn mean_of(vals: &[Dynamic]) -> anyhow::Result<Dynamic> {
             .iter()
             .enumerate()
             .map(|(k, v)| {
-                v.read_lock::<Tensor>()
-                    .map(|t| t.clone())
-                    .ok_or_else(|| anyhow!("item {k} is a {}, expected a Tensor like item 0", v.type_name()))
+                v.read_lock::<Tensor>().map(|t| t.clone()).ok_or_else(|| {
+                    anyhow!(
+                        "item {k} is a {}, expected a Tensor like item 0",
+                        v.type_name()
+                    )
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         return Ok(Dynamic::from(Tensor::stack(&ts, 0)?.reduce_dim("mean", 0)?));
     }
     if first.is_map() {
-        let keys: Vec<_> = first.read_lock::<Map>().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let keys: Vec<_> = first
+            .read_lock::<Map>()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         let mut out = Map::new();
         for key in keys {
             let col = vals
@@ -169,7 +175,10 @@ pub fn mean_of(vals: &[Dynamic]) -> anyhow::Result<Dynamic> {
                         .ok_or_else(|| anyhow!("item {k} has no key {key}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            out.insert(key.clone(), mean_of(&col).map_err(|e| anyhow!("key {key}: {e}"))?);
+            out.insert(
+                key.clone(),
+                mean_of(&col).map_err(|e| anyhow!("key {key}: {e}"))?,
+            );
         }
         return Ok(Dynamic::from_map(out));
     }
@@ -191,5 +200,8 @@ pub fn mean_of(vals: &[Dynamic]) -> anyhow::Result<Dynamic> {
         }
         return Ok(Dynamic::from_array(out));
     }
-    Err(anyhow!("cannot average values of type {}", first.type_name()))
+    Err(anyhow!(
+        "cannot average values of type {}",
+        first.type_name()
+    ))
 }
