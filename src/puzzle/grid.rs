@@ -48,7 +48,7 @@ impl Frame {
         if n == 0 || m == 0 {
             bail!("grid size must be at least 1×1, got {n}×{m}");
         }
-        if self == Frame::Center && (n % 2 == 0 || m % 2 == 0) {
+        if self == Frame::Center && (n.is_multiple_of(2) || m.is_multiple_of(2)) {
             bail!("the center frame needs odd n and m, got {n}×{m}");
         }
         Ok(())
