@@ -1,3 +1,5 @@
 //! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.
 
+pub mod puzzle;
 pub mod script;
+pub mod tokenizer;

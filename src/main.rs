@@ -24,6 +24,8 @@ enum Command {
     Repl,
     /// List every script function with its signature and doc (`--markdown` for README tables).
     HelpFunctions(script_cli::HelpFunctionsArgs),
+    /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
+    Puzzles(minarc::puzzle::cli::PuzzlesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         Command::Watch(a) => script_cli::watch(a)?,
         Command::Repl => script_cli::repl()?,
         Command::HelpFunctions(a) => script_cli::help_functions(a)?,
+        Command::Puzzles(args) => minarc::puzzle::cli::main(&args),
     };
     std::process::exit(code);
 }

@@ -1,0 +1,130 @@
+//! Domain bindings seen from scripts: puzzles and samples (and, below, models).
+
+use minarc::puzzle::{PromptOptions, PuzzleParams, cli::generate};
+use minarc::script::{Host, Output, SharedBuf};
+
+fn host() -> (Host, SharedBuf) {
+    let (out, buf) = Output::buffer();
+    let host = Host::with_output(out);
+    host.state().set_show_progress(false);
+    (host, buf)
+}
+
+#[test]
+fn gen_dataset_matches_the_rust_generator_and_sample_getters_are_consistent() {
+    let (mut h, _) = host();
+    let src = r#"
+        let ds = gen_dataset(#{seeds: [0, 3], tokenizer: "fixture", n_train: 4});
+        let out = [];
+        for s in ds {
+            out.push(#{
+                index: s.index, prompt: s.prompt, answers: s.answers, idx: s.answer_indices,
+                a: s.positions("A"), a_minus: s.positions("A-"), labels: s.labels,
+                cands: s.candidate_ids, rel: s.rel_fn, n: s.n_tokens, prel: s.puzzle.rel_fn,
+            });
+        }
+        out
+    "#;
+    let got = h
+        .eval_source("ds.rhai", src, false)
+        .unwrap()
+        .into_array()
+        .unwrap();
+    let tok = minarc::tokenizer::fixture_tokenizer().unwrap();
+    let params = PuzzleParams {
+        n_train: 4,
+        ..PuzzleParams::default()
+    };
+    let want = generate(&params, &PromptOptions::default(), 0..3, Some(&tok)).unwrap();
+    assert_eq!(got.len(), 3);
+    let ints = |d: &rhai::Dynamic| -> Vec<i64> {
+        d.clone()
+            .into_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_int().unwrap())
+            .collect()
+    };
+    for (g, w) in got.iter().zip(&want) {
+        let m = g.read_lock::<rhai::Map>().unwrap();
+        assert_eq!(m["index"].as_int().unwrap() as usize, w.index);
+        assert_eq!(m["prompt"].clone().into_string().unwrap(), w.prompt);
+        assert_eq!(m["rel"].clone().into_string().unwrap(), w.rel_fn);
+        assert_eq!(m["prel"].clone().into_string().unwrap(), w.rel_fn);
+        assert_eq!(m["n"].as_int().unwrap() as usize, w.n_tokens.unwrap());
+        let idx = ints(&m["idx"]);
+        assert_eq!(
+            idx,
+            w.answer_indices
+                .iter()
+                .map(|&x| x as i64)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(ints(&m["a"]), idx);
+        assert_eq!(
+            ints(&m["a_minus"]),
+            idx.iter().map(|x| x - 1).collect::<Vec<_>>()
+        );
+        // Every label is one of the candidate ids, and equal answers have equal labels.
+        let labels = ints(&m["labels"]);
+        let cands = ints(&m["cands"]);
+        assert_eq!(labels.len(), 8);
+        assert!(labels.iter().all(|l| cands.contains(l)));
+        let answers: Vec<String> = m["answers"]
+            .clone()
+            .into_array()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        for i in 0..answers.len() {
+            for j in 0..answers.len() {
+                assert_eq!(answers[i] == answers[j], labels[i] == labels[j]);
+            }
+        }
+    }
+}
+
+#[test]
+fn puzzle_functions_check_their_arguments() {
+    let (mut h, _) = host();
+    let cases = [
+        ("gen_puzzle(#{sed: 1})", "unknown parameter \"sed\""),
+        ("gen_puzzle(#{n: -1})", "n must be >= 0"),
+        ("gen_puzzle(#{frame: \"round\"})", "round"),
+        ("gen_dataset(#{seeds: \"5..2\"})", "empty"),
+        ("gen_dataset(#{seeds: 3})", "seeds must be a string"),
+        ("gen_prompt(gen_puzzle(#{}), #{style: \"poem\"})", "poem"),
+        (
+            "gen_dataset(#{seeds: \"0..1\"})[0].positions(\"A\")",
+            "no token positions",
+        ),
+        (
+            "gen_dataset(#{seeds: \"0..1\", tokenizer: \"fixture\"})[0].positions(\"Z\")",
+            "unknown span",
+        ),
+        ("load_dataset(\"/no/such/file.jsonl\")", "load_dataset()"),
+        ("save_dataset([1], \"/tmp/x.jsonl\")", "expected a Sample"),
+    ];
+    for (src, want) in cases {
+        let e = h.eval_source("e.rhai", src, false).unwrap_err();
+        assert!(e.message.contains(want), "{src}: {}", e.message);
+    }
+}
+
+#[test]
+fn datasets_round_trip_through_jsonl() {
+    let (mut h, buf) = host();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ds.jsonl");
+    let src = format!(
+        "let ds = gen_dataset(#{{seeds: \"0..2\", tokenizer: \"fixture\"}});\n\
+         save_dataset(ds, \"{0}\");\n\
+         let back = load_dataset(\"{0}\");\n\
+         print(back.len());\n\
+         print(back[1].prompt == ds[1].prompt && back[1].labels == ds[1].labels);\n",
+        p.display()
+    );
+    let _ = h.eval_source("rt.rhai", &src, false).unwrap();
+    assert_eq!(buf.contents(), "2\ntrue\n");
+}
