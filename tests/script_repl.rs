@@ -211,3 +211,21 @@ fn values_are_shown_with_tensor_previews() {
     };
     assert_eq!(v, "[Tensor[1] f32 [0.0000], \"s\"]");
 }
+
+#[test]
+fn interrupting_a_long_evaluation_keeps_the_session() {
+    let (mut r, _) = core();
+    assert_eq!(r.feed_line("let kept = 5;"), ReplOutput::Nothing);
+    let flag = r.host().state().interrupt_handle();
+    let setter = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        flag.store(true, Ordering::SeqCst);
+    });
+    let out = r.feed_line("mr([1, 2], |x| { let i = 0; loop { i += x; } })");
+    setter.join().unwrap();
+    let ReplOutput::Interrupted(msg) = out else {
+        panic!("{out:?}")
+    };
+    assert!(msg.contains("interrupted"), "{msg}");
+    assert_eq!(r.feed_line("kept"), ReplOutput::Value("5".into()));
+}
