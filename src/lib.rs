@@ -1,2 +1,3 @@
 //! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.
 pub mod analysis;
+pub mod vis;
