@@ -2,7 +2,11 @@
 //! (GQA merge, crossing-minimising layout, self-contained HTML, DOT, JSON) and token views.
 
 pub mod colors;
+pub mod graph;
+pub mod html;
+pub mod layout;
 pub mod plots;
+pub mod tokens;
 
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
