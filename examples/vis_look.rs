@@ -138,6 +138,108 @@ fn main() -> Result<()> {
         &out.join("zeros.png"),
         &DendrogramOptions::default(),
     )?;
+    graph_look(&out)?;
+    let toks: Vec<String> = "<|im_start|>user\n ( 3 , 3 ): B ( 3 , 4 ): R\n Answer : B"
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let rows: Vec<Vec<f32>> = (0..3)
+        .map(|r| {
+            (0..toks.len())
+                .map(|t| {
+                    if t == 4 + 2 * r {
+                        0.8
+                    } else {
+                        0.05 * (t % 3) as f32 - 0.04
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let labels: Vec<String> = vec!["act".into(), "q->".into(), "B ✓".into()];
+    minarc::vis::tokens::write_tokens_html(
+        &out.join("tokens.html"),
+        &toks,
+        &rows,
+        &labels,
+        "show_attn 58-3",
+    )?;
+    print!(
+        "{}",
+        minarc::vis::tokens::render_tokens_ansi(&toks, &rows, &labels)?
+    );
     println!("wrote figures to {}", out.display());
+    Ok(())
+}
+
+/// A graph shaped like the notebook's (V17): layers 61–80, GQA groups of 8 heads.
+fn graph_look(out: &std::path::Path) -> Result<()> {
+    use minarc::vis::graph::{
+        GraphView, ViewEdge, ViewNode, merge_gqa_groups, render_dot, to_json,
+    };
+    use minarc::vis::html::{HtmlOptions, write_html};
+    let lm = ViewNode::new(80, None, "lm_head", Some("A-->A-"));
+    let spec: Vec<(usize, usize, &str, &str)> = vec![
+        (79, 10, "attn_v", "A-->A-"),
+        (79, 11, "attn_v", "A-->A-"),
+        (78, 61, "attn_v", "A-->A-"),
+        (76, 35, "attn_v", "A-->A-"),
+        (74, 35, "attn_v", "A-->A-"),
+        (78, 60, "attn_q", "A-->V"),
+        (74, 21, "attn_v", "A-->QV"),
+        (73, 1, "attn_q", "A-->V"),
+        (72, 8, "attn_k", "A-->K"),
+        (65, 42, "attn_v", "X->A-"),
+        (64, 12, "attn_q", "A-->V"),
+        (63, 61, "attn_q", "V->A-"),
+        (63, 62, "attn_q", "V->A-"),
+        (62, 45, "attn_q", "V->A-"),
+        (62, 40, "attn_v", "X->A-"),
+        (61, 7, "attn_qns", "A-->X"),
+    ];
+    let mut nodes = vec![lm.clone()];
+    for (l, h, t, p) in &spec {
+        nodes.push(ViewNode::new(*l, Some(*h), t, Some(p)));
+    }
+    nodes.push(ViewNode::new(77, Some(64), "mlp", None));
+    nodes.push(ViewNode::new(70, Some(64), "mlp_g", None));
+    let mut edges = Vec::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for (i, a) in nodes.iter().enumerate() {
+        for b in nodes.iter().skip(i + 1).chain(std::iter::once(&nodes[0])) {
+            let (lo, hi) = if a.layer < b.layer { (a, b) } else { continue };
+            if hi.is_lm_head() && lo.layer >= 74 || rng.random::<f32>() < 0.4 {
+                let s = if hi.is_lm_head() {
+                    0.02 + 0.1 * rng.random::<f32>()
+                } else {
+                    0.0135 * rng.random::<f32>() - 0.002
+                };
+                edges.push(ViewEdge {
+                    from: lo.id.clone(),
+                    to: hi.id.clone(),
+                    score: s,
+                });
+            }
+        }
+    }
+    let g = GraphView { nodes, edges };
+    let (merged, log) = merge_gqa_groups(&g, 64, 8)?;
+    print!("{log}");
+    let p = write_html(
+        &merged,
+        &HtmlOptions {
+            title: "GQA-merged attribution graph".into(),
+            ..Default::default()
+        },
+        &out.join("graph.html"),
+    )?;
+    std::fs::write(out.join("graph.dot"), render_dot(&merged, None)?)?;
+    std::fs::write(out.join("graph.json"), to_json(&merged)?)?;
+    println!(
+        "graph: {} nodes, {} edges -> {}",
+        merged.nodes.len(),
+        merged.edges.len(),
+        p.display()
+    );
     Ok(())
 }

@@ -3,13 +3,19 @@
 use std::collections::BTreeMap;
 
 use minarc::vis::GqaConfig;
-use minarc::vis::graph::{GraphView, ViewEdge, ViewNode, from_json, merge_gqa_groups, render_dot, to_json};
+use minarc::vis::graph::{
+    GraphView, ViewEdge, ViewNode, from_json, merge_gqa_groups, render_dot, to_json,
+};
 use minarc::vis::html::{HtmlOptions, render_html};
 use minarc::vis::layout::{count_crossings, gqa_layout, minimize_crossings};
 use rand::{Rng, SeedableRng};
 
 fn edge(from: &ViewNode, to: &ViewNode, score: f32) -> ViewEdge {
-    ViewEdge { from: from.id.clone(), to: to.id.clone(), score }
+    ViewEdge {
+        from: from.id.clone(),
+        to: to.id.clone(),
+        score,
+    }
 }
 
 /// H = 16 heads in 2 KV groups (8 per group).
@@ -34,7 +40,10 @@ fn sample() -> GraphView {
         edge(&v3, &v11, 0.001),
         edge(&mlp, &v10, 0.005),
     ];
-    GraphView { nodes: vec![lm, v10, v11, q13, q9, q5, v3, mlp, lonely], edges }
+    GraphView {
+        nodes: vec![lm, v10, v11, q13, q9, q5, v3, mlp, lonely],
+        edges,
+    }
 }
 
 #[test]
@@ -47,7 +56,16 @@ fn merge_gqa_groups_by_hand() {
                     \x20   discard H5 (attn_q, A-->V) strength=0.0030\n";
     assert_eq!(log, want_log);
     let ids: Vec<&str> = merged.nodes.iter().map(|n| n.id.as_str()).collect();
-    assert_eq!(ids, vec!["80-None-lm_head", "79-1-attn_v", "63-1-attn_q", "62-0-attn_v", "62-16-mlp"]);
+    assert_eq!(
+        ids,
+        vec![
+            "80-None-lm_head",
+            "79-1-attn_v",
+            "63-1-attn_q",
+            "62-0-attn_v",
+            "62-16-mlp"
+        ]
+    );
     assert_eq!(merged.nodes[1].heads, Some(vec![10, 11]));
     assert_eq!(merged.nodes[2].heads, Some(vec![9, 13]));
     assert_eq!(merged.nodes[3].heads, Some(vec![3]));
@@ -70,9 +88,18 @@ fn merge_gqa_groups_by_hand() {
     }
     // bad inputs
     assert!(merge_gqa_groups(&sample(), 16, 3).is_err());
-    assert!(merge_gqa_groups(&sample(), 8, 2).unwrap_err().to_string().contains("head"));
+    assert!(
+        merge_gqa_groups(&sample(), 8, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("head")
+    );
     let mut bad = sample();
-    bad.edges.push(ViewEdge { from: "nope".into(), to: "80-None-lm_head".into(), score: 1.0 });
+    bad.edges.push(ViewEdge {
+        from: "nope".into(),
+        to: "80-None-lm_head".into(),
+        score: 1.0,
+    });
     assert!(merge_gqa_groups(&bad, 16, 2).is_err());
 }
 
@@ -80,20 +107,43 @@ fn nodes_and_edges(layers: &[(usize, &str)], edges: &[(&str, &str)]) -> GraphVie
     GraphView {
         nodes: layers
             .iter()
-            .map(|(l, id)| ViewNode { id: id.to_string(), layer: *l, head: Some(0), heads: None, node_type: "attn_v".into(), pattern: None })
+            .map(|(l, id)| ViewNode {
+                id: id.to_string(),
+                layer: *l,
+                head: Some(0),
+                heads: None,
+                node_type: "attn_v".into(),
+                pattern: None,
+            })
             .collect(),
-        edges: edges.iter().map(|(f, t)| ViewEdge { from: f.to_string(), to: t.to_string(), score: 1.0 }).collect(),
+        edges: edges
+            .iter()
+            .map(|(f, t)| ViewEdge {
+                from: f.to_string(),
+                to: t.to_string(),
+                score: 1.0,
+            })
+            .collect(),
     }
 }
 
 #[test]
 fn barycentre_removes_an_adjacent_crossing() {
     // layer 0: a b; layer 1: c d; edges a→d, b→c cross once.
-    let g = nodes_and_edges(&[(0, "a"), (0, "b"), (1, "c"), (1, "d")], &[("a", "d"), ("b", "c")]);
+    let g = nodes_and_edges(
+        &[(0, "a"), (0, "b"), (1, "c"), (1, "d")],
+        &[("a", "d"), ("b", "c")],
+    );
     let l = minimize_crossings(&g, 20).unwrap();
-    assert_eq!((l.crossings_before, l.crossings_after, l.iterations), (Some(1), Some(0), 1));
+    assert_eq!(
+        (l.crossings_before, l.crossings_after, l.iterations),
+        (Some(1), Some(0), 1)
+    );
     // down sweep: a ↦ x(d) = 1, b ↦ x(c) = 0 → b a. Placement: layer 0 centred on (0+1)/2 → b 0, a 1.
-    let want: BTreeMap<String, f64> = [("a", 1.0), ("b", 0.0), ("c", 0.0), ("d", 1.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let want: BTreeMap<String, f64> = [("a", 1.0), ("b", 0.0), ("c", 0.0), ("d", 1.0)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
     assert_eq!(l.x, want);
 }
 
@@ -101,26 +151,58 @@ fn barycentre_removes_an_adjacent_crossing() {
 fn crossings_of_long_edges_count() {
     // layers 0: a b, 1: m (no edges), 2: c d; a→d and b→c both span layer 1 and cross there.
     // Counting only adjacent sorted layers (the seed) sees 0 crossings.
-    let g = nodes_and_edges(&[(0, "a"), (0, "b"), (1, "m"), (2, "c"), (2, "d")], &[("a", "d"), ("b", "c")]);
-    let initial: BTreeMap<String, f64> = [("a", 0.0), ("b", 1.0), ("m", 0.0), ("c", 0.0), ("d", 1.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let g = nodes_and_edges(
+        &[(0, "a"), (0, "b"), (1, "m"), (2, "c"), (2, "d")],
+        &[("a", "d"), ("b", "c")],
+    );
+    let initial: BTreeMap<String, f64> =
+        [("a", 0.0), ("b", 1.0), ("m", 0.0), ("c", 0.0), ("d", 1.0)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
     assert_eq!(count_crossings(&g, &initial), 1);
     let l = minimize_crossings(&g, 20).unwrap();
-    assert_eq!((l.crossings_before, l.crossings_after), (Some(1), Some(0)));
-    assert_eq!(l.x["b"], 0.0);
-    assert_eq!(l.x["a"], 1.0);
-    assert_eq!(l.x["m"], 0.0);
+    // Dummies dA (a→d) and dB (b→c) sit in layer 1 after m: m dA dB. Initially the segments
+    // dA→d (1→1) and dB→c (2→0) cross. Down sweep: layer 1 keys m 0, dA x(d) = 1, dB x(c) = 0
+    // → m dB dA; layer 0 keys a 2, b 1 → b a. Up sweep keeps it; 0 crossings.
+    assert_eq!(
+        (l.crossings_before, l.crossings_after, l.iterations),
+        (Some(1), Some(0), 1)
+    );
+    // Placement: layer 0 centred on (1 + 2)/2 → b 1, a 2. Layer 1: m keeps 0, dB (b 1, c 0) → 0.5,
+    // dA (a 2, d 1) → 1.5, centre 2/3 → m −1/3, dB 2/3, dA 5/3. Layer 2: c → 2/3, d → 5/3.
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(l.x["b"], 1.0) && close(l.x["a"], 2.0));
+    assert!(close(l.x["m"], -1.0 / 3.0));
+    assert!(close(l.x["c"], 2.0 / 3.0) && close(l.x["d"], 5.0 / 3.0));
+    assert_eq!(l.routes.len(), 2);
+    assert_eq!(l.routes[&0].len(), 1);
+    assert_eq!(l.routes[&0][0].0, 1);
+    assert!(close(l.routes[&0][0].1, 5.0 / 3.0) && close(l.routes[&1][0].1, 2.0 / 3.0));
     // Edges sharing an endpoint never cross: a→c, a→d.
     let g = nodes_and_edges(&[(0, "a"), (2, "c"), (2, "d")], &[("a", "d"), ("a", "c")]);
-    assert_eq!(minimize_crossings(&g, 20).unwrap().crossings_before, Some(0));
+    assert_eq!(
+        minimize_crossings(&g, 20).unwrap().crossings_before,
+        Some(0)
+    );
 }
 
 #[test]
 fn unavoidable_crossing_stops_without_change() {
     // K2,2: one crossing in every order. The sweep does not improve → keep the initial order.
-    let g = nodes_and_edges(&[(0, "a"), (0, "b"), (1, "c"), (1, "d")], &[("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")]);
+    let g = nodes_and_edges(
+        &[(0, "a"), (0, "b"), (1, "c"), (1, "d")],
+        &[("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")],
+    );
     let l = minimize_crossings(&g, 20).unwrap();
-    assert_eq!((l.crossings_before, l.crossings_after, l.iterations), (Some(1), Some(1), 0));
-    assert_eq!((l.ranks["a"], l.ranks["b"], l.ranks["c"], l.ranks["d"]), (0, 1, 0, 1));
+    assert_eq!(
+        (l.crossings_before, l.crossings_after, l.iterations),
+        (Some(1), Some(1), 0)
+    );
+    assert_eq!(
+        (l.ranks["a"], l.ranks["b"], l.ranks["c"], l.ranks["d"]),
+        (0, 1, 0, 1)
+    );
 }
 
 #[test]
@@ -143,19 +225,31 @@ fn layout_never_worse_than_the_initial_order() {
             }
         }
         let layers: Vec<(usize, &str)> = nodes.iter().map(|(l, s)| (*l, s.as_str())).collect();
-        let e: Vec<(&str, &str)> = edges.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let e: Vec<(&str, &str)> = edges
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         let g = nodes_and_edges(&layers, &e);
         let l = minimize_crossings(&g, 20).unwrap();
         assert!(l.crossings_after <= l.crossings_before);
-        let ranks: BTreeMap<String, f64> = l.ranks.iter().map(|(k, v)| (k.clone(), *v as f64)).collect();
-        assert_eq!(Some(count_crossings(&g, &ranks)), l.crossings_after);
+        // one route point per intermediate layer present in the graph
+        for (i, (a, b)) in edges.iter().enumerate() {
+            let (la, lb) = (
+                a.split('-').next().unwrap().parse::<usize>().unwrap(),
+                b.split('-').next().unwrap().parse::<usize>().unwrap(),
+            );
+            assert_eq!(l.routes[&i].len(), lb - la - 1);
+        }
     }
 }
 
 #[test]
 fn gqa_layout_positions() {
     let (merged, _) = merge_gqa_groups(&sample(), 16, 2).unwrap();
-    let cfg = GqaConfig { num_attention_heads: 16, num_key_value_heads: 2 };
+    let cfg = GqaConfig {
+        num_attention_heads: 16,
+        num_key_value_heads: 2,
+    };
     let l = gqa_layout(&merged, &cfg).unwrap();
     // hpg 8, width 10: virtual group g at 10g + 4; MLP at 2·10 + 5; lm_head at 2·10/2.
     assert_eq!(l.x["79-1-attn_v"], 14.0);
@@ -170,7 +264,14 @@ fn gqa_layout_positions() {
 fn html_is_self_contained_and_complete() {
     let (merged, _) = merge_gqa_groups(&sample(), 16, 2).unwrap();
     for reduce in [true, false] {
-        let opts = HtmlOptions { reduce_crossings: reduce, gqa: Some(GqaConfig { num_attention_heads: 16, num_key_value_heads: 2 }), ..Default::default() };
+        let opts = HtmlOptions {
+            reduce_crossings: reduce,
+            gqa: Some(GqaConfig {
+                num_attention_heads: 16,
+                num_key_value_heads: 2,
+            }),
+            ..Default::default()
+        };
         let html = render_html(&merged, &opts).unwrap();
         assert!(!html.contains("http://") && !html.contains("https://"));
         assert!(!html.contains("<script src") && !html.contains("<link"));
@@ -178,10 +279,22 @@ fn html_is_self_contained_and_complete() {
             assert!(html.contains(&format!(r#"data-id="{}""#, n.id)), "{}", n.id);
         }
         for e in &merged.edges {
-            assert!(html.contains(&format!(r#"data-from="{}" data-to="{}" data-score="{}""#, e.from, e.to, e.score)), "{e:?}");
+            assert!(
+                html.contains(&format!(
+                    r#"data-from="{}" data-to="{}" data-score="{}""#,
+                    e.from, e.to, e.score
+                )),
+                "{e:?}"
+            );
         }
-        assert_eq!(html.matches(r#"<g class="node""#).count(), merged.nodes.len());
-        assert_eq!(html.matches(r#"<path class="edge""#).count(), merged.edges.len());
+        assert_eq!(
+            html.matches(r#"<g class="node""#).count(),
+            merged.nodes.len()
+        );
+        assert_eq!(
+            html.matches(r#"<path class="edge""#).count(),
+            merged.edges.len()
+        );
         // colours by type, including mlp (defect 10)
         assert!(html.contains(r##"fill="#16a085""##) && html.contains(r##"fill="#e74c3c""##));
         assert!(html.contains("79-[10,11] attn_v&#10;A--&gt;A-"));
@@ -191,13 +304,24 @@ fn html_is_self_contained_and_complete() {
     assert!(!html.contains("70-2-attn_k"));
     assert!(html.contains(r##"fill="#9b59b6""##));
     // GQA layout without a config is an error
-    assert!(render_html(&sample(), &HtmlOptions { reduce_crossings: false, ..Default::default() }).is_err());
+    assert!(
+        render_html(
+            &sample(),
+            &HtmlOptions {
+                reduce_crossings: false,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
 }
 
 #[test]
 fn every_type_has_a_colour() {
     use minarc::vis::graph::type_color;
-    for t in ["attn_v", "attn_q", "attn_k", "attn_a", "attn_qns", "mlp", "mlp_i", "mlp_g", "lm_head"] {
+    for t in [
+        "attn_v", "attn_q", "attn_k", "attn_a", "attn_qns", "mlp", "mlp_i", "mlp_g", "lm_head",
+    ] {
         assert_ne!(type_color(t), "#95a5a6", "{t}");
     }
     assert_eq!(type_color("something"), "#95a5a6");
@@ -210,10 +334,17 @@ fn dot_and_json_exports() {
     let dot = render_dot(&merged, Some(&l)).unwrap();
     assert!(dot.starts_with("digraph minarc {"));
     for n in &merged.nodes {
-        assert!(dot.contains(&format!("    \"{}\" [label=", n.id)), "{}", n.id);
+        assert!(
+            dot.contains(&format!("    \"{}\" [label=", n.id)),
+            "{}",
+            n.id
+        );
     }
     for e in &merged.edges {
-        assert!(dot.contains(&format!("  \"{}\" -> \"{}\" [", e.from, e.to)), "{e:?}");
+        assert!(
+            dot.contains(&format!("  \"{}\" -> \"{}\" [", e.from, e.to)),
+            "{e:?}"
+        );
     }
     assert_eq!(dot.matches(" -> ").count(), merged.edges.len());
     assert!(dot.contains("subgraph layer_62 { rank=same;"));

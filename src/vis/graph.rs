@@ -130,12 +130,29 @@ impl GraphView {
     pub fn validate(&self) -> Result<()> {
         let mut ids = HashSet::new();
         for n in &self.nodes {
-            ensure!(ids.insert(n.id.as_str()), "node id '{}' appears twice", n.id);
+            ensure!(
+                ids.insert(n.id.as_str()),
+                "node id '{}' appears twice",
+                n.id
+            );
         }
         for e in &self.edges {
-            ensure!(ids.contains(e.from.as_str()), "edge refers to unknown node '{}'", e.from);
-            ensure!(ids.contains(e.to.as_str()), "edge refers to unknown node '{}'", e.to);
-            ensure!(e.score.is_finite(), "edge {} -> {} has a non-finite score", e.from, e.to);
+            ensure!(
+                ids.contains(e.from.as_str()),
+                "edge refers to unknown node '{}'",
+                e.from
+            );
+            ensure!(
+                ids.contains(e.to.as_str()),
+                "edge refers to unknown node '{}'",
+                e.to
+            );
+            ensure!(
+                e.score.is_finite(),
+                "edge {} -> {} has a non-finite score",
+                e.from,
+                e.to
+            );
         }
         Ok(())
     }
@@ -147,8 +164,15 @@ impl GraphView {
 
     /// Nodes that are an endpoint of at least one edge, in node order.
     pub fn connected_nodes(&self) -> Vec<&ViewNode> {
-        let used: HashSet<&str> = self.edges.iter().flat_map(|e| [e.from.as_str(), e.to.as_str()]).collect();
-        self.nodes.iter().filter(|n| used.contains(n.id.as_str())).collect()
+        let used: HashSet<&str> = self
+            .edges
+            .iter()
+            .flat_map(|e| [e.from.as_str(), e.to.as_str()])
+            .collect();
+        self.nodes
+            .iter()
+            .filter(|n| used.contains(n.id.as_str()))
+            .collect()
     }
 
     /// Σ|score| over each node's outgoing edges (V14's strength).
@@ -172,11 +196,23 @@ impl GraphView {
 /// * Every group (single-member too) becomes a virtual node with head = kv_group, heads = the sorted
 ///   real heads, the shared type and pattern. Other nodes are copied with `heads = None`.
 /// * Edges are remapped; parallel edges between the same endpoints have their scores summed.
-pub fn merge_gqa_groups(view: &GraphView, heads: usize, kv_heads: usize) -> Result<(GraphView, String)> {
+pub fn merge_gqa_groups(
+    view: &GraphView,
+    heads: usize,
+    kv_heads: usize,
+) -> Result<(GraphView, String)> {
     view.validate()?;
-    let hpg = GqaConfig { num_attention_heads: heads, num_key_value_heads: kv_heads }.heads_per_group()?;
+    let hpg = GqaConfig {
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+    }
+    .heads_per_group()?;
     let strength = view.strengths();
-    let connected: HashSet<&str> = view.connected_nodes().iter().map(|n| n.id.as_str()).collect();
+    let connected: HashSet<&str> = view
+        .connected_nodes()
+        .iter()
+        .map(|n| n.id.as_str())
+        .collect();
     // Groups and plain nodes in order of first appearance.
     enum Slot<'a> {
         Group((usize, usize), Vec<&'a ViewNode>),
@@ -184,10 +220,20 @@ pub fn merge_gqa_groups(view: &GraphView, heads: usize, kv_heads: usize) -> Resu
     }
     let mut slots: Vec<Slot> = Vec::new();
     let mut group_slot: HashMap<(usize, usize), usize> = HashMap::new();
-    for n in view.nodes.iter().filter(|n| connected.contains(n.id.as_str())) {
+    for n in view
+        .nodes
+        .iter()
+        .filter(|n| connected.contains(n.id.as_str()))
+    {
         if n.is_attn() {
-            let h = n.head.with_context(|| format!("attention node '{}' has no head", n.id))?;
-            ensure!(h < heads, "attention node '{}' has head {h}, but the model has {heads} heads", n.id);
+            let h = n
+                .head
+                .with_context(|| format!("attention node '{}' has no head", n.id))?;
+            ensure!(
+                h < heads,
+                "attention node '{}' has head {h}, but the model has {heads} heads",
+                n.id
+            );
             let key = (n.layer, h / hpg);
             match group_slot.get(&key) {
                 Some(&i) => {
@@ -207,7 +253,8 @@ pub fn merge_gqa_groups(view: &GraphView, heads: usize, kv_heads: usize) -> Resu
     let mut log = String::new();
     let mut out = GraphView::default();
     let mut remap: HashMap<&str, String> = HashMap::new();
-    let describe = |n: &ViewNode| format!("H{} ({}, {})", opt(&n.head), n.node_type, opt(&n.pattern));
+    let describe =
+        |n: &ViewNode| format!("H{} ({}, {})", opt(&n.head), n.node_type, opt(&n.pattern));
     for slot in &slots {
         match slot {
             Slot::Plain(n) => {
@@ -218,7 +265,9 @@ pub fn merge_gqa_groups(view: &GraphView, heads: usize, kv_heads: usize) -> Resu
             }
             Slot::Group((layer, g), members) => {
                 let first = members[0];
-                let agree = members.iter().all(|m| m.node_type == first.node_type && m.pattern == first.pattern);
+                let agree = members
+                    .iter()
+                    .all(|m| m.node_type == first.node_type && m.pattern == first.pattern);
                 let kept: Vec<&ViewNode> = if agree {
                     if members.len() > 1 {
                         let mut hs: Vec<usize> = members.iter().filter_map(|m| m.head).collect();
@@ -234,22 +283,40 @@ pub fn merge_gqa_groups(view: &GraphView, heads: usize, kv_heads: usize) -> Resu
                     }
                     members.clone()
                 } else {
-                    let best = members
-                        .iter()
-                        .enumerate()
-                        .fold(0, |b, (i, m)| if strength[m.id.as_str()] > strength[members[b].id.as_str()] { i } else { b });
+                    let best = members.iter().enumerate().fold(0, |b, (i, m)| {
+                        if strength[m.id.as_str()] > strength[members[b].id.as_str()] {
+                            i
+                        } else {
+                            b
+                        }
+                    });
                     let pick = members[best];
-                    writeln!(log, "L{layer}-G{g}: CONFLICT - pick {} strength={:.4}", describe(pick), strength[pick.id.as_str()])?;
+                    writeln!(
+                        log,
+                        "L{layer}-G{g}: CONFLICT - pick {} strength={:.4}",
+                        describe(pick),
+                        strength[pick.id.as_str()]
+                    )?;
                     for (i, m) in members.iter().enumerate() {
                         if i != best {
-                            writeln!(log, "    discard {} strength={:.4}", describe(m), strength[m.id.as_str()])?;
+                            writeln!(
+                                log,
+                                "    discard {} strength={:.4}",
+                                describe(m),
+                                strength[m.id.as_str()]
+                            )?;
                         }
                     }
                     vec![pick]
                 };
                 let mut hs: Vec<usize> = kept.iter().filter_map(|m| m.head).collect();
                 hs.sort_unstable();
-                let mut v = ViewNode::new(*layer, Some(*g), &kept[0].node_type, kept[0].pattern.as_deref());
+                let mut v = ViewNode::new(
+                    *layer,
+                    Some(*g),
+                    &kept[0].node_type,
+                    kept[0].pattern.as_deref(),
+                );
                 v.heads = Some(hs);
                 for m in &kept {
                     remap.insert(m.id.as_str(), v.id.clone());
@@ -267,7 +334,11 @@ pub fn merge_gqa_groups(view: &GraphView, heads: usize, kv_heads: usize) -> Resu
             Some(&i) => out.edges[i].score += e.score,
             None => {
                 edge_index.insert((from.clone(), to.clone()), out.edges.len());
-                out.edges.push(ViewEdge { from: from.clone(), to: to.clone(), score: e.score });
+                out.edges.push(ViewEdge {
+                    from: from.clone(),
+                    to: to.clone(),
+                    score: e.score,
+                });
             }
         }
     }
@@ -297,11 +368,20 @@ pub fn edge_color(score: f32) -> &'static str {
 
 /// Edge width: `0.5 + 5.5 · |s| / max|s|`.
 pub fn edge_width(score: f32, max_abs: f32) -> f64 {
-    if max_abs > 0.0 { 0.5 + 5.5 * (score.abs() / max_abs) as f64 } else { 0.5 }
+    if max_abs > 0.0 {
+        0.5 + 5.5 * (score.abs() / max_abs) as f64
+    } else {
+        0.5
+    }
 }
 
 fn dot_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+    format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    )
 }
 
 /// Graphviz DOT export: lower layers at the bottom (`rankdir=BT`), one rank per layer, node
@@ -309,11 +389,18 @@ fn dot_str(s: &str) -> String {
 /// (used by `neato -n`). Nodes without edges are skipped.
 pub fn render_dot(view: &GraphView, layout: Option<&Layout>) -> Result<String> {
     view.validate()?;
-    let max_abs = view.edges.iter().map(|e| e.score.abs()).fold(0.0f32, f32::max);
+    let max_abs = view
+        .edges
+        .iter()
+        .map(|e| e.score.abs())
+        .fold(0.0f32, f32::max);
     let mut s = String::new();
     writeln!(s, "digraph minarc {{")?;
     writeln!(s, "  rankdir=BT;")?;
-    writeln!(s, "  node [shape=circle, style=filled, fontsize=10, fontname=\"sans-serif\", fontcolor=\"#222222\"];")?;
+    writeln!(
+        s,
+        "  node [shape=circle, style=filled, fontsize=10, fontname=\"sans-serif\", fontcolor=\"#222222\"];"
+    )?;
     writeln!(s, "  edge [arrowsize=0.5];")?;
     let nodes = view.connected_nodes();
     let mut by_layer: BTreeMap<usize, Vec<&ViewNode>> = BTreeMap::new();
@@ -374,7 +461,8 @@ pub fn from_json(text: &str) -> Result<GraphView> {
 
 /// Reads a view from a JSON file.
 pub fn read_json(path: &std::path::Path) -> Result<GraphView> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     from_json(&text).with_context(|| format!("in {}", path.display()))
 }
 

@@ -25,8 +25,6 @@ pub struct HtmlOptions {
     pub max_iterations: usize,
     /// Head layout, required for the GQA layout.
     pub gqa: Option<GqaConfig>,
-    /// Height of the drawing in CSS pixels.
-    pub height_px: u32,
 }
 
 impl Default for HtmlOptions {
@@ -37,7 +35,6 @@ impl Default for HtmlOptions {
             reduce_crossings: true,
             max_iterations: 20,
             gqa: None,
-            height_px: 800,
         }
     }
 }
@@ -63,20 +60,80 @@ pub fn escape_html(s: &str) -> String {
 const CANVAS_W: f64 = 800.0;
 const CANVAS_H: f64 = 400.0;
 
-/// Screen position of every node: `x' = (x − min_x)·800/max(1, x_range)`,
-/// `y' = 400 − (layer − min_layer)·400/max(1, layer_range)`.
-fn screen_positions(nodes: &[&ViewNode], layout: &Layout) -> BTreeMap<String, (f64, f64)> {
-    let xs: Vec<f64> = nodes.iter().map(|n| layout.x.get(&n.id).copied().unwrap_or(0.0)).collect();
-    let min_x = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let max_x = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let min_l = nodes.iter().map(|n| n.layer).min().unwrap_or(0) as f64;
-    let max_l = nodes.iter().map(|n| n.layer).max().unwrap_or(0) as f64;
-    let (xr, lr) = ((max_x - min_x).max(1.0), (max_l - min_l).max(1.0));
-    nodes
-        .iter()
-        .zip(&xs)
-        .map(|(n, &x)| (n.id.clone(), ((x - min_x) * CANVAS_W / xr, CANVAS_H - (n.layer as f64 - min_l) * CANVAS_H / lr)))
-        .collect()
+/// Maps layout coordinates (x, layer) to the screen: `x' = (x − min_x)·800/max(1, x_range)`,
+/// `y' = 400 − (layer − min_layer)·400/max(1, layer_range)` (higher layers at the top). The x range
+/// covers the nodes and the routes of long edges.
+struct Screen {
+    min_x: f64,
+    x_scale: f64,
+    min_l: f64,
+    l_scale: f64,
+}
+
+impl Screen {
+    fn new(nodes: &[&ViewNode], layout: &Layout) -> Self {
+        let xs = nodes
+            .iter()
+            .map(|n| layout.x.get(&n.id).copied().unwrap_or(0.0))
+            .chain(layout.routes.values().flatten().map(|p| p.1));
+        let (min_x, max_x) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+        let min_l = nodes.iter().map(|n| n.layer).min().unwrap_or(0) as f64;
+        let max_l = nodes.iter().map(|n| n.layer).max().unwrap_or(0) as f64;
+        let min_x = if min_x.is_finite() { min_x } else { 0.0 };
+        let range = if max_x.is_finite() {
+            max_x - min_x
+        } else {
+            0.0
+        };
+        Self {
+            min_x,
+            x_scale: CANVAS_W / range.max(1.0),
+            min_l,
+            l_scale: CANVAS_H / (max_l - min_l).max(1.0),
+        }
+    }
+
+    fn at(&self, x: f64, layer: usize) -> (f64, f64) {
+        (
+            (x - self.min_x) * self.x_scale,
+            CANVAS_H - (layer as f64 - self.min_l) * self.l_scale,
+        )
+    }
+}
+
+/// Smooth SVG path through `pts` (Catmull–Rom as cubic Béziers), leaving the first point and
+/// entering the last one vertically.
+fn smooth_path(pts: &[(f64, f64)]) -> String {
+    let n = pts.len();
+    let tangent = |i: usize| -> (f64, f64) {
+        if i == 0 {
+            (0.0, pts[1].1 - pts[0].1)
+        } else if i == n - 1 {
+            (0.0, pts[n - 1].1 - pts[n - 2].1)
+        } else {
+            (
+                (pts[i + 1].0 - pts[i - 1].0) / 2.0,
+                (pts[i + 1].1 - pts[i - 1].1) / 2.0,
+            )
+        }
+    };
+    let mut d = format!("M{:.1},{:.1}", pts[0].0, pts[0].1);
+    for i in 0..n.saturating_sub(1) {
+        let (t0, t1) = (tangent(i), tangent(i + 1));
+        let (p0, p1) = (pts[i], pts[i + 1]);
+        d.push_str(&format!(
+            " C{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}",
+            p0.0 + t0.0 / 3.0,
+            p0.1 + t0.1 / 3.0,
+            p1.0 - t1.0 / 3.0,
+            p1.1 - t1.1 / 3.0,
+            p1.0,
+            p1.1
+        ));
+    }
+    d
 }
 
 fn radius(n: &ViewNode, node_size: f64) -> f64 {
@@ -91,26 +148,70 @@ pub fn render_html(view: &GraphView, opts: &HtmlOptions) -> Result<String> {
     let layout = if opts.reduce_crossings {
         minimize_crossings(view, opts.max_iterations)?
     } else {
-        let cfg = opts.gqa.as_ref().context("the GQA layout needs the model's head layout (HtmlOptions::gqa)")?;
+        let cfg = opts
+            .gqa
+            .as_ref()
+            .context("the GQA layout needs the model's head layout (HtmlOptions::gqa)")?;
         gqa_layout(view, cfg)?
     };
     let nodes = view.connected_nodes();
-    let pos = screen_positions(&nodes, &layout);
-    let max_abs = view.edges.iter().map(|e| e.score.abs()).fold(0.0f32, f32::max);
+    let screen = Screen::new(&nodes, &layout);
+    let pos: BTreeMap<String, (f64, f64)> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id.clone(),
+                screen.at(layout.x.get(&n.id).copied().unwrap_or(0.0), n.layer),
+            )
+        })
+        .collect();
+    let max_abs = view
+        .edges
+        .iter()
+        .map(|e| e.score.abs())
+        .fold(0.0f32, f32::max);
     let node_index: BTreeMap<&str, &ViewNode> = nodes.iter().map(|n| (n.id.as_str(), *n)).collect();
 
     let mut edges_svg = String::new();
     for (i, e) in view.edges.iter().enumerate() {
-        let (Some(&(x1, y1)), Some(&(x2, y2))) = (pos.get(&e.from), pos.get(&e.to)) else { continue };
+        let (Some(&(x1, y1)), Some(&(x2, y2))) = (pos.get(&e.from), pos.get(&e.to)) else {
+            continue;
+        };
         let r_to = radius(node_index[e.to.as_str()], opts.node_size);
+        // route points of a long edge, ordered from `from` to `to`
+        let mut via: Vec<(f64, f64)> = layout.routes.get(&i).map_or(Vec::new(), |r| {
+            r.iter().map(|&(l, x)| screen.at(x, l)).collect()
+        });
+        if y2 > y1 {
+            via.reverse();
+        }
+        let last = via.last().copied().unwrap_or((x1, y1));
         // end just outside the target's circle, approaching vertically
-        let dir = if y2 < y1 { 1.0 } else if y2 > y1 { -1.0 } else { 0.0 };
-        let (ex, ey) = if dir == 0.0 { (x2 - r_to * (x2 - x1).signum(), y2) } else { (x2, y2 + dir * (r_to + 1.5)) };
-        let ym = (y1 + y2) / 2.0;
-        let title = format!("{} → {}\nscore: {:.4}", node_index[e.from.as_str()].short_label(), node_index[e.to.as_str()].short_label(), e.score);
+        let dir = if y2 < last.1 {
+            1.0
+        } else if y2 > last.1 {
+            -1.0
+        } else {
+            0.0
+        };
+        let (ex, ey) = if dir == 0.0 {
+            (x2 - r_to * (x2 - last.0).signum(), y2)
+        } else {
+            (x2, y2 + dir * (r_to + 1.5))
+        };
+        let mut pts = vec![(x1, y1)];
+        pts.extend(via);
+        pts.push((ex, ey));
+        let title = format!(
+            "{} → {}\nscore: {:.4}",
+            node_index[e.from.as_str()].short_label(),
+            node_index[e.to.as_str()].short_label(),
+            e.score
+        );
         writeln!(
             edges_svg,
-            r#"<path class="edge" id="e{i}" d="M{x1:.1},{y1:.1} C{x1:.1},{ym:.1} {ex:.1},{ym:.1} {ex:.1},{ey:.1}" stroke="{c}" stroke-width="{w:.2}" marker-end="url(#arrow-{m})" data-from="{f}" data-to="{t}" data-score="{s}" data-title="{tt}"/>"#,
+            r#"<path class="edge" id="e{i}" d="{d}" stroke="{c}" stroke-width="{w:.2}" marker-end="url(#arrow-{m})" data-from="{f}" data-to="{t}" data-score="{s}" data-title="{tt}"/>"#,
+            d = smooth_path(&pts),
             c = edge_color(e.score),
             w = edge_width(e.score, max_abs),
             m = if e.score > 0.0 { "pos" } else { "neg" },
@@ -154,7 +255,12 @@ pub fn render_html(view: &GraphView, opts: &HtmlOptions) -> Result<String> {
     types.sort_unstable();
     types.dedup();
     for t in types {
-        write!(legend, r#"<span class="key"><i style="background:{}"></i>{}</span>"#, type_color(t), escape_html(t))?;
+        write!(
+            legend,
+            r#"<span class="key"><i style="background:{}"></i>{}</span>"#,
+            type_color(t),
+            escape_html(t)
+        )?;
     }
     let stats = match (layout.crossings_before, layout.crossings_after) {
         (Some(b), Some(a)) => format!("crossings {b} → {a}"),
@@ -162,10 +268,12 @@ pub fn render_html(view: &GraphView, opts: &HtmlOptions) -> Result<String> {
     };
     let page = TEMPLATE
         .replace("{{TITLE}}", &escape_html(&opts.title))
-        .replace("{{HEIGHT}}", &opts.height_px.to_string())
         .replace("{{LEGEND}}", &legend)
         .replace("{{MAX}}", &format!("{max_abs}"))
-        .replace("{{STATS}}", &format!("{} nodes, {} edges, {stats}", nodes.len(), view.edges.len()))
+        .replace(
+            "{{STATS}}",
+            &format!("{} nodes, {} edges, {stats}", nodes.len(), view.edges.len()),
+        )
         .replace("{{LAYERS}}", &layers_svg)
         .replace("{{EDGES}}", &edges_svg)
         .replace("{{NODES}}", &nodes_svg);
@@ -189,14 +297,15 @@ const TEMPLATE: &str = r##"<!DOCTYPE html>
 <meta charset="utf-8">
 <title>{{TITLE}}</title>
 <style>
-  body { margin: 0; font: 13px sans-serif; color: #222; background: #fafafa; }
+  html, body { height: 100%; }
+  body { margin: 0; font: 13px sans-serif; color: #222; background: #fafafa; display: flex; flex-direction: column; }
   header { padding: 8px 12px; background: #fff; border-bottom: 1px solid #ddd; display: flex; flex-wrap: wrap; gap: 14px; align-items: center; }
   header h1 { font-size: 15px; margin: 0 8px 0 0; }
   .key { display: inline-flex; align-items: center; margin-right: 8px; }
   .key i { display: inline-block; width: 11px; height: 11px; border-radius: 50%; margin-right: 4px; }
   .key b { display: inline-block; width: 18px; height: 3px; margin-right: 4px; }
-  #wrap { position: relative; height: {{HEIGHT}}px; }
-  svg { width: 100%; height: 100%; background: #fff; cursor: grab; user-select: none; }
+  #wrap { position: relative; flex: 1; min-height: 300px; overflow: hidden; }
+  svg { display: block; width: 100%; height: 100%; background: #fff; cursor: grab; user-select: none; }
   svg.panning { cursor: grabbing; }
   .edge { fill: none; opacity: 0.8; }
   .edge:hover { opacity: 1; }
@@ -226,8 +335,8 @@ const TEMPLATE: &str = r##"<!DOCTYPE html>
 <div id="wrap">
 <svg id="svg" viewBox="-80 -40 960 480" preserveAspectRatio="xMidYMid meet">
   <defs>
-    <marker id="arrow-pos" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5" markerHeight="5" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#27ae60"/></marker>
-    <marker id="arrow-neg" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5" markerHeight="5" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#c0392b"/></marker>
+    <marker id="arrow-pos" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#27ae60"/></marker>
+    <marker id="arrow-neg" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#c0392b"/></marker>
   </defs>
   <g id="viewport">
     <g id="layers">

@@ -18,10 +18,25 @@ pub const NEG_RGB: (u8, u8, u8) = (52, 152, 219);
 fn check(tokens: &[String], rows: &[Vec<f32>], labels: &[String]) -> Result<()> {
     ensure!(!tokens.is_empty(), "no tokens to show");
     ensure!(!rows.is_empty(), "no value rows to show");
-    ensure!(labels.len() == rows.len(), "{} row labels for {} rows", labels.len(), rows.len());
+    ensure!(
+        labels.len() == rows.len(),
+        "{} row labels for {} rows",
+        labels.len(),
+        rows.len()
+    );
     for (r, row) in rows.iter().enumerate() {
-        ensure!(row.len() == tokens.len(), "row {r} ('{}') has {} values for {} tokens", labels[r], row.len(), tokens.len());
-        ensure!(row.iter().all(|v| v.is_finite()), "row {r} ('{}') has non-finite values", labels[r]);
+        ensure!(
+            row.len() == tokens.len(),
+            "row {r} ('{}') has {} values for {} tokens",
+            labels[r],
+            row.len(),
+            tokens.len()
+        );
+        ensure!(
+            row.iter().all(|v| v.is_finite()),
+            "row {r} ('{}') has non-finite values",
+            labels[r]
+        );
     }
     Ok(())
 }
@@ -29,7 +44,11 @@ fn check(tokens: &[String], rows: &[Vec<f32>], labels: &[String]) -> Result<()> 
 /// Background colour of `v` in a row whose max |value| is `max_abs`: white blended towards
 /// [`POS_RGB`] or [`NEG_RGB`] by |v| / max_abs.
 pub fn token_rgb(v: f32, max_abs: f32) -> (u8, u8, u8) {
-    let t = if max_abs > 0.0 { (v.abs() / max_abs).clamp(0.0, 1.0) } else { 0.0 };
+    let t = if max_abs > 0.0 {
+        (v.abs() / max_abs).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let target = if v >= 0.0 { POS_RGB } else { NEG_RGB };
     let mix = |c: u8| (255.0 + (c as f32 - 255.0) * t).round() as u8;
     (mix(target.0), mix(target.1), mix(target.2))
@@ -41,7 +60,11 @@ fn row_max(row: &[f32]) -> f32 {
 
 /// Terminal rendering: for each row a header line `── label (max |v| = …) ──`, then the tokens
 /// with 24-bit background colours (newline tokens show as ↵ and break the line).
-pub fn render_tokens_ansi(tokens: &[String], rows: &[Vec<f32>], labels: &[String]) -> Result<String> {
+pub fn render_tokens_ansi(
+    tokens: &[String],
+    rows: &[Vec<f32>],
+    labels: &[String],
+) -> Result<String> {
     check(tokens, rows, labels)?;
     let mut s = String::new();
     for (row, label) in rows.iter().zip(labels) {
@@ -62,18 +85,31 @@ pub fn render_tokens_ansi(tokens: &[String], rows: &[Vec<f32>], labels: &[String
 
 /// Self-contained HTML page: a row selector, the tokens coloured by the selected row, and a
 /// tooltip with every row's value for the hovered token. No network references.
-pub fn render_tokens_html(tokens: &[String], rows: &[Vec<f32>], labels: &[String], title: &str) -> Result<String> {
+pub fn render_tokens_html(
+    tokens: &[String],
+    rows: &[Vec<f32>],
+    labels: &[String],
+    title: &str,
+) -> Result<String> {
     check(tokens, rows, labels)?;
     let mut buttons = String::new();
     for (r, l) in labels.iter().enumerate() {
-        write!(buttons, r#"<button class="row{}" data-row="{r}">{}</button>"#, if r == 0 { " on" } else { "" }, escape_html(l))?;
+        write!(
+            buttons,
+            r#"<button class="row{}" data-row="{r}">{}</button>"#,
+            if r == 0 { " on" } else { "" },
+            escape_html(l)
+        )?;
     }
     let m0 = row_max(&rows[0]);
     let mut spans = String::new();
     for (i, tok) in tokens.iter().enumerate() {
         let (r, g, b) = token_rgb(rows[0][i], m0);
         let text = escape_html(&tok.replace('\n', "↵"));
-        write!(spans, r#"<span class="tok" data-i="{i}" style="background:rgb({r},{g},{b})">{text}</span>"#)?;
+        write!(
+            spans,
+            r#"<span class="tok" data-i="{i}" style="background:rgb({r},{g},{b})">{text}</span>"#
+        )?;
         if tok.contains('\n') {
             spans.push_str("<br>");
         }
@@ -91,7 +127,13 @@ pub fn render_tokens_html(tokens: &[String], rows: &[Vec<f32>], labels: &[String
 }
 
 /// Writes [`render_tokens_html`] to `path`.
-pub fn write_tokens_html(path: &Path, tokens: &[String], rows: &[Vec<f32>], labels: &[String], title: &str) -> Result<()> {
+pub fn write_tokens_html(
+    path: &Path,
+    tokens: &[String],
+    rows: &[Vec<f32>],
+    labels: &[String],
+    title: &str,
+) -> Result<()> {
     let html = render_tokens_html(tokens, rows, labels, title)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -162,7 +204,10 @@ mod tests {
     use super::*;
 
     fn toks() -> Vec<String> {
-        ["<|im_start|>", "(3,3):", "B", "\n", "Answer", ":", "<R&>"].iter().map(|s| s.to_string()).collect()
+        ["<|im_start|>", "(3,3):", "B", "\n", "Answer", ":", "<R&>"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     #[test]
@@ -177,11 +222,20 @@ mod tests {
 
     #[test]
     fn ansi_rows() {
-        let rows = vec![vec![0.0, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0], vec![0.0, 0.0, 0.0, 0.0, 0.0, -3.0, 0.0]];
+        let rows = vec![
+            vec![0.0, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0],
+            vec![0.0, 0.0, 0.0, 0.0, 0.0, -3.0, 0.0],
+        ];
         let s = render_tokens_ansi(&toks(), &rows, &["act".into(), "B ✓".into()]).unwrap();
         assert!(s.contains("── act (max |v| = 1.0000) ──"));
-        assert!(s.contains("\x1b[48;2;231;76;60m\x1b[38;2;0;0;0mB\x1b[0m"), "{s:?}");
-        assert!(s.contains("\x1b[48;2;52;152;219m\x1b[38;2;0;0;0m:\x1b[0m"), "{s:?}");
+        assert!(
+            s.contains("\x1b[48;2;231;76;60m\x1b[38;2;0;0;0mB\x1b[0m"),
+            "{s:?}"
+        );
+        assert!(
+            s.contains("\x1b[48;2;52;152;219m\x1b[38;2;0;0;0m:\x1b[0m"),
+            "{s:?}"
+        );
         assert!(s.contains("↵\x1b[0m\n"));
         assert!(render_tokens_ansi(&toks(), &[vec![0.0; 3]], &["x".into()]).is_err());
         assert!(render_tokens_ansi(&toks(), &rows, &["x".into()]).is_err());
@@ -193,7 +247,9 @@ mod tests {
         let s = render_tokens_html(&toks(), &rows, &["A ✓".into()], "Head 58-3 </script>").unwrap();
         assert!(s.contains("&lt;|im_start|&gt;"));
         assert!(s.contains("&lt;R&amp;&gt;"));
-        assert!(s.contains(r#"<span class="tok" data-i="2" style="background:rgb(231,76,60)">B</span>"#));
+        assert!(s.contains(
+            r#"<span class="tok" data-i="2" style="background:rgb(231,76,60)">B</span>"#
+        ));
         assert!(s.contains("Head 58-3 &lt;/script&gt;"));
         assert_eq!(s.matches(r#"<span class="tok""#).count(), 7);
         assert!(!s.contains("http://") && !s.contains("https://"));
