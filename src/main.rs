@@ -14,9 +14,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Render an attribution-graph view (JSON) as a self-contained HTML page (and DOT/JSON).
+    Graph(minarc::vis::cli::GraphArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Graph(args) => minarc::vis::cli::run(&args),
+    }
 }

@@ -355,3 +355,42 @@ fn dot_and_json_exports() {
     dup.nodes.push(dup.nodes[0].clone());
     assert!(to_json(&dup).is_err());
 }
+
+#[test]
+fn graph_command_renders_json() {
+    use minarc::vis::cli::{GraphArgs, run};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("g.json");
+    std::fs::write(&input, to_json(&sample()).unwrap()).unwrap();
+    let args = GraphArgs {
+        json: input.clone(),
+        html: dir.path().join("g.html"),
+        dot: Some(dir.path().join("g.dot")),
+        out_json: Some(dir.path().join("m.json")),
+        heads: Some(16),
+        kv_heads: Some(2),
+        merge_gqa: true,
+        gqa_layout: false,
+        node_size: 6.0,
+        title: "t".into(),
+    };
+    run(&args).unwrap();
+    let merged = from_json(&std::fs::read_to_string(dir.path().join("m.json")).unwrap()).unwrap();
+    assert_eq!(merged, merge_gqa_groups(&sample(), 16, 2).unwrap().0);
+    assert!(
+        std::fs::read_to_string(dir.path().join("g.html"))
+            .unwrap()
+            .contains(r#"data-id="79-1-attn_v""#)
+    );
+    assert!(
+        std::fs::read_to_string(dir.path().join("g.dot"))
+            .unwrap()
+            .contains("\"79-1-attn_v\" -> \"80-None-lm_head\"")
+    );
+    let no_cfg = GraphArgs {
+        heads: None,
+        kv_heads: None,
+        ..args
+    };
+    assert!(run(&no_cfg).is_err());
+}

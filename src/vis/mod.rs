@@ -1,6 +1,7 @@
 //! Visualisation: plots (plotters, PNG or SVG by extension), the attribution graph view
 //! (GQA merge, crossing-minimising layout, self-contained HTML, DOT, JSON) and token views.
 
+pub mod cli;
 pub mod colors;
 pub mod graph;
 pub mod html;
@@ -27,7 +28,9 @@ impl GqaConfig {
         ensure!(
             self.num_attention_heads > 0
                 && self.num_key_value_heads > 0
-                && self.num_attention_heads % self.num_key_value_heads == 0,
+                && self
+                    .num_attention_heads
+                    .is_multiple_of(self.num_key_value_heads),
             "num_attention_heads {} is not a positive multiple of num_key_value_heads {}",
             self.num_attention_heads,
             self.num_key_value_heads

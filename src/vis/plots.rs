@@ -1000,9 +1000,7 @@ pub fn plot_attention(
         .iter()
         .map(|s| text_width(&display_token(s), 13.0))
         .fold(0.0, f64::max);
-    let w = (label_w + 150.0 + 16.0 * tokens.len() as f64)
-        .max(800.0)
-        .min(20_000.0) as u32;
+    let w = (label_w + 150.0 + 16.0 * tokens.len() as f64).clamp(800.0, 20_000.0) as u32;
     let h = (60.0 + tok_h + 30.0 + 28.0 * values.len() as f64).max(240.0) as u32;
     let fig = AttentionFigure {
         tokens,
