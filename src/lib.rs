@@ -1,3 +1,6 @@
 //! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.
+
 pub mod analysis;
+pub mod puzzle;
+pub mod tokenizer;
 pub mod vis;

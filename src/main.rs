@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
+    Puzzles(minarc::puzzle::cli::PuzzlesArgs),
     /// Render an attribution-graph view (JSON) as a self-contained HTML page (and DOT/JSON).
     Graph(minarc::vis::cli::GraphArgs),
 }
@@ -22,6 +24,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Puzzles(args) => std::process::exit(minarc::puzzle::cli::main(&args)),
         Command::Graph(args) => minarc::vis::cli::run(&args),
     }
 }

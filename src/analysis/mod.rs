@@ -24,6 +24,8 @@ pub use cluster::{
     cluster_distance_matrix, cluster_heads, dendrogram_leaf_order, fcluster_distance, linkage,
 };
 pub use distance::{DistanceKind, DistanceMatrix, compute_cosine_matrix, compute_js_matrix};
-pub use patterns::{PatternLabels, attn_pattern_labels, get_ap_scores};
+pub use patterns::{
+    PatternLabels, attn_pattern_labels, attn_pattern2labels, get_ap_scores, split_pattern,
+};
 pub use summary::cluster_summary;
 pub use topk::{TopK, topk_md};

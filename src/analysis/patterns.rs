@@ -1,11 +1,14 @@
 //! Attention-pattern label matrices (V1) and pattern-matching scores (V2).
 //!
 //! A pattern `"DST->SRC"` pairs, for every QA of the chosen examples, a query position (DST) with
-//! the position it is expected to attend to (SRC). The span machinery that turns a pattern string
-//! into positions lives in the puzzle module; these functions take the resolved index pairs.
+//! the position it is expected to attend to (SRC). The span machinery that turns a span into
+//! positions lives in the puzzle module ([`crate::puzzle::Sample::positions`]);
+//! [`attn_pattern2labels`] uses it, [`attn_pattern_labels`] takes resolved index pairs.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use candle_core::{D, DType, Device, Tensor};
+
+use crate::puzzle::Sample;
 
 /// Row-normalisation epsilon of the label matrix (V1).
 pub const LABEL_EPS: f32 = 1e-9;
@@ -42,6 +45,37 @@ pub fn attn_pattern_labels(seq_len: usize, pairs: &[(usize, usize)]) -> Result<P
         labels: Tensor::from_vec(m, (seq_len, seq_len), &Device::Cpu)?,
         ranges_q: pairs.iter().map(|p| p.0).collect(),
     })
+}
+
+/// Splits a pattern `"DST->SRC"` at its first `->` (`"A-->V"` is DST `A-`, SRC `V`).
+pub fn split_pattern(pattern: &str) -> Result<(&str, &str)> {
+    let (dst, src) = pattern
+        .split_once("->")
+        .with_context(|| format!("attention pattern {pattern:?} is not of the form DST->SRC"))?;
+    ensure!(
+        !dst.is_empty() && !src.is_empty(),
+        "attention pattern {pattern:?} has an empty side"
+    );
+    Ok((dst, src))
+}
+
+/// V1 `attn_pattern2labels` on a sample: DST and SRC positions of `pattern` over the last
+/// `last_k` train examples, paired per QA, as a `[s, s]` label matrix (`s` = the prompt's tokens).
+pub fn attn_pattern2labels(sample: &Sample, pattern: &str, last_k: usize) -> Result<PatternLabels> {
+    let (dst, src) = split_pattern(pattern)?;
+    let d = sample.positions(dst, last_k)?;
+    let s = sample.positions(src, last_k)?;
+    ensure!(
+        d.len() == s.len(),
+        "pattern {pattern:?}: {} DST positions but {} SRC positions",
+        d.len(),
+        s.len()
+    );
+    let n = sample
+        .n_tokens
+        .context("the sample has no token positions (built without a tokenizer)")?;
+    let pairs: Vec<(usize, usize)> = d.into_iter().zip(s).collect();
+    attn_pattern_labels(n, &pairs)
 }
 
 /// V2 `get_ap_scores`: for every labelled row (ascending position order), the attention mass
@@ -134,6 +168,31 @@ mod tests {
             (s[1][0] - 0.1).abs() < 1e-6 && (s[1][1] - 0.2).abs() < 1e-6,
             "{s:?}"
         );
+    }
+
+    #[test]
+    fn labels_from_a_sample() {
+        use crate::puzzle::prompt::PromptOptions;
+        use crate::puzzle::{PuzzleParams, gen_puzzle};
+        let tok = crate::tokenizer::fixture_tokenizer().unwrap();
+        let p = gen_puzzle(&PuzzleParams::default()).unwrap();
+        let s = Sample::build(0, p, &PromptOptions::default(), Some(&tok)).unwrap();
+        let l = attn_pattern2labels(&s, "A-->V", 2).unwrap();
+        let n = s.n_tokens.unwrap();
+        assert_eq!(l.labels.dims(), &[n, n]);
+        let dst = s.positions("A-", 2).unwrap();
+        let src = s.positions("V", 2).unwrap();
+        assert_eq!(l.ranges_q, dst);
+        let m = l.labels.to_vec2::<f32>().unwrap();
+        for (d, v) in dst.iter().zip(&src) {
+            let row_sum: f32 = m[*d].iter().sum();
+            assert!((row_sum - 1.0).abs() < 1e-6);
+            assert!(m[*d][*v] > 0.0);
+        }
+        assert_eq!(split_pattern("A-->A-").unwrap(), ("A-", "A-"));
+        assert_eq!(split_pattern("V->A-").unwrap(), ("V", "A-"));
+        assert!(split_pattern("A-").is_err());
+        assert!(attn_pattern2labels(&s, "A-->K", 2).is_err());
     }
 
     #[test]
