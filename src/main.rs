@@ -26,6 +26,8 @@ enum Command {
     HelpFunctions(script_cli::HelpFunctionsArgs),
     /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
     Puzzles(minarc::puzzle::cli::PuzzlesArgs),
+    /// Render an attribution-graph view (JSON) as a self-contained HTML page (and DOT/JSON).
+    Graph(minarc::vis::cli::GraphArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +38,10 @@ fn main() -> anyhow::Result<()> {
         Command::Repl => script_cli::repl()?,
         Command::HelpFunctions(a) => script_cli::help_functions(a)?,
         Command::Puzzles(args) => minarc::puzzle::cli::main(&args),
+        Command::Graph(args) => {
+            minarc::vis::cli::run(&args)?;
+            0
+        }
     };
     std::process::exit(code);
 }
