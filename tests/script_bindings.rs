@@ -128,3 +128,87 @@ fn datasets_round_trip_through_jsonl() {
     let _ = h.eval_source("rt.rhai", &src, false).unwrap();
     assert_eq!(buf.contents(), "2\ntrue\n");
 }
+
+#[test]
+fn topk_md_returns_multi_indices_and_signed_values() {
+    let (mut h, buf) = host();
+    let src = "let t = from_array([[1, -2, 3], [-4, 5, -6]]);\n\
+               print(topk_md(t, 2));\nprint(topk_md(t, 2, true));\nprint(topk_md(t, 0));";
+    let _ = h.eval_source("k.rhai", src, false).unwrap();
+    assert_eq!(
+        buf.contents(),
+        "[[1, 1, 5.0], [0, 2, 3.0]]\n[[1, 2, -6.0], [1, 1, 5.0]]\n[]\n"
+    );
+}
+
+#[test]
+fn cluster_heads_separates_obvious_groups() {
+    let (mut h, _) = host();
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("clusters.png");
+    // Cosine distances by hand: d(h0, h1) = 1 - 0.9/sqrt(0.82) = 0.006116; same for (h2, h3);
+    // across the groups the vectors are (nearly) orthogonal.
+    let src = format!(
+        "let data = [[3, 0, from_array([1.0, 0.0, 0.0])], [3, 1, from_array([0.9, 0.1, 0.0])],\n\
+                     [5, 2, from_array([0.0, 0.0, 1.0])], [5, 3, from_array([0.0, 0.1, 0.9])]];\n\
+         let c = cluster_heads(data, #{{dist: \"cosine\", method: \"average\"}});\n\
+         plot_clustering(c, \"{}\", #{{figsize: [6, 3], strengths: [1, 2, 3, 4]}});\n\
+         #{{ids: c.ids, groups: c.groups, intra: c.metrics.clusters[\"1\"].intra_mean,\n\
+            n_clusters: c.metrics.overall.n_clusters, threshold: c.threshold, summary: cluster_summary(c)}}",
+        png.display()
+    );
+    let v = h.eval_source("c.rhai", &src, false).unwrap();
+    let m = v.read_lock::<rhai::Map>().unwrap();
+    let ids: Vec<i64> = m["ids"]
+        .clone()
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_int().unwrap())
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[2], ids[3]);
+    assert_ne!(ids[0], ids[2]);
+    assert_eq!(m["n_clusters"].as_int().unwrap(), 2);
+    assert!((m["intra"].as_float().unwrap() - 0.006).abs() < 1e-12);
+    assert_eq!(m["threshold"].as_float().unwrap(), 0.3);
+    let summary = m["summary"].clone().into_string().unwrap();
+    assert!(
+        summary.contains("3-0, 3-1") && summary.contains("5-2, 5-3"),
+        "{summary}"
+    );
+    assert!(std::fs::metadata(&png).unwrap().len() > 0);
+    let e = h
+        .eval_source(
+            "c2.rhai",
+            "cluster_heads([[0, 0, zeros([2])]], #{dist: \"l1\"})",
+            false,
+        )
+        .unwrap_err();
+    assert!(e.message.contains("unknown dist"), "{}", e.message);
+    let e = h
+        .eval_source("c3.rhai", "cluster_heads([[0, zeros([2])]])", false)
+        .unwrap_err();
+    assert!(e.message.contains("[layer, head, Tensor]"), "{}", e.message);
+}
+
+#[test]
+fn pattern_labels_score_their_own_matrix_as_one() {
+    let (mut h, _) = host();
+    let src = r#"
+        let s = gen_dataset(#{seeds: "0..1", tokenizer: "fixture"})[0];
+        let l = attn_pattern2labels(s, "A-->V");
+        let scores = get_ap_scores(l.labels, l);
+        #{shape: l.labels.shape, n: s.n_tokens, q: l.ranges_q, a_minus: s.positions("A-"),
+          min: scores.min(), max: scores.max(), len: scores.shape[0]}
+    "#;
+    let v = h.eval_source("p.rhai", src, false).unwrap();
+    let m = v.read_lock::<rhai::Map>().unwrap();
+    let n = m["n"].as_int().unwrap();
+    assert_eq!(h.display_value(&m["shape"]), format!("[{n}, {n}]"));
+    assert_eq!(h.display_value(&m["q"]), h.display_value(&m["a_minus"]));
+    assert_eq!(m["len"].as_int().unwrap(), 8);
+    // Each labelled row has one source with weight 1/(1+1e-9): the score is that weight squared.
+    assert!((m["min"].as_float().unwrap() - 1.0).abs() < 1e-6);
+    assert!((m["max"].as_float().unwrap() - 1.0).abs() < 1e-6);
+}

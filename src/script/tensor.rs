@@ -342,29 +342,6 @@ impl Tensor {
         Ok(Tensor(CTensor::cat(&inner, d)?))
     }
 
-    /// Multi-dimensional top-k (U1 `topk_md`): the k largest elements (by value, or by
-    /// absolute value with `by_abs`), each as `[i0, i1, ..., value]`, largest first.
-    pub fn topk_md(&self, k: INT, by_abs: bool) -> Result<Array> {
-        ensure!(k >= 0, "topk_md(): k must be >= 0, got {k}");
-        let dims = self.shape();
-        let vals = self.f32()?.flatten_all()?.to_vec1::<f32>()?;
-        let key = |v: f32| if by_abs { v.abs() } else { v };
-        let mut order: Vec<usize> = (0..vals.len()).collect();
-        order.sort_by(|&a, &b| key(vals[b]).total_cmp(&key(vals[a])).then(a.cmp(&b)));
-        Ok(order
-            .into_iter()
-            .take(k as usize)
-            .map(|flat| {
-                let mut row: Array = unravel(flat, &dims)
-                    .into_iter()
-                    .map(|i| Dynamic::from_int(i as INT))
-                    .collect();
-                row.push(Dynamic::from_float(vals[flat] as FLOAT));
-                Dynamic::from_array(row)
-            })
-            .collect())
-    }
-
     /// Shape plus a preview of the values (at most 6 entries per dim).
     pub fn preview(&self) -> Result<String> {
         let dims = self.shape();
@@ -413,15 +390,6 @@ fn check_same_shape(ts: &[Tensor]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn unravel(mut flat: usize, dims: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; dims.len()];
-    for (k, &n) in dims.iter().enumerate().rev() {
-        idx[k] = flat % n;
-        flat /= n;
-    }
-    idx
 }
 
 fn scalar(t: &CTensor) -> Result<FLOAT> {
@@ -572,16 +540,6 @@ mod tests {
         );
         assert!(t.slice(1, 2, 1).is_err());
         assert!(t.slice(1, 0, 4).is_err());
-    }
-
-    #[test]
-    fn unravel_and_topk() {
-        assert_eq!(unravel(5, &[2, 3]), vec![1, 2]);
-        let top = t23().topk_md(2, true).unwrap();
-        let first = top[0].clone().into_array().unwrap();
-        assert_eq!(first[0].as_int().unwrap(), 1);
-        assert_eq!(first[1].as_int().unwrap(), 2);
-        assert_eq!(first[2].as_float().unwrap(), -6.0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Script bindings, one module per domain. [`register_all`] wires every domain into an
 //! engine; each domain registers through a [`Registrar`] so every function is documented.
 
+pub mod analysis;
 pub mod puzzle;
 pub mod tensor;
 pub mod util;
@@ -18,6 +19,7 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     tensor::register(&mut Registrar::new(engine, docs, "tensor"));
     util::register(&mut Registrar::new(engine, docs, "util"), state);
     puzzle::register(&mut Registrar::new(engine, docs, "puzzle"), state);
+    analysis::register(&mut Registrar::new(engine, docs, "analysis"));
 }
 
 /// Run a native function body: errors become Rhai errors prefixed with the function name,

@@ -29,6 +29,24 @@ fn tensors(what: &str, arr: &Array) -> anyhow::Result<Vec<Tensor>> {
         .collect()
 }
 
+/// U1 `topk_md` (transposed form): one `[i0, i1, ..., value]` row per item, largest first.
+fn topk_rows(t: &Tensor, k: INT, by_abs: bool) -> anyhow::Result<Array> {
+    anyhow::ensure!(k >= 0, "k must be >= 0, got {k}");
+    let top = crate::analysis::topk_md(&t.0, k as usize, by_abs)?;
+    Ok(top
+        .items
+        .into_iter()
+        .map(|(idx, v)| {
+            let mut row: Array = idx
+                .into_iter()
+                .map(|i| Dynamic::from_int(i as INT))
+                .collect();
+            row.push(Dynamic::from_float(v as FLOAT));
+            Dynamic::from_array(row)
+        })
+        .collect())
+}
+
 /// Register the tensor domain.
 pub fn register(r: &mut Registrar) {
     r.type_named::<Tensor>(
@@ -208,13 +226,13 @@ fn register_indexing(r: &mut Registrar) {
         "topk_md",
         "topk_md(t: Tensor, k: int) -> Array",
         "The k largest elements, each as [i0, i1, ..., value] (multi-dim index then value), largest first.",
-        |t: &mut Tensor, k: INT| guard("topk_md", || t.topk_md(k, false)),
+        |t: &mut Tensor, k: INT| guard("topk_md", || topk_rows(t, k, false)),
     )
     .func(
         "topk_md",
         "topk_md(t: Tensor, k: int, by_abs: bool) -> Array",
         "Like topk_md(t, k), ranking by absolute value when by_abs is true.",
-        |t: &mut Tensor, k: INT, by_abs: bool| guard("topk_md", || t.topk_md(k, by_abs)),
+        |t: &mut Tensor, k: INT, by_abs: bool| guard("topk_md", || topk_rows(t, k, by_abs)),
     );
 }
 
