@@ -212,3 +212,31 @@ fn pattern_labels_score_their_own_matrix_as_one() {
     assert!((m["min"].as_float().unwrap() - 1.0).abs() < 1e-6);
     assert!((m["max"].as_float().unwrap() - 1.0).abs() < 1e-6);
 }
+
+#[test]
+fn plots_are_written_and_bad_shapes_rejected() {
+    let (mut h, _) = host();
+    let dir = tempfile::tempdir().unwrap();
+    let (g, l) = (dir.path().join("groups.png"), dir.path().join("lens.svg"));
+    let src = format!(
+        "let a = from_array([[[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]]);\n\
+         let b = from_array([[[0.6, 0.4, 0.0], [0.1, 0.4, 0.5]]]);\n\
+         let aw = [[1, 0, a], [1, 1, b]];\n\
+         let c = cluster_heads(aw);\n\
+         plot_group_patterns(c, aw, \"{}\", 2);\n\
+         plot_logit_lens(from_array([[0.1, 0.2, 0.3], [0.4, -0.5, 0.6]]), 3, \"acc\", \"{}\");",
+        g.display(),
+        l.display()
+    );
+    let _ = h.eval_source("plots.rhai", &src, false).unwrap();
+    assert!(std::fs::metadata(&g).unwrap().len() > 0);
+    assert!(std::fs::read_to_string(&l).unwrap().contains("<svg"));
+    let e = h
+        .eval_source(
+            "bad.rhai",
+            "plot_logit_lens(zeros([2, 2]), 0, \"x\", \"/tmp/never.png\")",
+            false,
+        )
+        .unwrap_err();
+    assert!(e.message.contains("[n_layers, 3]"), "{}", e.message);
+}

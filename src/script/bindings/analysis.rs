@@ -10,7 +10,9 @@ use crate::analysis::{
 use crate::puzzle::sample::DEFAULT_LAST_K;
 use crate::script::docs::Registrar;
 use crate::script::tensor::Tensor;
-use crate::vis::plots::{DendrogramOptions, plot_clustering};
+use crate::vis::plots::{
+    DendrogramOptions, lens_rows, plot_clustering, plot_group_patterns, plot_logit_lens,
+};
 use anyhow::{Result, anyhow, bail, ensure};
 use rhai::{Array, Dynamic, FLOAT, INT, Map};
 use std::path::Path;
@@ -180,6 +182,35 @@ pub fn register(r: &mut Registrar) {
     );
     register_clustering(r);
     register_patterns(r);
+    register_plots(r);
+}
+
+/// Resolution of the bitmap plots.
+const PLOT_DPI: f64 = 150.0;
+
+fn register_plots(r: &mut Registrar) {
+    r.func(
+        "plot_group_patterns",
+        "plot_group_patterns(c: Clustering, aw: Array, path: String, last_n_pos: int)",
+        "One panel per cluster with the group's mean attention pattern over the last last_n_pos key positions (V13); aw is [[layer, head, Tensor [N,k,s]], ...].",
+        |c: &mut ScriptClustering, aw: Array, path: &str, last_n_pos: INT| {
+            guard("plot_group_patterns", || {
+                ensure!(last_n_pos > 0, "last_n_pos must be positive, got {last_n_pos}");
+                plot_group_patterns(&c.0.groups, &head_data(&aw)?, last_n_pos as usize, Path::new(path), PLOT_DPI)
+            })
+        },
+    )
+    .func(
+        "plot_logit_lens",
+        "plot_logit_lens(matrix: Tensor, from_layer: int, y_desc: String, path: String)",
+        "Grouped bars per layer (resid, attn, mlp) from a [n_layers, 3] tensor (V5), written to path.",
+        |m: Tensor, from_layer: INT, y_desc: &str, path: &str| {
+            guard("plot_logit_lens", || {
+                ensure!(from_layer >= 0, "from_layer must be >= 0, got {from_layer}");
+                plot_logit_lens(&lens_rows(&m.0)?, from_layer as usize, y_desc, Path::new(path), PLOT_DPI)
+            })
+        },
+    );
 }
 
 fn register_clustering(r: &mut Registrar) {
