@@ -1,1 +1,2 @@
 //! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.
+pub mod model;
