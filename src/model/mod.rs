@@ -4,6 +4,7 @@
 //! Shape letters: b batch, n heads, d head_dim, e hidden, i query len, j kv len, s seq len,
 //! k selected positions, v vocab.
 
+pub mod backend;
 pub mod components;
 pub mod config;
 pub mod loader;
@@ -12,6 +13,7 @@ pub mod outputs;
 pub mod qwen2;
 pub mod weights;
 
+pub use backend::{Backend, CachedSample, HeadSel, Local, SampleInput, SampleKey};
 pub use components::{AttnInputs, NoSink, Norm};
 pub use config::{ModelConfig, parse_device, parse_dtype};
 pub use outputs::{CaptureSpec, Outputs};
