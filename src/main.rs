@@ -17,11 +17,17 @@ struct Cli {
 enum Command {
     /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
     Puzzles(minarc::puzzle::cli::PuzzlesArgs),
+    /// Write a fixture model folder (HF layout, deterministic random weights, fixture tokenizer).
+    InitModel(minarc::model::cli::InitModelArgs),
+    /// Benchmarks (`bench forward`: plain forward vs forward with full capture).
+    Bench(minarc::model::cli::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Puzzles(args) => std::process::exit(minarc::puzzle::cli::main(&args)),
+        Command::InitModel(args) => minarc::model::cli::run_init_model(&args),
+        Command::Bench(args) => minarc::model::cli::run_bench(&args),
     }
 }

@@ -5,6 +5,7 @@
 //! k selected positions, v vocab.
 
 pub mod backend;
+pub mod cli;
 pub mod components;
 pub mod config;
 pub mod fixture;
