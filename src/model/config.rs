@@ -132,21 +132,21 @@ impl ModelConfig {
                 self.hidden_act
             );
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size,
                 self.num_attention_heads
             );
         }
-        if self.num_attention_heads % self.num_kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
             bail!(
                 "num_attention_heads {} is not divisible by num_key_value_heads {}",
                 self.num_attention_heads,
                 self.num_kv_heads()
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!("head dim {} must be even for RoPE", self.head_dim());
         }
         if let Some(hd) = self.head_dim
@@ -163,10 +163,10 @@ impl ModelConfig {
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             bail!("rope_scaling is not supported");
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             bail!("rms_norm_eps must be positive");
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             bail!("rope_theta must be positive");
         }
         self.storage_dtype()?;

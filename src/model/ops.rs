@@ -100,3 +100,27 @@ pub fn check_positions(pos: &[usize], len: usize, what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes glibc malloc keep freed tensor buffers for reuse instead of returning them to the OS
+/// (and page-faulting them back in on the next op): mmap threshold 32 MiB (the maximum), trim
+/// threshold 1 GiB. Without this, a forward that *retains* its captured activations runs
+/// 14–18% slower than the plain forward on Qwen2.5-0.5B shapes (measured); with it, the two
+/// run at the same speed. Called once by [`super::Qwen2::load`]; a no-op off Linux/glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            unsafe extern "C" {
+                fn mallopt(param: i32, value: i32) -> i32;
+            }
+            const M_TRIM_THRESHOLD: i32 = -1;
+            const M_MMAP_THRESHOLD: i32 = -3;
+            // SAFETY: mallopt only adjusts allocator tunables; valid at any time.
+            unsafe {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+                mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            }
+        });
+    }
+}

@@ -38,6 +38,7 @@ impl Qwen2 {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             bail!("compute dtype {dtype:?} not supported (f32, f16 or bf16)");
         }
+        super::ops::tune_allocator();
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
         let files = WeightFiles::open(dir)?;
         let w = Weights::load(&files, &cfg, dtype, device)
