@@ -21,6 +21,8 @@ enum Command {
     InitModel(minarc::model::cli::InitModelArgs),
     /// Benchmarks (`bench forward`: plain forward vs forward with full capture).
     Bench(minarc::model::cli::BenchArgs),
+    /// Render an attribution-graph view (JSON) as a self-contained HTML page (and DOT/JSON).
+    Graph(minarc::vis::cli::GraphArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +31,6 @@ fn main() -> anyhow::Result<()> {
         Command::Puzzles(args) => std::process::exit(minarc::puzzle::cli::main(&args)),
         Command::InitModel(args) => minarc::model::cli::run_init_model(&args),
         Command::Bench(args) => minarc::model::cli::run_bench(&args),
+        Command::Graph(args) => minarc::vis::cli::run(&args),
     }
 }
