@@ -26,6 +26,10 @@ enum Command {
     HelpFunctions(script_cli::HelpFunctionsArgs),
     /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
     Puzzles(minarc::puzzle::cli::PuzzlesArgs),
+    /// Write a fixture model folder (HF layout, deterministic random weights, fixture tokenizer).
+    InitModel(minarc::model::cli::InitModelArgs),
+    /// Benchmarks (`bench forward`: plain forward vs forward with full capture).
+    Bench(minarc::model::cli::BenchArgs),
     /// Render an attribution-graph view (JSON) as a self-contained HTML page (and DOT/JSON).
     Graph(minarc::vis::cli::GraphArgs),
 }
@@ -38,6 +42,14 @@ fn main() -> anyhow::Result<()> {
         Command::Repl => script_cli::repl()?,
         Command::HelpFunctions(a) => script_cli::help_functions(a)?,
         Command::Puzzles(args) => minarc::puzzle::cli::main(&args),
+        Command::InitModel(args) => {
+            minarc::model::cli::run_init_model(&args)?;
+            0
+        }
+        Command::Bench(args) => {
+            minarc::model::cli::run_bench(&args)?;
+            0
+        }
         Command::Graph(args) => {
             minarc::vis::cli::run(&args)?;
             0

@@ -1,4 +1,4 @@
-//! Watch mode: edit a script in a temp dir; the host (a memoised model) persists across
+//! Watch mode: edit a script in a temp dir; the host (the loaded fixture model) persists across
 //! runs, a syntax error is reported and survived, the next good save runs again.
 
 use minarc::script::watch::{WatchEvent, Watcher};
@@ -12,35 +12,23 @@ const WAIT: Duration = Duration::from_secs(20);
 #[test]
 fn watch_reruns_on_save_keeps_host_state_and_survives_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let model_path = dir.path().join("model.bin");
-    std::fs::write(&model_path, "weights").unwrap();
+    let model_path = dir.path().join("tiny");
+    minarc::model::fixture::init_model(minarc::model::fixture::Preset::Tiny, 0, &model_path, 1)
+        .unwrap();
     let script = dir.path().join("exp.rhai");
     let good = |tag: &str| {
         format!(
-            "let m = load_fake(\"{}\");\nprint(\"{tag} \" + m);\n",
+            "let m = load_model(\"{}\");\nprint(\"{tag} \" + m.n_layers);\n",
             model_path.display()
         )
     };
     std::fs::write(&script, good("v1")).unwrap();
 
     let (out, buf) = Output::buffer();
-    let mut host = Host::with_output(out);
-    host.register("test", |r, st| {
-        let st = st.clone();
-        r.func(
-            "load_fake",
-            "load_fake(path: String) -> String",
-            "Memoised fake load (test helper).",
-            move |p: &str| {
-                st.load_memo(std::path::Path::new(p), |_| Ok(String::from("model")))
-                    .map(|m| (*m).clone())
-                    .map_err(|e| -> Box<rhai::EvalAltResult> { e.to_string().into() })
-            },
-        );
-    });
+    let host = Host::with_output(out);
     let mut w = Watcher::new(host, &script);
     let _ = w.run_once().unwrap();
-    assert_eq!(buf.contents(), "v1 model\n");
+    assert_eq!(buf.contents(), "v1 2\n");
 
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
@@ -61,7 +49,7 @@ fn watch_reruns_on_save_keeps_host_state_and_survives_errors() {
     );
 
     // A syntax error: reported with its location, host kept.
-    std::fs::write(&script, "let m = load_fake(;\n").unwrap();
+    std::fs::write(&script, "let m = load_model(;\n").unwrap();
     let (n, r) = rx.recv_timeout(WAIT).unwrap().unwrap();
     assert_eq!(n, 2);
     let e = r.unwrap_err();
@@ -81,7 +69,7 @@ fn watch_reruns_on_save_keeps_host_state_and_survives_errors() {
     stop.store(true, Ordering::SeqCst);
     let (w, r) = handle.join().unwrap();
     r.unwrap();
-    assert_eq!(buf.contents(), "v1 model\nv3 model\n");
+    assert_eq!(buf.contents(), "v1 2\nv3 2\n");
     assert_eq!(w.host().state().load_count(), 1);
     assert_eq!(w.runs(), 3);
 }

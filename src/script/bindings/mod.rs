@@ -2,6 +2,7 @@
 //! engine; each domain registers through a [`Registrar`] so every function is documented.
 
 pub mod analysis;
+pub mod model;
 pub mod puzzle;
 pub mod tensor;
 pub mod util;
@@ -20,6 +21,7 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     util::register(&mut Registrar::new(engine, docs, "util"), state);
     puzzle::register(&mut Registrar::new(engine, docs, "puzzle"), state);
     analysis::register(&mut Registrar::new(engine, docs, "analysis"));
+    model::register(&mut Registrar::new(engine, docs, "model"), state);
 }
 
 /// Run a native function body: errors become Rhai errors prefixed with the function name,

@@ -1,0 +1,487 @@
+//! The [`Backend`] trait — "a model I can ask questions" (M3, M9) — and its in-process
+//! implementation [`Local`]. Code above the trait never asks which implementation it has.
+//!
+//! Every tensor a `Backend` returns is f32 on the CPU, whatever the compute device/dtype.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::components::{AttnInputs, Norm};
+use super::config::ModelConfig;
+use super::outputs::{CaptureSpec, Outputs};
+use super::qwen2::Qwen2;
+
+/// Identifies a cached sample: dataset name + sample index (r.index).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SampleKey {
+    /// Dataset name.
+    pub dataset: String,
+    /// Sample index within the dataset (0..N-1).
+    pub index: usize,
+}
+
+impl SampleKey {
+    /// Builds a key.
+    pub fn new(dataset: impl Into<String>, index: usize) -> Self {
+        Self {
+            dataset: dataset.into(),
+            index,
+        }
+    }
+}
+
+/// What the caller knows about a sample when it is forwarded (kept as its metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SampleInput {
+    /// Sample index within its dataset.
+    pub index: usize,
+    /// The prompt text (tokenized by the backend's tokenizer).
+    pub prompt: String,
+    /// Answer token ids, one per answer position.
+    pub labels: Vec<u32>,
+    /// Candidate answer token ids (logits mask, A3).
+    pub candidate_ids: Vec<u32>,
+    /// Positions whose next-token prediction is the answer (one per label).
+    pub answer_indices: Vec<usize>,
+}
+
+/// Head selection for accessors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HeadSel {
+    /// One query head; `One(H)` (H = num_attention_heads) is the MLP pseudo-head in
+    /// `head_output` (returns the layer's MLP output).
+    One(usize),
+    /// Several query heads.
+    Many(Vec<usize>),
+    /// Every query head.
+    All,
+}
+
+/// A model that can forward samples, cache their activations and answer questions about them.
+pub trait Backend: Send + Sync {
+    /// The model configuration.
+    fn config(&self) -> &ModelConfig;
+    /// The tokenizer.
+    fn tokenizer(&self) -> &tokenizers::Tokenizer;
+    /// Model path/name, dtype, device.
+    fn describe(&self) -> String;
+    /// Tokenize, forward with capture, store under (dataset, input.index). Skips if already
+    /// cached unless `force`. Returns seq_len.
+    fn forward_sample(
+        &self,
+        dataset: &str,
+        input: &SampleInput,
+        capture: &CaptureSpec,
+        force: bool,
+    ) -> Result<usize>;
+    /// Whether the sample is cached.
+    fn has_sample(&self, key: &SampleKey) -> bool;
+    /// Cached datasets and their sample indices (sorted).
+    fn datasets(&self) -> Vec<(String, Vec<usize>)>;
+    /// Removes a dataset (and its cached attention weights).
+    fn drop_dataset(&self, dataset: &str) -> Result<()>;
+    /// Token count of a cached sample.
+    fn seq_len(&self, key: &SampleKey) -> Result<usize>;
+    /// hidden_states\[layer\] `[1,k,e]` (layer in 0..=L; L = after the final norm).
+    fn hidden_states(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// The attention block's residual contribution o_proj(attn_out) `[1,k,e]`.
+    fn attn_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// The MLP output `[1,k,e]`.
+    fn mlp_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// One(h): `[1,k,e]` (One(H) = MLP output); Many(hs): sum of those heads `[1,k,e]`;
+    /// All: `[1,k,n,e]`.
+    fn head_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// One(h): `[1,k,s]`; Many/All: `[1,h,k,s]`. Cached by (dataset, index, layer, heads,
+    /// pos_ids) when pos_ids is given. Needs the full-sequence hidden_states of `layer`.
+    fn attn_weights(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// Logits `[1,k,v]` (stored ones, else lm_head(hidden_states\[L\])).
+    fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor>;
+    /// The SampleInput given at forward time.
+    fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput>;
+}
+
+/// A cached sample: what was asked, its tokens, and the captured activations.
+#[derive(Debug, Clone)]
+pub struct CachedSample {
+    /// The input as given to `forward_sample`.
+    pub input: SampleInput,
+    /// Token ids of the prompt.
+    pub token_ids: Vec<u32>,
+    /// Captured activations (CPU).
+    pub outputs: Outputs,
+}
+
+type Store = HashMap<String, BTreeMap<usize, Arc<CachedSample>>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AttnKey {
+    dataset: String,
+    index: usize,
+    layer: usize,
+    heads: Vec<usize>,
+    pos_ids: Vec<usize>,
+}
+
+/// The in-process backend: the model, its tokenizer and the sample store.
+pub struct Local {
+    model: Qwen2,
+    tokenizer: tokenizers::Tokenizer,
+    store: RwLock<Store>,
+    attn_cache: Mutex<HashMap<AttnKey, Tensor>>,
+}
+
+fn to_host(t: Tensor) -> Result<Tensor> {
+    Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)
+}
+
+impl Local {
+    /// Loads a HF folder: model (see [`Qwen2::load`]) and `tokenizer.json`.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let model = Qwen2::load(dir, dtype, device)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tok_path.display()))?;
+        Ok(Self::new(model, tokenizer))
+    }
+
+    /// Wraps an already loaded model and tokenizer.
+    pub fn new(model: Qwen2, tokenizer: tokenizers::Tokenizer) -> Self {
+        Self {
+            model,
+            tokenizer,
+            store: RwLock::new(HashMap::new()),
+            attn_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The model, for code running inside the local implementation.
+    pub fn model(&self) -> &Qwen2 {
+        &self.model
+    }
+
+    /// A cached sample (its Outputs, tokens and input).
+    pub fn sample(&self, key: &SampleKey) -> Result<Arc<CachedSample>> {
+        let store = self
+            .store
+            .read()
+            .map_err(|_| anyhow!("sample store lock poisoned"))?;
+        store
+            .get(&key.dataset)
+            .ok_or_else(|| anyhow!("unknown dataset {:?}", key.dataset))?
+            .get(&key.index)
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!(
+                    "sample {} not cached in dataset {:?}",
+                    key.index,
+                    key.dataset
+                )
+            })
+    }
+
+    /// Forward raw token ids (no tokenizer) and store them under (dataset, input.index).
+    /// `input.prompt` is kept as metadata only. Returns seq_len.
+    pub fn forward_ids(
+        &self,
+        dataset: &str,
+        input: &SampleInput,
+        ids: &[u32],
+        capture: &CaptureSpec,
+        force: bool,
+    ) -> Result<usize> {
+        let key = SampleKey::new(dataset, input.index);
+        if !force && let Ok(s) = self.sample(&key) {
+            return Ok(s.outputs.seq_len);
+        }
+        if input.labels.len() != input.answer_indices.len() && !input.answer_indices.is_empty() {
+            bail!(
+                "sample {}: {} labels but {} answer_indices",
+                input.index,
+                input.labels.len(),
+                input.answer_indices.len()
+            );
+        }
+        super::ops::check_positions(&input.answer_indices, ids.len(), "answer")?;
+        let outputs = self
+            .model
+            .forward_capture(ids, capture)
+            .with_context(|| format!("forward of sample {} of dataset {dataset:?}", input.index))?;
+        let seq_len = outputs.seq_len;
+        let sample = Arc::new(CachedSample {
+            input: input.clone(),
+            token_ids: ids.to_vec(),
+            outputs,
+        });
+        self.clear_attn_cache_for(Some(&key));
+        let mut store = self
+            .store
+            .write()
+            .map_err(|_| anyhow!("sample store lock poisoned"))?;
+        store
+            .entry(dataset.to_string())
+            .or_default()
+            .insert(input.index, sample);
+        Ok(seq_len)
+    }
+
+    /// Tokenizes a prompt (special tokens as the tokenizer's post-processor adds them).
+    pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Empties the attention-weights cache.
+    pub fn clear_attn_cache(&self) {
+        self.clear_attn_cache_for(None);
+    }
+
+    fn clear_attn_cache_for(&self, key: Option<&SampleKey>) {
+        if let Ok(mut c) = self.attn_cache.lock() {
+            match key {
+                None => c.clear(),
+                Some(k) => c.retain(|a, _| !(a.dataset == k.dataset && a.index == k.index)),
+            }
+        }
+    }
+
+    /// (entries, bytes) of the attention-weights cache.
+    pub fn attn_cache_stats(&self) -> (usize, usize) {
+        self.attn_cache
+            .lock()
+            .map(|c| (c.len(), c.values().map(|t| t.elem_count() * 4).sum()))
+            .unwrap_or((0, 0))
+    }
+
+    fn n_heads(&self) -> usize {
+        self.model.config().num_attention_heads
+    }
+
+    fn head_list(&self, heads: &HeadSel) -> Result<Vec<usize>> {
+        let list = match heads {
+            HeadSel::One(h) => vec![*h],
+            HeadSel::Many(hs) => hs.clone(),
+            HeadSel::All => (0..self.n_heads()).collect(),
+        };
+        self.model.config().check_heads(&list)?;
+        Ok(list)
+    }
+}
+
+impl Backend for Local {
+    fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    fn describe(&self) -> String {
+        format!("local: {}", self.model.describe())
+    }
+
+    fn forward_sample(
+        &self,
+        dataset: &str,
+        input: &SampleInput,
+        capture: &CaptureSpec,
+        force: bool,
+    ) -> Result<usize> {
+        let key = SampleKey::new(dataset, input.index);
+        if !force && let Ok(s) = self.sample(&key) {
+            return Ok(s.outputs.seq_len);
+        }
+        let ids = self.encode(&input.prompt)?;
+        self.forward_ids(dataset, input, &ids, capture, force)
+    }
+
+    fn has_sample(&self, key: &SampleKey) -> bool {
+        self.sample(key).is_ok()
+    }
+
+    fn datasets(&self) -> Vec<(String, Vec<usize>)> {
+        let Ok(store) = self.store.read() else {
+            return vec![];
+        };
+        let mut v: Vec<(String, Vec<usize>)> = store
+            .iter()
+            .map(|(name, m)| (name.clone(), m.keys().copied().collect()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn drop_dataset(&self, dataset: &str) -> Result<()> {
+        let mut store = self
+            .store
+            .write()
+            .map_err(|_| anyhow!("sample store lock poisoned"))?;
+        if store.remove(dataset).is_none() {
+            bail!("unknown dataset {dataset:?}");
+        }
+        if let Ok(mut c) = self.attn_cache.lock() {
+            c.retain(|a, _| a.dataset != dataset);
+        }
+        Ok(())
+    }
+
+    fn seq_len(&self, key: &SampleKey) -> Result<usize> {
+        Ok(self.sample(key)?.outputs.seq_len)
+    }
+
+    fn hidden_states(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        self.sample(key)?.outputs.hidden_state(layer, pos_ids)
+    }
+
+    fn attn_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let s = self.sample(key)?;
+        let a = s.outputs.attn_out(layer, pos_ids)?;
+        to_host(self.model.heads_output_sum(layer, &a, None)?)
+    }
+
+    fn mlp_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        self.sample(key)?.outputs.mlp_output(layer, pos_ids)
+    }
+
+    fn head_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let s = self.sample(key)?;
+        match heads {
+            HeadSel::One(h) if *h == self.n_heads() => s.outputs.mlp_output(layer, pos_ids),
+            HeadSel::All => {
+                let a = s.outputs.attn_out(layer, pos_ids)?;
+                to_host(self.model.head_outputs(layer, &a, None)?)
+            }
+            sel => {
+                let list = self.head_list(sel)?;
+                let a = s.outputs.attn_out(layer, pos_ids)?;
+                to_host(self.model.heads_output_sum(layer, &a, Some(&list))?)
+            }
+        }
+    }
+
+    fn attn_weights(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        self.model.config().check_layer(layer)?;
+        let list = self.head_list(heads)?;
+        let s = self.sample(key)?;
+        let out = &s.outputs;
+        let cache_key = pos_ids.map(|p| AttnKey {
+            dataset: key.dataset.clone(),
+            index: key.index,
+            layer,
+            heads: list.clone(),
+            pos_ids: p.to_vec(),
+        });
+        if let Some(ck) = &cache_key
+            && let Some(t) = self.attn_cache.lock().ok().and_then(|c| c.get(ck).cloned())
+        {
+            return Ok(t);
+        }
+        if !out.has_all_positions() {
+            bail!(
+                "attention weights need the full-sequence hidden_states of layer {layer}, but \
+                 sample {} of {:?} was captured at selected positions only",
+                key.index,
+                key.dataset
+            );
+        }
+        let hs = out.hidden_state(layer, None)?; // [1,s,e]
+        let var = out.input_norm_var(layer, None)?;
+        let xn = self.model.rms_norm(Norm::Input(layer), &hs, Some(&var))?;
+        let all: Vec<usize> = (0..out.seq_len).collect();
+        let q_pos = pos_ids.unwrap_or(&all);
+        super::ops::check_positions(q_pos, out.seq_len, "query")?;
+        let xq = match pos_ids {
+            Some(p) => xn.index_select(&super::ops::index_tensor(p, xn.device())?, 1)?,
+            None => xn.clone(),
+        };
+        let a = AttnInputs::new(&xq, &xn, &xn, q_pos).heads(&list);
+        let mut w = to_host(self.model.attention_weights(layer, &a)?)?; // [1,h,k,s]
+        if matches!(heads, HeadSel::One(_)) {
+            w = w.squeeze(1)?;
+        }
+        if let Some(ck) = cache_key
+            && let Ok(mut c) = self.attn_cache.lock()
+        {
+            c.insert(ck, w.clone());
+        }
+        Ok(w)
+    }
+
+    fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor> {
+        let s = self.sample(key)?;
+        if s.outputs.logits.is_some() {
+            return s.outputs.logits(pos_ids);
+        }
+        let h = s
+            .outputs
+            .hidden_state(self.config().num_hidden_layers, pos_ids)
+            .context("logits were not captured, and neither was hidden_states[L]")?;
+        to_host(self.model.lm_head(&h)?)
+    }
+
+    fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput> {
+        Ok(self.sample(key)?.input.clone())
+    }
+}

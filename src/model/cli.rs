@@ -1,0 +1,179 @@
+//! Command-line entry points of the model module: `minarc init-model` and `minarc bench forward`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use super::config::{parse_device, parse_dtype};
+use super::fixture::{Preset, init_model};
+use super::outputs::CaptureSpec;
+use super::qwen2::Qwen2;
+
+/// `minarc init-model`: write a fixture model folder (HF layout, random weights).
+#[derive(Debug, Args)]
+pub struct InitModelArgs {
+    /// Preset: tiny, small or qwen05b-shape.
+    #[arg(long)]
+    pub preset: String,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of safetensors shards (>1 writes model.safetensors.index.json).
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+}
+
+/// Runs `minarc init-model`.
+pub fn run_init_model(args: &InitModelArgs) -> Result<()> {
+    let preset: Preset = args.preset.parse()?;
+    init_model(preset, args.seed, &args.out, args.shards)?;
+    println!(
+        "wrote {} fixture (seed {}) to {}",
+        preset.name(),
+        args.seed,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `minarc bench …`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to benchmark.
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Plain forward vs forward with full capture.
+    Forward(BenchForwardArgs),
+}
+
+/// `minarc bench forward` options.
+#[derive(Debug, Args)]
+pub struct BenchForwardArgs {
+    /// Fixture preset to build in a temp dir (ignored with --model).
+    #[arg(long, default_value = "qwen05b-shape")]
+    pub preset: String,
+    /// Use an existing HF model folder instead of a preset.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 600)]
+    pub tokens: usize,
+    /// Timed repetitions of each variant.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Compute device: cpu, cuda, cuda:N (CUDA needs the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+/// Runs `minarc bench …`.
+pub fn run_bench(args: &BenchArgs) -> Result<()> {
+    match &args.what {
+        BenchWhat::Forward(a) => bench_forward(a),
+    }
+}
+
+/// Peak resident set size in bytes (VmHWM from /proc/self/status), if available.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
+    anyhow::ensure!(a.reps > 0, "--reps must be at least 1");
+    anyhow::ensure!(a.tokens > 0, "--tokens must be at least 1");
+    let device = parse_device(&a.device)?;
+    let dtype = parse_dtype(&a.dtype)?;
+    let tmp;
+    let dir = match &a.model {
+        Some(d) => d.clone(),
+        None => {
+            let preset: Preset = a.preset.parse()?;
+            tmp = tempfile::tempdir().context("creating a temp dir")?;
+            let t = Instant::now();
+            init_model(preset, 0, tmp.path(), 1)?;
+            eprintln!(
+                "built {} fixture in {:.1}s",
+                preset.name(),
+                t.elapsed().as_secs_f64()
+            );
+            tmp.path().to_path_buf()
+        }
+    };
+    let t = Instant::now();
+    let model = Qwen2::load(&dir, dtype, &device)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let cfg = model.config().clone();
+    // deterministic token ids (3.. avoids special tokens)
+    let ids: Vec<u32> = (0..a.tokens)
+        .map(|i| 3 + ((i as u64 * 2_654_435_761) % (cfg.vocab_size as u64 - 3)) as u32)
+        .collect();
+    model.forward(&ids)?; // warm-up
+    let spec = CaptureSpec::full();
+    let mut plain = Vec::new();
+    let mut capture = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..a.reps {
+        let t = Instant::now();
+        let h = model.forward(&ids)?;
+        drop(h);
+        plain.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let out = model.forward_capture(&ids, &spec)?;
+        capture.push(t.elapsed().as_secs_f64());
+        bytes = out.bytes();
+    }
+    let s = a.tokens as f64;
+    let e = cfg.hidden_size as f64;
+    let l = cfg.num_hidden_layers as f64;
+    let body_params = (cfg.matmul_params() - cfg.hidden_size * cfg.vocab_size) as f64;
+    // matmuls: 2·params·tokens; attention: QKᵀ and A·V over the full s×s block, 2·2·s²·e per layer
+    let flops = 2.0 * body_params * s + 4.0 * s * s * e * l;
+    let (p, c) = (median(plain), median(capture));
+    println!("model: {}", model.describe());
+    println!(
+        "params {:.1}M, tokens {}, reps {}, threads {}, load {:.2}s",
+        cfg.num_params() as f64 / 1e6,
+        a.tokens,
+        a.reps,
+        candle_core::utils::get_num_threads(),
+        load_s
+    );
+    println!(
+        "plain forward:         median {:.3}s  ({:.1} GFLOP/s, {:.0} tok/s)",
+        p,
+        flops / p / 1e9,
+        s / p
+    );
+    println!(
+        "forward + full capture: median {:.3}s  ({:.1} GFLOP/s), capture {:.1} MB",
+        c,
+        flops / c / 1e9,
+        bytes as f64 / 1e6
+    );
+    println!("capture / plain ratio: {:.3}", c / p);
+    if let Some(rss) = peak_rss_bytes() {
+        println!("peak RSS: {:.2} GB", rss as f64 / 1e9);
+    }
+    Ok(())
+}

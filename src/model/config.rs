@@ -1,0 +1,282 @@
+//! `ModelConfig`: the Qwen2 hyper-parameters read from a Hugging Face `config.json`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use serde::{Deserialize, Serialize};
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_hidden_act() -> String {
+    "silu".to_string()
+}
+fn default_max_pos() -> usize {
+    32_768
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+
+/// Qwen2 configuration, deserialised from (and serialisable to) a HF `config.json`.
+///
+/// Unknown keys are ignored. `num_key_value_heads` defaults to `num_attention_heads`.
+/// Call [`ModelConfig::validate`] (done by [`ModelConfig::from_file`]) before use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// `["Qwen2ForCausalLM"]` in files we write.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// Must be `qwen2` when present.
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// Vocabulary size v (rows of the embedding).
+    pub vocab_size: usize,
+    /// Hidden size e.
+    pub hidden_size: usize,
+    /// MLP intermediate size.
+    pub intermediate_size: usize,
+    /// Number of decoder layers L.
+    pub num_hidden_layers: usize,
+    /// Number of query heads H (= n).
+    pub num_attention_heads: usize,
+    /// Number of key/value heads KVH (GQA groups).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Longest supported position (RoPE table length).
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    /// lm_head shares the embedding matrix.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Storage dtype of the checkpoint: float32, float16 or bfloat16.
+    #[serde(default)]
+    pub torch_dtype: Option<String>,
+    /// Only `silu` is supported.
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    /// Must be false (sliding-window attention is not supported).
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    /// Present in Qwen2 configs; unused while `use_sliding_window` is false.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// Present in Qwen2 configs; unused while `use_sliding_window` is false.
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    /// Beginning-of-sequence token id.
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence token id.
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    /// Must be null/absent (no RoPE scaling support).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Optional explicit head dim; must equal hidden_size / num_attention_heads when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Attention dropout (ignored at inference; kept for round-tripping).
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// Initializer range (ignored; kept for round-tripping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initializer_range: Option<f64>,
+    /// KV-cache flag (ignored; kept for round-tripping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_cache: Option<bool>,
+}
+
+impl ModelConfig {
+    /// Reads and validates `config.json`; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read model config {}", path.display()))?;
+        let cfg: ModelConfig = serde_json::from_str(&text)
+            .with_context(|| format!("malformed model config {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("unsupported model config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks every value this implementation depends on.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(mt) = &self.model_type
+            && mt != "qwen2"
+        {
+            bail!("model_type {mt:?} is not supported (only \"qwen2\")");
+        }
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_kv_heads()),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                bail!("{name} must be positive");
+            }
+        }
+        if self.hidden_act != "silu" {
+            bail!(
+                "hidden_act {:?} is not supported (only \"silu\")",
+                self.hidden_act
+            );
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            bail!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
+            bail!(
+                "num_attention_heads {} is not divisible by num_key_value_heads {}",
+                self.num_attention_heads,
+                self.num_kv_heads()
+            );
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            bail!("head dim {} must be even for RoPE", self.head_dim());
+        }
+        if let Some(hd) = self.head_dim
+            && hd * self.num_attention_heads != self.hidden_size
+        {
+            bail!(
+                "head_dim {hd} != hidden_size / num_attention_heads = {}",
+                self.hidden_size / self.num_attention_heads
+            );
+        }
+        if self.use_sliding_window {
+            bail!("use_sliding_window = true is not supported");
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            bail!("rope_scaling is not supported");
+        }
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
+            bail!("rms_norm_eps must be positive");
+        }
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
+            bail!("rope_theta must be positive");
+        }
+        self.storage_dtype()?;
+        Ok(())
+    }
+
+    /// Number of key/value heads (KVH).
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Head dim d = hidden_size / num_attention_heads.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Query heads per KV group, H / KVH.
+    pub fn heads_per_group(&self) -> usize {
+        self.num_attention_heads / self.num_kv_heads()
+    }
+
+    /// KV group used by query head `h`: h / (H / KVH).
+    pub fn kv_group(&self, head: usize) -> usize {
+        head / self.heads_per_group()
+    }
+
+    /// The checkpoint's storage dtype from `torch_dtype` (absent = f32).
+    pub fn storage_dtype(&self) -> Result<DType> {
+        match self.torch_dtype.as_deref() {
+            None | Some("float32") => Ok(DType::F32),
+            Some("float16") => Ok(DType::F16),
+            Some("bfloat16") => Ok(DType::BF16),
+            Some(other) => {
+                bail!("torch_dtype {other:?} is not supported (float32, float16 or bfloat16)")
+            }
+        }
+    }
+
+    /// Parameters in matmuls per token (q,k,v,o, MLP, lm_head) — the FLOP base of a forward.
+    pub fn matmul_params(&self) -> usize {
+        let e = self.hidden_size;
+        let kv = self.num_kv_heads() * self.head_dim();
+        let per_layer = e * e * 2 + e * kv * 2 + 3 * e * self.intermediate_size;
+        per_layer * self.num_hidden_layers + e * self.vocab_size
+    }
+
+    /// Total parameter count (embeddings, norms and biases included; tied lm_head counted once).
+    pub fn num_params(&self) -> usize {
+        let e = self.hidden_size;
+        let kv = self.num_kv_heads() * self.head_dim();
+        let per_layer =
+            e * e * 2 + e * kv * 2 + 3 * e * self.intermediate_size + e + 2 * kv + 2 * e;
+        let lm = if self.tie_word_embeddings {
+            0
+        } else {
+            e * self.vocab_size
+        };
+        per_layer * self.num_hidden_layers + e * self.vocab_size + e + lm
+    }
+
+    /// Checks a layer index in 0..L.
+    pub fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.num_hidden_layers {
+            bail!(
+                "layer {layer} out of range (model has {} layers)",
+                self.num_hidden_layers
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks head indices in 0..H.
+    pub fn check_heads(&self, heads: &[usize]) -> Result<()> {
+        if let Some(&h) = heads.iter().find(|&&h| h >= self.num_attention_heads) {
+            bail!(
+                "head {h} out of range (model has {} heads)",
+                self.num_attention_heads
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Parses a compute dtype name: f32/float32, f16/float16, bf16/bfloat16.
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    match name.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => bail!("unsupported dtype {other:?} (f32, f16 or bf16)"),
+    }
+}
+
+/// Parses a device name: `cpu`, `cuda` or `cuda:N` (CUDA needs the `cuda` cargo feature).
+pub fn parse_device(name: &str) -> Result<candle_core::Device> {
+    let name = name.trim().to_ascii_lowercase();
+    if name == "cpu" {
+        return Ok(candle_core::Device::Cpu);
+    }
+    let ordinal = match name.as_str() {
+        "cuda" => 0,
+        _ => match name.strip_prefix("cuda:") {
+            Some(n) => n
+                .parse::<usize>()
+                .with_context(|| format!("bad CUDA ordinal in device {name:?}"))?,
+            None => bail!("unknown device {name:?} (cpu, cuda or cuda:N)"),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        bail!("device {name:?} needs minarc built with the `cuda` cargo feature");
+    }
+    candle_core::Device::new_cuda(ordinal).with_context(|| format!("cannot open device {name:?}"))
+}

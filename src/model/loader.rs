@@ -1,0 +1,168 @@
+//! Memory-mapped safetensors loading: one `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`. Every error names the file and the tensor.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
+
+/// File name of a single-file checkpoint.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// File name of the shard index of a sharded checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The safetensors files of a checkpoint folder, memory-mapped, with a tensor → file routing.
+pub struct WeightFiles {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    routing: HashMap<String, usize>,
+}
+
+impl WeightFiles {
+    /// Opens `dir/model.safetensors.index.json` (sharded) if present, else `dir/model.safetensors`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = dir.join(INDEX_FILE);
+        if index.exists() {
+            return Self::open_sharded(dir, &index);
+        }
+        let single = dir.join(SINGLE_FILE);
+        if !single.exists() {
+            bail!(
+                "no weights in {}: neither {SINGLE_FILE} nor {INDEX_FILE} exists",
+                dir.display()
+            );
+        }
+        Self::from_paths(vec![single])
+    }
+
+    fn open_sharded(dir: &Path, index: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index)
+            .with_context(|| format!("cannot read {}", index.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("malformed shard index {}", index.display()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| anyhow!("{}: missing object \"weight_map\"", index.display()))?;
+        let mut shards: Vec<String> = Vec::new();
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                anyhow!("{}: weight_map[{name:?}] is not a string", index.display())
+            })?;
+            if !shards.iter().any(|s| s == file) {
+                shards.push(file.to_string());
+            }
+        }
+        shards.sort();
+        let files = Self::from_paths(shards.iter().map(|s| dir.join(s)).collect())?;
+        for name in map.keys() {
+            if !files.routing.contains_key(name) {
+                bail!(
+                    "{}: tensor {name:?} is listed in weight_map but missing from its shard {}",
+                    index.display(),
+                    map[name].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Ok(files)
+    }
+
+    /// Memory-maps the given safetensors files (header parsed and checked against the file size).
+    pub fn from_paths(paths: Vec<PathBuf>) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut routing = HashMap::new();
+        for (i, path) in paths.into_iter().enumerate() {
+            if !path.exists() {
+                bail!("weights file {} does not exist", path.display());
+            }
+            // SAFETY: the file is only read; the usual mmap caveat (external modification while
+            // mapped) applies, as with every memory-mapped checkpoint loader.
+            let st = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| {
+                anyhow!(
+                    "cannot read safetensors file {} (truncated or corrupt?): {e}",
+                    path.display()
+                )
+            })?;
+            for (name, _) in st.tensors() {
+                routing.insert(name, i);
+            }
+            files.push((path, st));
+        }
+        Ok(Self { files, routing })
+    }
+
+    /// Whether the checkpoint contains `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.routing.contains_key(name)
+    }
+
+    /// All tensor names.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.routing.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Paths of the mapped files.
+    pub fn paths(&self) -> Vec<&Path> {
+        self.files.iter().map(|(p, _)| p.as_path()).collect()
+    }
+
+    fn describe(&self) -> String {
+        match self.files.as_slice() {
+            [(p, _)] => p.display().to_string(),
+            fs => format!(
+                "{} shards in {}",
+                fs.len(),
+                fs.first()
+                    .and_then(|(p, _)| p.parent())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Loads tensor `name`, checks its shape is `shape` and its dtype a float type, and converts it
+    /// to `dtype` on `device`.
+    pub fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let idx = *self
+            .routing
+            .get(name)
+            .ok_or_else(|| anyhow!("missing tensor {name:?} in {}", self.describe()))?;
+        let (path, st) = &self.files[idx];
+        let view = st
+            .get(name)
+            .map_err(|e| anyhow!("tensor {name:?} in {}: {e}", path.display()))?;
+        let st_dtype = view.dtype();
+        use safetensors::Dtype as D;
+        if !matches!(st_dtype, D::F32 | D::F16 | D::BF16 | D::F64) {
+            bail!(
+                "tensor {name:?} in {} has non-float dtype {st_dtype:?}",
+                path.display()
+            );
+        }
+        if view.shape() != shape {
+            bail!(
+                "tensor {name:?} in {} has shape {:?}, expected {shape:?}",
+                path.display(),
+                view.shape()
+            );
+        }
+        let t = view
+            .load(device)
+            .map_err(|e| anyhow!("cannot load tensor {name:?} from {}: {e}", path.display()))?;
+        t.to_dtype(dtype).map_err(|e| {
+            anyhow!(
+                "cannot convert tensor {name:?} from {}: {e}",
+                path.display()
+            )
+        })
+    }
+}

@@ -1,0 +1,334 @@
+//! Our own Qwen2 decoder (candle-core/candle-nn 0.11): a fast plain forward and a forward with
+//! activation capture (M1–M3). Component functions for attribution live in `components.rs`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::ModelConfig;
+use super::loader::WeightFiles;
+use super::ops::{NEG_MASK, linear, rms_apply, rms_variance};
+use super::outputs::{CaptureSpec, Outputs, store};
+use super::weights::{LayerWeights, Weights};
+
+/// A Qwen2 causal LM with the weights in our layout (see [`Weights`]).
+pub struct Qwen2 {
+    pub(crate) cfg: ModelConfig,
+    pub(crate) w: Weights,
+    /// RoPE tables `[max_pos, d/2]` in the compute dtype.
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    pub(crate) dtype: DType,
+    pub(crate) device: Device,
+    path: Option<PathBuf>,
+}
+
+/// Per-layer intermediate results of one decoder layer in the forward.
+struct LayerOut {
+    attn_out: Tensor,
+    mlp_output: Tensor,
+    input_var: Tensor,
+    post_var: Tensor,
+}
+
+impl Qwen2 {
+    /// Loads a HF folder (config.json + model.safetensors or shards) in compute `dtype` on `device`.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            bail!("compute dtype {dtype:?} not supported (f32, f16 or bf16)");
+        }
+        super::ops::tune_allocator();
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        let files = WeightFiles::open(dir)?;
+        let w = Weights::load(&files, &cfg, dtype, device)
+            .with_context(|| format!("loading model weights from {}", dir.display()))?;
+        let mut m = Self::from_weights(cfg, w, dtype, device)?;
+        m.path = Some(dir.to_path_buf());
+        Ok(m)
+    }
+
+    /// Builds a model from already loaded weights.
+    pub fn from_weights(
+        cfg: ModelConfig,
+        w: Weights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let (cos, sin) = rope_tables(&cfg, dtype, device)?;
+        Ok(Self {
+            cfg,
+            w,
+            cos,
+            sin,
+            dtype,
+            device: device.clone(),
+            path: None,
+        })
+    }
+
+    /// The model configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    /// The weights (pre-transposed layout).
+    pub fn weights(&self) -> &Weights {
+        &self.w
+    }
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Compute device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// The folder it was loaded from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// "path, dtype, device" for logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({} layers, hidden {}, {} heads / {} kv heads), {:?} on {:?}",
+            self.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<in-memory>".into()),
+            self.cfg.num_hidden_layers,
+            self.cfg.hidden_size,
+            self.cfg.num_attention_heads,
+            self.cfg.num_kv_heads(),
+            self.dtype,
+            self.device.location()
+        )
+    }
+
+    /// Moves/converts a tensor to the compute device and dtype (no-op when already there).
+    pub(crate) fn prep(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.to_device(&self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            bail!("empty token sequence");
+        }
+        if ids.len() > self.cfg.max_position_embeddings {
+            bail!(
+                "sequence of {} tokens exceeds max_position_embeddings {}",
+                ids.len(),
+                self.cfg.max_position_embeddings
+            );
+        }
+        if let Some(&t) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            bail!(
+                "token id {t} out of range (vocab size {})",
+                self.cfg.vocab_size
+            );
+        }
+        Ok(())
+    }
+
+    /// Embeddings `[1,s,e]` of token ids.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        self.check_ids(ids)?;
+        let t = Tensor::new(ids, &self.device)?;
+        Ok(self.w.embed.index_select(&t, 0)?.unsqueeze(0)?)
+    }
+
+    /// Plain forward (no capture): the final-normed hidden states `[1,s,e]` (HF `model.model`).
+    pub fn forward(&self, ids: &[u32]) -> Result<Tensor> {
+        let s = ids.len();
+        let mut x = self.embed(ids)?;
+        let mask = causal_mask(s, &self.device)?;
+        for lw in &self.w.layers {
+            let (h, _) = self.layer_forward(lw, &x, &mask)?;
+            x = h;
+        }
+        let var = rms_variance(&x)?;
+        rms_apply(&x, &var, &self.w.final_norm, self.cfg.rms_norm_eps)
+    }
+
+    /// Plain forward returning logits `[1,s,v]` at every position (f32).
+    pub fn forward_logits(&self, ids: &[u32]) -> Result<Tensor> {
+        let h = self.forward(ids)?;
+        Ok(linear(&h, &self.w.lm_head_t, None)?.to_dtype(DType::F32)?)
+    }
+
+    /// Forward with capture (M2): stores what `spec` selects in an [`Outputs`] on the CPU.
+    pub fn forward_capture(&self, ids: &[u32], spec: &CaptureSpec) -> Result<Outputs> {
+        let s = ids.len();
+        let n_layers = self.cfg.num_hidden_layers;
+        spec.validate(n_layers, s)?;
+        let rows = match &spec.positions {
+            Some(p) => Some(super::ops::index_tensor(p, &self.device)?),
+            None => None,
+        };
+        let rows = rows.as_ref();
+        let dt = spec.dtype;
+        let mut out = Outputs {
+            seq_len: s,
+            positions: spec.positions.clone(),
+            dtype: dt,
+            hidden_states: vec![None; n_layers + 1],
+            attn_outs: vec![None; n_layers],
+            mlp_outputs: vec![None; n_layers],
+            input_norm_vars: vec![None; n_layers],
+            post_attn_norm_vars: vec![None; n_layers],
+            final_norm_var: None,
+            logits: None,
+        };
+        let mut x = self.embed(ids)?;
+        let mask = causal_mask(s, &self.device)?;
+        for (l, lw) in self.w.layers.iter().enumerate() {
+            let (h, lo) = self.layer_forward(lw, &x, &mask)?;
+            if spec.has_layer(l) {
+                out.hidden_states[l] = Some(store(&x, rows, dt)?);
+                out.attn_outs[l] = Some(store(&lo.attn_out, rows, dt)?);
+                out.mlp_outputs[l] = Some(store(&lo.mlp_output, rows, dt)?);
+                out.input_norm_vars[l] = Some(store(&lo.input_var, rows, DType::F32)?);
+                out.post_attn_norm_vars[l] = Some(store(&lo.post_var, rows, DType::F32)?);
+            }
+            x = h;
+        }
+        let var = rms_variance(&x)?;
+        let hn = rms_apply(&x, &var, &self.w.final_norm, self.cfg.rms_norm_eps)?;
+        if spec.has_layer(n_layers) {
+            out.hidden_states[n_layers] = Some(store(&hn, rows, dt)?);
+            out.final_norm_var = Some(store(&var, rows, DType::F32)?);
+        }
+        if spec.logits {
+            let hsel = match rows {
+                Some(r) => hn.index_select(r, 1)?,
+                None => hn,
+            };
+            let logits = linear(&hsel, &self.w.lm_head_t, None)?;
+            out.logits = Some(store(&logits, None, DType::F32)?);
+        }
+        Ok(out)
+    }
+
+    /// One decoder layer on x `[1,s,e]` → (x + attn + mlp, captured pieces).
+    fn layer_forward(
+        &self,
+        lw: &LayerWeights,
+        x: &Tensor,
+        mask: &Tensor,
+    ) -> Result<(Tensor, LayerOut)> {
+        let eps = self.cfg.rms_norm_eps;
+        let input_var = rms_variance(x)?;
+        let xn = rms_apply(x, &input_var, &lw.input_norm, eps)?;
+        let attn_out = self.attn_fast(lw, &xn, mask)?; // [1,s,n,d]
+        let (b, s, n, d) = attn_out.dims4()?;
+        let attn_output = linear(&attn_out.reshape((b, s, n * d))?, &lw.wo_t, None)?;
+        let h_mid = (x + attn_output)?;
+        let post_var = rms_variance(&h_mid)?;
+        let xn2 = rms_apply(&h_mid, &post_var, &lw.post_norm, eps)?;
+        let gate = linear(&xn2, &lw.w_gate_t, None)?;
+        let up = linear(&xn2, &lw.w_up_t, None)?;
+        let mlp_output = linear(&(gate.silu()? * up)?, &lw.w_down_t, None)?;
+        let h = (h_mid + &mlp_output)?;
+        Ok((
+            h,
+            LayerOut {
+                attn_out,
+                mlp_output,
+                input_var,
+                post_var,
+            },
+        ))
+    }
+
+    /// Fast causal self-attention (fused rope / softmax; no gradients): xn `[1,s,e]` → `[1,s,n,d]`.
+    /// GQA without copying K/V: the g query heads of a group are folded into the row dim.
+    fn attn_fast(&self, lw: &LayerWeights, xn: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = xn.dims3()?;
+        let n = self.cfg.num_attention_heads;
+        let kvh = self.cfg.num_kv_heads();
+        let d = self.cfg.head_dim();
+        let g = n / kvh;
+        let cos = self.cos.narrow(0, 0, s)?;
+        let sin = self.sin.narrow(0, 0, s)?;
+        let heads = |t: Tensor, h: usize| -> Result<Tensor> {
+            let t = t.reshape((b, s, h, d))?.transpose(1, 2)?.contiguous()?;
+            Ok(candle_nn::rotary_emb::rope(&t, &cos, &sin)?)
+        };
+        let q = heads(linear(xn, &lw.wq_t, Some(&lw.bq))?, n)?; // [b,n,s,d]
+        let k = heads(linear(xn, &lw.wk_t, Some(&lw.bk))?, kvh)?; // [b,kvh,s,d]
+        let v = linear(xn, &lw.wv_t, Some(&lw.bv))?
+            .reshape((b, s, kvh, d))?
+            .transpose(1, 2)?
+            .contiguous()?; // [b,kvh,s,d]
+        let qg = q.reshape((b, kvh, g * s, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (qg.matmul(&k.t()?)? * scale)?
+            .to_dtype(DType::F32)?
+            .reshape((b, n, s, s))?
+            .broadcast_add(mask)?;
+        let w = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(self.dtype)?
+            .reshape((b, kvh, g * s, s))?;
+        let o = w.matmul(&v)?.reshape((b, n, s, d))?; // [b,n,s,d]
+        Ok(o.transpose(1, 2)?.contiguous()?) // [b,s,n,d]
+    }
+
+    /// RoPE cos/sin rows `[i, d/2]` for absolute positions.
+    pub(crate) fn rope_at(&self, pos: &[usize]) -> Result<(Tensor, Tensor)> {
+        super::ops::check_positions(pos, self.cfg.max_position_embeddings, "RoPE")?;
+        let idx = super::ops::index_tensor(pos, &self.device)?;
+        Ok((
+            self.cos.index_select(&idx, 0)?,
+            self.sin.index_select(&idx, 0)?,
+        ))
+    }
+}
+
+/// Additive causal mask `[s,s]` f32: 0 where key t ≤ query p, NEG_MASK elsewhere.
+pub(crate) fn causal_mask(s: usize, dev: &Device) -> Result<Tensor> {
+    let pos: Vec<usize> = (0..s).collect();
+    query_mask(&pos, s, None, dev)
+}
+
+/// Additive mask `[i,j]` f32 for queries at absolute `q_pos` over keys 0..j: key t allowed iff
+/// t ≤ q_pos\[i\]; `extra_masked_key` (the sink, key 0) is masked too when given.
+pub(crate) fn query_mask(
+    q_pos: &[usize],
+    j: usize,
+    extra_masked_key: Option<usize>,
+    dev: &Device,
+) -> Result<Tensor> {
+    let mut m = vec![0f32; q_pos.len() * j];
+    for (r, &p) in q_pos.iter().enumerate() {
+        for t in 0..j {
+            if t > p || Some(t) == extra_masked_key {
+                m[r * j + t] = NEG_MASK;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (q_pos.len(), j), dev)?)
+}
+
+/// RoPE tables as HF computes them: inv_freq = θ^(−2i/d) (f32), angle = pos·inv_freq,
+/// cos/sin in f32, then cast to the compute dtype. `[max_pos, d/2]`.
+fn rope_tables(cfg: &ModelConfig, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let d = cfg.head_dim();
+    let half = d / 2;
+    let max = cfg.max_position_embeddings;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32)
+        .collect();
+    let mut cos = Vec::with_capacity(max * half);
+    let mut sin = Vec::with_capacity(max * half);
+    for p in 0..max {
+        for &f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let cos = Tensor::from_vec(cos, (max, half), dev)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (max, half), dev)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}

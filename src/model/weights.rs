@@ -1,0 +1,118 @@
+//! Qwen2 weights in the layout this crate computes with: every linear weight is stored
+//! **pre-transposed and contiguous** as `[in, out]` (HF stores `[out, in]`), so `x @ w_t`
+//! runs on a contiguous right-hand side (2–4× faster at small row counts).
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+
+use super::config::ModelConfig;
+use super::loader::WeightFiles;
+
+/// One decoder layer's weights.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    /// input_layernorm weight `[e]`.
+    pub input_norm: Tensor,
+    /// q_proj `[e, n·d]` and bias `[n·d]`.
+    pub wq_t: Tensor,
+    /// q_proj bias `[n·d]`.
+    pub bq: Tensor,
+    /// k_proj `[e, kvh·d]`.
+    pub wk_t: Tensor,
+    /// k_proj bias `[kvh·d]`.
+    pub bk: Tensor,
+    /// v_proj `[e, kvh·d]`.
+    pub wv_t: Tensor,
+    /// v_proj bias `[kvh·d]`.
+    pub bv: Tensor,
+    /// o_proj `[n·d, e]` (no bias). Head h's slice is rows h·d..(h+1)·d.
+    pub wo_t: Tensor,
+    /// post_attention_layernorm weight `[e]`.
+    pub post_norm: Tensor,
+    /// gate_proj `[e, m]`.
+    pub w_gate_t: Tensor,
+    /// up_proj `[e, m]`.
+    pub w_up_t: Tensor,
+    /// down_proj `[m, e]`.
+    pub w_down_t: Tensor,
+}
+
+/// All weights of a Qwen2 causal LM.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// embed_tokens `[v, e]`.
+    pub embed: Tensor,
+    /// Decoder layers.
+    pub layers: Vec<LayerWeights>,
+    /// Final norm weight `[e]`.
+    pub final_norm: Tensor,
+    /// lm_head as `[e, v]`: a contiguous transposed copy when untied, the (strided) transposed
+    /// view of `embed` when tied (no extra memory; same speed at large row counts).
+    pub lm_head_t: Tensor,
+}
+
+fn linear_t(
+    files: &WeightFiles,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
+    // HF layout [out, in] -> ours [in, out], contiguous.
+    let w = files.tensor(name, &[out_dim, in_dim], dtype, dev)?;
+    Ok(w.t()?.contiguous()?)
+}
+
+impl Weights {
+    /// Loads all weights with HF names (`model.layers.{l}.self_attn.q_proj.weight`, …),
+    /// converting to `dtype` on `dev`. A missing `lm_head.weight` with tied embeddings uses the
+    /// embedding; with untied embeddings it is an error.
+    pub fn load(
+        files: &WeightFiles,
+        cfg: &ModelConfig,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let e = cfg.hidden_size;
+        let m = cfg.intermediate_size;
+        let nd = cfg.num_attention_heads * cfg.head_dim();
+        let kvd = cfg.num_kv_heads() * cfg.head_dim();
+        let v = cfg.vocab_size;
+        let embed = files.tensor("model.embed_tokens.weight", &[v, e], dtype, dev)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let vec = |name: &str, n: usize| files.tensor(&format!("{p}.{name}"), &[n], dtype, dev);
+            let lin = |name: &str, o: usize, i: usize| {
+                linear_t(files, &format!("{p}.{name}.weight"), o, i, dtype, dev)
+            };
+            layers.push(LayerWeights {
+                input_norm: vec("input_layernorm.weight", e)?,
+                wq_t: lin("self_attn.q_proj", nd, e)?,
+                bq: vec("self_attn.q_proj.bias", nd)?,
+                wk_t: lin("self_attn.k_proj", kvd, e)?,
+                bk: vec("self_attn.k_proj.bias", kvd)?,
+                wv_t: lin("self_attn.v_proj", kvd, e)?,
+                bv: vec("self_attn.v_proj.bias", kvd)?,
+                wo_t: lin("self_attn.o_proj", e, nd)?,
+                post_norm: vec("post_attention_layernorm.weight", e)?,
+                w_gate_t: lin("mlp.gate_proj", m, e)?,
+                w_up_t: lin("mlp.up_proj", m, e)?,
+                w_down_t: lin("mlp.down_proj", e, m)?,
+            });
+        }
+        let final_norm = files.tensor("model.norm.weight", &[e], dtype, dev)?;
+        let lm_head_t = if cfg.tie_word_embeddings {
+            embed.t()?
+        } else {
+            linear_t(files, "lm_head.weight", v, e, dtype, dev)?
+        };
+        Ok(Self {
+            embed,
+            layers,
+            final_norm,
+            lm_head_t,
+        })
+    }
+}
