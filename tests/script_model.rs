@@ -196,3 +196,34 @@ fn init_model_writes_the_fixture_once_and_loads_it_once() {
     let dir = home.path().join("models").join("tiny-s5");
     assert!(dir.join("config.json").is_file() && dir.join("tokenizer.json").is_file());
 }
+
+#[test]
+fn readme_workflow_example_runs() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## Scripting").unwrap()..];
+    let example = section
+        .split("```rhai\n")
+        .find(|b| b.contains("init_model"))
+        .and_then(|b| b.split("\n```").next())
+        .expect("README workflow example");
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("w.rhai"), example).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_minarc"))
+        .args(["run", "w.rhai"])
+        .current_dir(work.path())
+        .env("MINARC_HOME", work.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("[1, 8, 64]\nCLUSTERING SUMMARY:"),
+        "{stdout}"
+    );
+    assert!(work.path().join("clusters.png").is_file());
+}
