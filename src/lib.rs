@@ -3,3 +3,4 @@
 pub mod model;
 pub mod puzzle;
 pub mod tokenizer;
+pub mod attribution;
