@@ -17,11 +17,21 @@ struct Cli {
 enum Command {
     /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
     Puzzles(minarc::puzzle::cli::PuzzlesArgs),
+    /// Timings.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Attribution primitives as multiples of one plain forward.
+    Attribution(minarc::attribution::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Puzzles(args) => std::process::exit(minarc::puzzle::cli::main(&args)),
+        Command::Bench(BenchCommand::Attribution(args)) => minarc::attribution::bench::run(&args),
     }
 }

@@ -367,7 +367,7 @@ fn bad_backend_requests_are_errors() {
     assert!(local.node_gradient(&SampleKey::new("nope", 0), &req(NodeType::LmHead, 2, None, vec![5, 9], None)).is_err());
     let rr = ResidualRequest {
         grads: vec![ResidualGrad { pos_ids: vec![5, 9], grad: gy.clone(), downstream_layer: 1.0 }],
-        from_layer: 1,
+        from_layer: 2,
         to_layer: Some(1),
     };
     assert!(local.attribute_residual(key, &rr).is_err());

@@ -673,9 +673,10 @@ pub fn attribute_residual(m: &Qwen2, s: &CachedSample, req: &ResidualRequest) ->
     ensure!(!req.grads.is_empty(), "attribute_residual needs at least one gradient");
     let from = req.from_layer;
     let to = req.to_layer.unwrap_or_else(|| default_to_layer(&req.grads));
+    // to == from (a node at layer 0 sees only the embedding) gives an empty [0,H+1,g]
     ensure!(
-        from < to && to <= nl,
-        "layer range {from}..{to} is empty or out of range (model has {nl} layers)"
+        from <= to && to <= nl,
+        "layer range {from}..{to} is reversed or out of range (model has {nl} layers)"
     );
     let g = req.grads.len();
     for (i, r) in req.grads.iter().enumerate() {

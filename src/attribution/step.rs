@@ -402,11 +402,30 @@ pub fn get_top_heads(
     Ok(out)
 }
 
-/// Sets the positions of every node for sample `r`, from lm_head down (reverse topological
-/// order), so that the whole graph can be evaluated.
+/// Nodes with a path to an lm_head node (lm_head nodes included).
+fn feeding_lm_head(g: &Graph) -> BTreeSet<NodeId> {
+    let mut seen: BTreeSet<NodeId> = g
+        .node_ids()
+        .into_iter()
+        .filter(|id| id.ty.is_lm_head())
+        .collect();
+    let mut stack: Vec<NodeId> = seen.iter().copied().collect();
+    while let Some(id) = stack.pop() {
+        for u in g.get_upstreams(id) {
+            if seen.insert(u) {
+                stack.push(u);
+            }
+        }
+    }
+    seen
+}
+
+/// Sets the positions for sample `r` of every node that feeds an lm_head node, from lm_head
+/// down (reverse topological order), so that the circuit can be evaluated.
 pub fn set_all_pos_ids(g: &mut Graph, backend: &dyn Backend, r: &SampleRef) -> Result<()> {
+    let feeding = feeding_lm_head(g);
     let order = g.topological_sort()?;
-    for id in order.into_iter().rev() {
+    for id in order.into_iter().rev().filter(|id| feeding.contains(id)) {
         set_pos_ids(g, backend, id, r)?;
     }
     Ok(())
@@ -415,7 +434,8 @@ pub fn set_all_pos_ids(g: &mut Graph, backend: &dyn Backend, r: &SampleRef) -> R
 /// A17: circuit evaluation. Each node computes its forward (A15) from the sum of its processed
 /// upstreams' outputs (leaves: the cached inputs), in topological order; with `leaf_nodes` only
 /// nodes reachable from them are processed. Returns lm_head's objective (the mean log-prob of
-/// the answers when only the graph's paths feed the residual). Positions are (re)set first.
+/// the answers when only the graph's paths feed the residual). Positions are (re)set first;
+/// nodes with no path to lm_head are skipped.
 pub fn forward(
     g: &mut Graph,
     backend: &dyn Backend,
@@ -423,7 +443,12 @@ pub fn forward(
     leaf_nodes: Option<&[NodeId]>,
 ) -> Result<f32> {
     set_all_pos_ids(g, backend, r)?;
-    let order = g.topological_sort()?;
+    let feeding = feeding_lm_head(g);
+    let order: Vec<NodeId> = g
+        .topological_sort()?
+        .into_iter()
+        .filter(|id| feeding.contains(id))
+        .collect();
     let keep = match leaf_nodes {
         Some(l) => Some(g.get_reachable(l)?),
         None => None,
