@@ -410,14 +410,7 @@ fn lm_head_grad(
     let ends = f(&Tensor::cat(&[&x.zeros_like()?, &x], 0)?)?.to_vec1::<f32>()?;
     let (f0, fx) = (ends[0] as f64, ends[1] as f64);
     let run = |rule: IgRule| -> Result<(Tensor, Completeness)> {
-        let (xs, w) = scaled(&x, &rule)?;
-        let y = f(xs.as_tensor())?; // [b]
-        let loss = y.mul(&w)?.sum_all()?;
-        let grads = loss.backward()?;
-        let g = grads
-            .get(xs.as_tensor())
-            .context("no gradient reached the lm_head input")?
-            .sum_keepdim(0)?; // [1,k,e]
+        let g = lm_head_path_grad(m, &x, labels, cands, &rule)?;
         let sgx = (&g * &x)?.sum_all()?.to_scalar::<f32>()? as f64;
         Ok((g, Completeness::new(fx, f0, sgx, rule)))
     };
@@ -441,6 +434,49 @@ fn lm_head_grad(
         converged,
         rule: c.rule,
     })
+}
+
+/// Path-averaged gradient of the lm_head objective w.r.t. its (normed) input x `[1,k,e]`, in
+/// closed form (A4): ∂f/∂z_i = (onehot(label_i) − softmax(z_i + mask))/k and ∂f/∂x = ∂f/∂z·W_lmᵀ.
+/// The weighted sum over the IG points is taken on ∂f/∂z, so one `[k,v]×[v,e]` matmul remains
+/// (autograd would also form the `[b,e,v]` weight gradient).
+fn lm_head_path_grad(
+    m: &Qwen2,
+    x: &Tensor,
+    labels: &[u32],
+    cands: &[u32],
+    rule: &IgRule,
+) -> Result<Tensor> {
+    let (_, k, e) = x.dims3()?;
+    let v = m.config().vocab_size;
+    let dev = x.device();
+    let pts = rule.points()?;
+    let b = pts.len();
+    let xs: Vec<Tensor> = pts
+        .iter()
+        .map(|(a, _)| x.affine(*a, 0.0))
+        .collect::<candle_core::Result<_>>()?;
+    let mut z = f32t(&m.lm_head(&Tensor::cat(&xs, 0)?)?, dev)?; // [b,k,v]
+    if !cands.is_empty() {
+        let mut mask = vec![-1e4f32; v];
+        for &c in cands {
+            mask[c as usize] = 0.0;
+        }
+        z = z.broadcast_add(&Tensor::from_vec(mask, v, dev)?)?;
+    }
+    let p = softmax_last(&z)?;
+    let mut onehot = vec![0f32; k * v];
+    for (i, &l) in labels.iter().enumerate() {
+        onehot[i * v + l as usize] = 1.0;
+    }
+    let onehot = Tensor::from_vec(onehot, (1, k, v), dev)?;
+    let w: Vec<f32> = pts.iter().map(|(_, w)| *w as f32).collect();
+    let w = Tensor::from_vec(w, (b, 1, 1), dev)?;
+    let dz = (onehot.broadcast_sub(&p)? / k as f64)?
+        .broadcast_mul(&w)?
+        .sum(0)?; // [k,v]
+    let wlm = f32t(&m.weights().lm_head_t, dev)?; // [e,v]
+    Ok(dz.matmul(&wlm.t()?)?.reshape((1, k, e))?)
 }
 
 /// Mid-layer residual (hidden + attention output) at pos `[1,k,e]`.
