@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use attr_support::*;
 use candle_core::{Device, Tensor};
-use minarc::attribution::export::{load_safetensors, save_graph_json, save_safetensors, save_tensors_json};
+use minarc::attribution::export::{
+    load_safetensors, save_graph_json, save_safetensors, save_tensors_json,
+};
 use minarc::attribution::tree::TreeNode;
 use minarc::attribution::{
     AttrData, AttrTree, Graph, MrOptions, NodeType, SampleRef, TreeOptions, add_edges,
@@ -28,7 +30,12 @@ fn data(nodes: usize) -> AttrData {
 
 fn tnode(tree: &mut AttrTree, label: &str, parent: Option<usize>) -> usize {
     let i = tree.nodes.len();
-    tree.nodes.push(TreeNode { label: label.into(), data: data(0), parent, children: vec![] });
+    tree.nodes.push(TreeNode {
+        label: label.into(),
+        data: data(0),
+        parent,
+        children: vec![],
+    });
     if let Some(p) = parent {
         tree.nodes[p].children.push(i);
     }
@@ -58,12 +65,17 @@ fn tree_prints_like_pptree() {
 fn tree_levels_on_a_model() {
     let cfg = tiny_cfg();
     let local = local_with_samples(&cfg, 5, 12, &[6, 10], 2);
-    let samples: Vec<SampleRef> = (0..2).map(|i| SampleRef::new(SampleKey::new(DATASET, i), None)).collect();
+    let samples: Vec<SampleRef> = (0..2)
+        .map(|i| SampleRef::new(SampleKey::new(DATASET, i), None))
+        .collect();
     let mut g = Graph::new(local.config(), 2);
     let lm = g.lm_head_id();
     g.add_node(lm, Some("A-->A-")).unwrap();
     let mut tree = AttrTree::default();
-    let opts = TreeOptions { top_k: 3, ..Default::default() };
+    let opts = TreeOptions {
+        top_k: 3,
+        ..Default::default()
+    };
     let root = add_tree_node(&mut tree, &mut g, &local, &samples, &[lm], None, &opts).unwrap();
     let d = &tree.nodes[root].data;
     assert_eq!(tree.nodes[root].label, "L2");
@@ -74,7 +86,14 @@ fn tree_levels_on_a_model() {
     let a0 = attribute_step(&mut g2, &local, &samples[0], &[lm]).unwrap();
     let a1 = attribute_step(&mut g2, &local, &samples[1], &[lm]).unwrap();
     let mean = ((a0 + a1).unwrap() / 2.0).unwrap();
-    let diff = (&mean - &d.attr).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (&mean - &d.attr)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-6);
     assert!(!d.top_heads.is_empty() && d.top_heads.len() <= 3);
     assert_eq!(d.attn_attrs_ds.len(), d.top_heads.len());
@@ -87,7 +106,16 @@ fn tree_levels_on_a_model() {
         }
     }
     if !nodes.is_empty() {
-        let c = add_tree_node(&mut tree, &mut g, &local, &samples, &nodes, Some(root), &opts).unwrap();
+        let c = add_tree_node(
+            &mut tree,
+            &mut g,
+            &local,
+            &samples,
+            &nodes,
+            Some(root),
+            &opts,
+        )
+        .unwrap();
         assert!(tree.nodes[c].label.contains("A-->A- x"));
         assert!(tree.render(root).contains('└'));
     }
@@ -95,7 +123,9 @@ fn tree_levels_on_a_model() {
 
 #[test]
 fn mr_means_and_names_failing_samples() {
-    let samples: Vec<SampleRef> = (0..3).map(|i| SampleRef::new(SampleKey::new("d", i), None)).collect();
+    let samples: Vec<SampleRef> = (0..3)
+        .map(|i| SampleRef::new(SampleKey::new("d", i), None))
+        .collect();
     let m: f64 = mr(&samples, &MrOptions::default(), |r| Ok(r.index() as f64)).unwrap();
     assert_eq!(m, 1.0);
     let t: Tensor = mr(&samples, &MrOptions::default(), |r| {
@@ -104,12 +134,22 @@ fn mr_means_and_names_failing_samples() {
     .unwrap();
     assert_eq!(t.to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
     let err = mr(&samples, &MrOptions::default(), |r| {
-        if r.index() == 2 { anyhow::bail!("boom") } else { Ok(1.0f64) }
+        if r.index() == 2 {
+            anyhow::bail!("boom")
+        } else {
+            Ok(1.0f64)
+        }
     })
     .unwrap_err();
-    assert!(format!("{err:#}").contains("sample 2 of dataset \"d\""), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("sample 2 of dataset \"d\""),
+        "{err:#}"
+    );
     let stop = || true;
-    let opts = MrOptions { interrupt: Some(&stop), ..Default::default() };
+    let opts = MrOptions {
+        interrupt: Some(&stop),
+        ..Default::default()
+    };
     assert!(mr(&samples, &opts, |_| Ok(1.0f64)).is_err());
     assert!(mr(&[], &MrOptions::default(), |_| Ok(1.0f64)).is_err());
 }
@@ -121,7 +161,10 @@ fn export_roundtrip() {
     let p = dir.path().join("attr.safetensors");
     save_safetensors(&[("attr", &t)], &p).unwrap();
     let back = load_safetensors(&p).unwrap();
-    assert_eq!(back["attr"].to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap());
+    assert_eq!(
+        back["attr"].to_vec2::<f32>().unwrap(),
+        t.to_vec2::<f32>().unwrap()
+    );
     let j = dir.path().join("attr.json");
     save_tensors_json(&[("attr", &t)], &j).unwrap();
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
@@ -135,13 +178,24 @@ fn export_roundtrip() {
     g.add_edge(q, lm, 0.75).unwrap();
     let gp = dir.path().join("graph.json");
     save_graph_json(&g, &gp).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&gp).unwrap()).unwrap();
-    assert_eq!(v["nodes"][1], serde_json::json!({"layer": 1, "head": 1, "type": "attn_q", "attn_pattern": "A-->V", "span": null, "src_span": null}));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&gp).unwrap()).unwrap();
+    assert_eq!(
+        v["nodes"][1],
+        serde_json::json!({"layer": 1, "head": 1, "type": "attn_q", "attn_pattern": "A-->V", "span": null, "src_span": null})
+    );
     assert_eq!(v["edges"][0]["upstream"]["type"], "attn_q");
     assert_eq!(v["edges"][0]["score"], 0.75);
     assert!(save_safetensors(&[("x", &t)], &dir.path().join("no/such/dir/x.st")).is_err());
     // request structs travel as JSON
-    let req = minarc::attribution::NodeGradRequest::new(NodeType::AttnV, 1, Some(0), vec![3], vec![1, 2], Some(Tensor::ones((1, 1, 2), candle_core::DType::F32, &Device::Cpu).unwrap()));
+    let req = minarc::attribution::NodeGradRequest::new(
+        NodeType::AttnV,
+        1,
+        Some(0),
+        vec![3],
+        vec![1, 2],
+        Some(Tensor::ones((1, 1, 2), candle_core::DType::F32, &Device::Cpu).unwrap()),
+    );
     let s = serde_json::to_string(&req).unwrap();
     let back: minarc::attribution::NodeGradRequest = serde_json::from_str(&s).unwrap();
     assert_eq!(back.src_pos_ids, vec![1, 2]);

@@ -57,7 +57,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let local = Local::load(&dir, DType::F32, &Device::Cpu)?;
     eprintln!("loaded {} in {:.1} s", local.describe(), secs(t));
     let cfg = local.config().clone();
-    let (nl, nh, v) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.vocab_size);
+    let (nl, nh, v) = (
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.vocab_size,
+    );
     let s = args.tokens;
     if s < 20 || args.nodes == 0 {
         bail!("need --tokens ≥ 20 and --nodes ≥ 1");
@@ -69,7 +73,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         index: 0,
         prompt: String::new(),
         labels: answers.iter().map(|&a| ids[a]).collect(),
-        candidate_ids: (0..10).map(|c| ((c * 31 + 5) % v) as u32).chain(answers.iter().map(|&a| ids[a])).collect(),
+        candidate_ids: (0..10)
+            .map(|c| ((c * 31 + 5) % v) as u32)
+            .chain(answers.iter().map(|&a| ids[a]))
+            .collect(),
         answer_indices: answers,
     };
     // one plain forward (best of 2)
@@ -125,7 +132,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let row = |name: &str, t: f64| println!("{name:<44} {t:>9.3} {:>10.2}", t / fwd);
     row("plain forward (no capture)", fwd);
     row("forward with full capture", cap);
-    row(&format!("attribute_step(lm_head) → {:?}", attr.dims()), step);
+    row(
+        &format!("attribute_step(lm_head) → {:?}", attr.dims()),
+        step,
+    );
     row(&format!("{n} attn_q backwards (4 IG steps)"), tq);
     row(&format!("{n} attn_v backwards (plain gradient)"), tv);
     row(&format!("attribute_residual g={n} → {:?}", res.dims()), tr);
