@@ -9,10 +9,22 @@ use rand_chacha::ChaCha8Rng;
 pub const DATASET: &str = "t";
 
 pub fn config(layers: usize, e: usize, n: usize, kvh: usize, m: usize, v: usize) -> ModelConfig {
+    config_max_pos(layers, e, n, kvh, m, v, 128)
+}
+
+pub fn config_max_pos(
+    layers: usize,
+    e: usize,
+    n: usize,
+    kvh: usize,
+    m: usize,
+    v: usize,
+    max_pos: usize,
+) -> ModelConfig {
     serde_json::from_value(serde_json::json!({
         "vocab_size": v, "hidden_size": e, "intermediate_size": m,
         "num_hidden_layers": layers, "num_attention_heads": n, "num_key_value_heads": kvh,
-        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": max_pos,
         "model_type": "qwen2"
     }))
     .unwrap()
