@@ -1,6 +1,7 @@
 //! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.
 
 pub mod analysis;
+pub mod attribution;
 pub mod model;
 pub mod puzzle;
 pub mod tokenizer;

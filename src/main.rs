@@ -19,10 +19,19 @@ enum Command {
     Puzzles(minarc::puzzle::cli::PuzzlesArgs),
     /// Write a fixture model folder (HF layout, deterministic random weights, fixture tokenizer).
     InitModel(minarc::model::cli::InitModelArgs),
-    /// Benchmarks (`bench forward`: plain forward vs forward with full capture).
-    Bench(minarc::model::cli::BenchArgs),
     /// Render an attribution-graph view (JSON) as a self-contained HTML page (and DOT/JSON).
     Graph(minarc::vis::cli::GraphArgs),
+    /// Benchmarks that print timings and ratios.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Plain forward vs forward with full capture.
+    Forward(minarc::model::cli::BenchForwardArgs),
+    /// Attribution primitives as multiples of one plain forward.
+    Attribution(minarc::attribution::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,7 +39,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Puzzles(args) => std::process::exit(minarc::puzzle::cli::main(&args)),
         Command::InitModel(args) => minarc::model::cli::run_init_model(&args),
-        Command::Bench(args) => minarc::model::cli::run_bench(&args),
         Command::Graph(args) => minarc::vis::cli::run(&args),
+        Command::Bench(BenchCommand::Forward(args)) => minarc::model::cli::bench_forward(&args),
+        Command::Bench(BenchCommand::Attribution(args)) => minarc::attribution::bench::run(&args),
     }
 }
