@@ -1,2 +1,5 @@
 //! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.
+
 pub mod model;
+pub mod puzzle;
+pub mod tokenizer;

@@ -14,9 +14,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
+    Puzzles(minarc::puzzle::cli::PuzzlesArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Puzzles(args) => std::process::exit(minarc::puzzle::cli::main(&args)),
+    }
 }

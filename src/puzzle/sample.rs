@@ -1,0 +1,237 @@
+//! P11: the per-sample record (`Sample`, the seed's `Result`), answer selection and the A9 span
+//! helper that turns span names into token positions.
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use super::color::color_letter;
+use super::prompt::{PromptOptions, gen_prompt, resolve_tokens};
+use super::{Example, Puzzle, PuzzleParams, Qa};
+
+/// Number of train examples whose QAs give the answers (the notebook's choice, P11).
+pub const DEFAULT_LAST_K: usize = 2;
+
+/// Generation and prompt parameters recorded with each sample.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenParams {
+    /// Puzzle parameters (n, m, frame, n_color, n_train, n_test, Q_train, Q_test, seed, relations).
+    #[serde(flatten)]
+    pub puzzle: PuzzleParams,
+    /// Prompt options (style, transpose, color_quote, remove_instructions).
+    #[serde(flatten)]
+    pub prompt: PromptOptions,
+}
+
+/// One sample: a verbalised puzzle with its answers and, when a tokenizer was given, the token
+/// positions and ids a model evaluation needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Position in the dataset (0..N−1; it indexes per-sample buffers downstream).
+    pub index: usize,
+    /// The full prompt, teacher-forced (all answers are written in).
+    pub prompt: String,
+    /// Answer colour letters of the selected QAs (all QAs of the last 2 train examples).
+    pub answers: Vec<String>,
+    /// Token position of each answer colour token (empty without a tokenizer).
+    pub answer_indices: Vec<usize>,
+    /// Token id at each answer position: the teacher-forced answer token (" C" for the default
+    /// unquoted prompt; the bare letter's token when a quote precedes it). Empty without a tokenizer.
+    pub labels: Vec<u32>,
+    /// The answer-token ids of the first n_color colours, in colour order (empty without a tokenizer).
+    pub candidate_ids: Vec<u32>,
+    /// The selected queries as printed, e.g. `(3,3):B`.
+    pub queries: Vec<String>,
+    /// The puzzle with every tracked range filled.
+    pub puzzle: Puzzle,
+    /// Name of the hidden relation.
+    pub rel_fn: String,
+    /// Generation parameters.
+    pub params: GenParams,
+    /// Prompt length in tokens (None without a tokenizer).
+    pub n_tokens: Option<usize>,
+}
+
+/// The token id of the answer token for `letter` written as in the prompt's answer lines.
+fn answer_token_id(tok: &Tokenizer, quote: &str, letter: char) -> Result<u32> {
+    let head = format!("Answer: {quote}");
+    let text = format!("{head}{letter}{quote}");
+    let enc = tok
+        .encode(text.as_str(), false)
+        .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
+    let b = head.len();
+    let i = enc
+        .get_offsets()
+        .iter()
+        .position(|&(s, e)| s <= b && b < e)
+        .with_context(|| format!("no token covers the letter in {text:?}"))?;
+    Ok(enc.get_ids()[i])
+}
+
+impl Sample {
+    /// Verbalises `puzzle`, tokenizes the prompt once (if a tokenizer is given), fills all token
+    /// positions and builds the record. Checks that every label equals the candidate id of its
+    /// answer colour.
+    pub fn build(
+        index: usize,
+        mut puzzle: Puzzle,
+        prompt_opts: &PromptOptions,
+        tokenizer: Option<&Tokenizer>,
+    ) -> Result<Sample> {
+        let prompt = gen_prompt(&mut puzzle, prompt_opts)?;
+        let mut sample = Sample {
+            index,
+            prompt,
+            answers: Vec::new(),
+            answer_indices: Vec::new(),
+            labels: Vec::new(),
+            candidate_ids: Vec::new(),
+            queries: Vec::new(),
+            rel_fn: puzzle.rel_fn.name().to_string(),
+            params: GenParams {
+                puzzle: puzzle.params.clone(),
+                prompt: prompt_opts.clone(),
+            },
+            puzzle,
+            n_tokens: None,
+        };
+        let quote = prompt_opts.color_quote.clone();
+        let (answers, queries): (Vec<String>, Vec<String>) = sample
+            .selected_qas(DEFAULT_LAST_K)?
+            .iter()
+            .map(|qa| {
+                let (x0, y0) = qa.query.key;
+                (
+                    color_letter(qa.answer.value).to_string(),
+                    format!("({x0},{y0}):{quote}{}{quote}", color_letter(qa.query.value)),
+                )
+            })
+            .unzip();
+        sample.answers = answers;
+        sample.queries = queries;
+        if let Some(tok) = tokenizer {
+            sample.tokenize(tok)?;
+        }
+        Ok(sample)
+    }
+
+    /// Fills the token fields from one encoding of the prompt.
+    fn tokenize(&mut self, tok: &Tokenizer) -> Result<()> {
+        let enc = tok
+            .encode(self.prompt.as_str(), false)
+            .map_err(|e| anyhow!("tokenizing the prompt of sample {}: {e}", self.index))?;
+        resolve_tokens(&mut self.puzzle, enc.get_offsets())?;
+        let ids = enc.get_ids();
+        self.n_tokens = Some(ids.len());
+        let quote = &self.params.prompt.color_quote;
+        self.candidate_ids = (0..self.params.puzzle.n_color as u8)
+            .map(|c| answer_token_id(tok, quote, color_letter(c)))
+            .collect::<Result<_>>()?;
+        let mut answer_indices = Vec::new();
+        let mut labels = Vec::new();
+        for qa in self.selected_qas(DEFAULT_LAST_K)? {
+            let pos = qa
+                .answer
+                .value_ranges
+                .as_ref()
+                .and_then(|t| t.token)
+                .context("answer position not resolved")?;
+            let label = ids[pos];
+            let expected = self.candidate_ids[qa.answer.value as usize];
+            ensure!(
+                label == expected,
+                "sample {}: the token at answer position {pos} has id {label}, but the answer {} encodes as {expected}",
+                self.index,
+                color_letter(qa.answer.value)
+            );
+            answer_indices.push(pos);
+            labels.push(label);
+        }
+        self.answer_indices = answer_indices;
+        self.labels = labels;
+        Ok(())
+    }
+
+    /// The last `last_k` train examples (the ones answers and spans are taken from).
+    pub fn last_examples(&self, last_k: usize) -> Result<&[Example]> {
+        let train = &self.puzzle.train;
+        ensure!(
+            (1..=train.len()).contains(&last_k),
+            "last_k={last_k} is out of range: the puzzle has {} train examples",
+            train.len()
+        );
+        Ok(&train[train.len() - last_k..])
+    }
+
+    /// All QAs of the last `last_k` train examples (fewer if the puzzle has fewer examples).
+    pub fn selected_qas(&self, last_k: usize) -> Result<Vec<&Qa>> {
+        let k = last_k.min(self.puzzle.train.len());
+        Ok(self
+            .last_examples(k)?
+            .iter()
+            .flat_map(|e| &e.output)
+            .collect())
+    }
+
+    /// Token positions of a span (A9), one per QA over the last `last_k` train examples:
+    /// `A` answer colour token; `V` the answer cell's colour token in the example's grid; `QV` the
+    /// query colour token in the question line; `Qy` the query's y-coordinate token there (its
+    /// first digit). A trailing `-` / `+` shifts by −1 / +1 (`A-` predicts the answer); a trailing
+    /// `^` gives QA j the index of QA j−1 of the same example (QA 0 keeps its own).
+    pub fn positions(&self, span: &str, last_k: usize) -> Result<Vec<usize>> {
+        let n_tokens = self.n_tokens.with_context(|| {
+            format!(
+                "sample {} has no token positions (built without a tokenizer)",
+                self.index
+            )
+        })?;
+        let (base, modifier) = match span.chars().last() {
+            Some(c @ ('-' | '+' | '^')) => (&span[..span.len() - 1], Some(c)),
+            _ => (span, None),
+        };
+        let mut out = Vec::new();
+        for ex in self.last_examples(last_k)? {
+            let mut idx = Vec::new();
+            for qa in &ex.output {
+                let t = match base {
+                    "A" => qa.answer.value_ranges.as_ref(),
+                    "V" => {
+                        let (x, y) = qa.answer.key;
+                        let (i, j) = ex
+                            .input
+                            .storage_index(x, y)
+                            .context("answer key outside the grid")?;
+                        ex.input_ranges.as_ref().map(|g| &g.cells[i][j].color)
+                    }
+                    "QV" => qa.query.value_ranges.as_ref(),
+                    "Qy" => qa.query.key_ranges.as_ref().map(|k| &k.y),
+                    _ => bail!(
+                        "unknown span {span:?} (expected A, V, QV or Qy, optionally followed by -, + or ^)"
+                    ),
+                };
+                let pos = t
+                    .and_then(|t| t.token)
+                    .with_context(|| format!("span {span:?}: token position not resolved"))?;
+                idx.push(pos as i64);
+            }
+            match modifier {
+                Some('-') => idx.iter_mut().for_each(|i| *i -= 1),
+                Some('+') => idx.iter_mut().for_each(|i| *i += 1),
+                Some('^') => {
+                    for j in (1..idx.len()).rev() {
+                        idx[j] = idx[j - 1];
+                    }
+                }
+                _ => {}
+            }
+            for i in idx {
+                ensure!(
+                    (0..n_tokens as i64).contains(&i),
+                    "span {span:?} gives position {i}, outside the prompt's {n_tokens} tokens"
+                );
+                out.push(i as usize);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,147 @@
+//! `minarc puzzles` end to end: datasets, tokenizer loading, exit code 2 on bad parameters.
+
+use std::process::Command;
+
+use minarc::puzzle::dataset::read_jsonl;
+use minarc::tokenizer::{load_tokenizer, write_fixture_tokenizer};
+
+fn minarc(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_minarc"))
+        .arg("puzzles")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn writes_one_sample_per_seed_with_decodable_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_fixture_tokenizer(&model).unwrap();
+    let out = dir.path().join("d.jsonl");
+    let o = minarc(&[
+        "--seeds",
+        "3..9",
+        "--tokenizer",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("6 samples"), "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 6);
+    let samples = read_jsonl(&out).unwrap();
+    let tok = load_tokenizer(&model).unwrap();
+    for (i, s) in samples.iter().enumerate() {
+        assert_eq!(s.index, i);
+        assert_eq!(s.params.puzzle.seed, 3 + i as u64);
+        let enc = tok.encode(s.prompt.as_str(), false).unwrap();
+        assert_eq!(s.answers.len(), 8);
+        for (k, &pos) in s.answer_indices.iter().enumerate() {
+            let t = tok.decode(&[enc.get_ids()[pos]], false).unwrap();
+            assert_eq!(t, format!(" {}", s.answers[k]));
+            assert_eq!(s.labels[k], enc.get_ids()[pos]);
+        }
+    }
+}
+
+#[test]
+fn show_prints_the_first_prompt_and_fixture_works() {
+    let o = minarc(&[
+        "--seeds",
+        "4",
+        "--show",
+        "--style",
+        "markdown",
+        "--tokenizer",
+        "fixture",
+    ]);
+    assert!(o.status.success());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.starts_with("<|im_start|>system\n"));
+    assert!(stdout.contains("| y\\x | 0 | 1 | 2 | 3 | 4 |"));
+}
+
+#[test]
+fn bad_parameters_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.jsonl");
+    let out = out.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--frame", "center", "--n", "4"],
+        vec!["--n-color", "11"],
+        vec!["--n-color", "1"],
+        vec!["--q-train", "10"],
+        vec!["--relations", "sideways"],
+        vec!["--relations", ""],
+        vec!["--seeds", "5..5"],
+        vec!["--seeds", "x"],
+        vec!["--style", "yaml"],
+        vec!["--frame", "middle"],
+        vec!["--relations", "mirror_rotate"],
+        vec!["--tokenizer", "/nonexistent/dir"],
+    ];
+    for case in cases {
+        let mut args = case.clone();
+        args.extend(["--out", out]);
+        let o = minarc(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{case:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{case:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+    }
+    assert!(!std::path::Path::new(out).exists());
+    // Nothing to do.
+    assert_eq!(minarc(&[]).status.code(), Some(2));
+}
+
+#[test]
+fn unsatisfiable_seed_fails_naming_it() {
+    let o = minarc(&[
+        "--relations",
+        "neighbor",
+        "--n-color",
+        "2",
+        "--q-train",
+        "9",
+        "--seeds",
+        "17",
+        "--show",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("seed 17"), "{stderr}");
+}
+
+#[test]
+fn malformed_dataset_line_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.jsonl");
+    std::fs::write(&p, "\n{\"index\": 0}\n").unwrap();
+    let err = format!("{:#}", read_jsonl(&p).unwrap_err());
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn dataset_roundtrip_is_exact() {
+    use minarc::puzzle::cli::generate;
+    use minarc::puzzle::dataset::write_jsonl;
+    use minarc::puzzle::{PromptOptions, PuzzleParams, Style};
+    let tok = minarc::tokenizer::fixture_tokenizer().unwrap();
+    let opts = PromptOptions {
+        style: Style::List,
+        color_quote: "\"".into(),
+        ..PromptOptions::default()
+    };
+    let params = PuzzleParams {
+        n_test: 1,
+        ..PuzzleParams::default()
+    };
+    let samples = generate(&params, &opts, 0..3, Some(&tok)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.jsonl");
+    write_jsonl(&p, &samples).unwrap();
+    assert_eq!(read_jsonl(&p).unwrap(), samples);
+}
