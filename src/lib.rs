@@ -2,4 +2,5 @@
 
 pub mod model;
 pub mod puzzle;
+pub mod remote;
 pub mod tokenizer;

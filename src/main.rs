@@ -17,11 +17,14 @@ struct Cli {
 enum Command {
     /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
     Puzzles(minarc::puzzle::cli::PuzzlesArgs),
+    /// Serve a model and its activation cache over HTTP (connect with the Remote backend).
+    Serve(minarc::remote::cli::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Puzzles(args) => std::process::exit(minarc::puzzle::cli::main(&args)),
+        Command::Serve(args) => minarc::remote::cli::run(&args),
     }
 }

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod components;
 pub mod config;
 pub mod loader;
+pub mod lru;
 pub mod ops;
 pub mod outputs;
 pub mod qwen2;
@@ -15,6 +16,7 @@ pub mod weights;
 
 pub use backend::{Backend, CachedSample, HeadSel, Local, SampleInput, SampleKey};
 pub use components::{AttnInputs, NoSink, Norm};
+pub use lru::CacheStats;
 pub use config::{ModelConfig, parse_device, parse_dtype};
 pub use outputs::{CaptureSpec, Outputs};
 pub use qwen2::Qwen2;
