@@ -17,11 +17,20 @@ fn all_getter_calls(b: &dyn Backend, key: &SampleKey, s: usize) -> Vec<(String, 
     for p in [None, Some(pos.as_slice())] {
         let tag = |what: &str| format!("{what} pos={p:?}");
         for l in 0..=L {
-            out.push((tag(&format!("hidden_states[{l}]")), b.hidden_states(key, l, p).unwrap()));
+            out.push((
+                tag(&format!("hidden_states[{l}]")),
+                b.hidden_states(key, l, p).unwrap(),
+            ));
         }
         for l in 0..L {
-            out.push((tag(&format!("attn_output[{l}]")), b.attn_output(key, l, p).unwrap()));
-            out.push((tag(&format!("mlp_output[{l}]")), b.mlp_output(key, l, p).unwrap()));
+            out.push((
+                tag(&format!("attn_output[{l}]")),
+                b.attn_output(key, l, p).unwrap(),
+            ));
+            out.push((
+                tag(&format!("mlp_output[{l}]")),
+                b.mlp_output(key, l, p).unwrap(),
+            ));
             for sel in [
                 HeadSel::One(1),
                 HeadSel::One(H),
@@ -83,7 +92,10 @@ fn every_getter_matches_local_and_samples_do_not_alias() {
             let key = SampleKey::new(ds, i);
             let s = local.seq_len(&key).unwrap();
             assert_eq!(remote.seq_len(&key).unwrap(), s);
-            assert_eq!(remote.sample_meta(&key).unwrap(), local.sample_meta(&key).unwrap());
+            assert_eq!(
+                remote.sample_meta(&key).unwrap(),
+                local.sample_meta(&key).unwrap()
+            );
             let lt = all_getter_calls(&local, &key, s);
             let rt = all_getter_calls(&remote, &key, s);
             for ((name, a), (_, b)) in lt.iter().zip(&rt) {
@@ -139,7 +151,13 @@ fn remote_tensors_satisfy_the_residual_identities() {
         assert!(max_abs_diff(&summed, &a) < 1e-5, "layer {l}");
         // Attention rows are distributions over the causal prefix.
         let w = remote.attn_weights(&key, l, &HeadSel::All, None).unwrap(); // [1,n,k,s]
-        let rows = w.sum(3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let rows = w
+            .sum(3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-5));
     }
 }
@@ -159,8 +177,22 @@ fn dataset_mean_when_no_sample_is_named() {
     }
     for (ds, n, g, layer, heads, p) in [
         ("m", 3, Getter::HiddenStates, 1, &all, Some(&pos[..])),
-        ("m", 3, Getter::HeadOutput, 0, &HeadSel::One(1), Some(&pos[..])),
-        ("eq", 2, Getter::AttnWeights, 1, &HeadSel::Many(vec![0, 2]), Some(&pos[..])),
+        (
+            "m",
+            3,
+            Getter::HeadOutput,
+            0,
+            &HeadSel::One(1),
+            Some(&pos[..]),
+        ),
+        (
+            "eq",
+            2,
+            Getter::AttnWeights,
+            1,
+            &HeadSel::Many(vec![0, 2]),
+            Some(&pos[..]),
+        ),
         ("eq", 2, Getter::AttnWeights, 1, &all, None),
         ("eq", 2, Getter::Logits, 0, &all, None),
     ] {
@@ -181,7 +213,10 @@ fn dataset_mean_when_no_sample_is_named() {
         .get(Getter::AttnWeights, "m", None, 0, &all, None)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("cannot average") && err.contains("shape"), "{err}");
+    assert!(
+        err.contains("cannot average") && err.contains("shape"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -195,7 +230,11 @@ fn reduced_precision_wire_rounds_to_bf16() {
     let half = remote.hidden_states(&key, 1, None).unwrap();
     assert_eq!(half.dtype(), DType::F32);
     // bf16 keeps 8 significant bits: the relative error is at most 2^-8.
-    let want = full.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    let want = full
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     assert_eq!(max_abs_diff(&half, &want), 0.0);
     assert!(max_abs_diff(&half, &full) > 0.0);
 }

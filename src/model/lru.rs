@@ -189,7 +189,10 @@ mod tests {
             lru.mark_evicted(k, kept(k.index));
         }
         let s = lru.stats();
-        assert_eq!((s.resident_samples, s.evicted_samples, s.evictions), (1, 3, 3));
+        assert_eq!(
+            (s.resident_samples, s.evicted_samples, s.evictions),
+            (1, 3, 3)
+        );
         assert_eq!(s.resident_bytes, 240);
         // Readmitting an evicted sample removes it from the evicted set.
         let v = lru.admit(&key(1), 10);
@@ -207,7 +210,10 @@ mod tests {
         assert!(lru.admit(&key(0), 1 << 40).is_empty());
         lru.set_budget(Some(10));
         let err = lru.check_fits(&key(1), 11).unwrap_err().to_string();
-        assert!(err.contains("11 bytes") && err.contains("10 bytes"), "{err}");
+        assert!(
+            err.contains("11 bytes") && err.contains("10 bytes"),
+            "{err}"
+        );
         lru.forget_dataset("d");
         assert_eq!(lru.stats().resident_samples, 0);
     }

@@ -190,7 +190,8 @@ impl Remote {
     ) -> Result<std::collections::HashMap<String, Tensor>> {
         let body = wire::encode_request(req, tensors)?;
         let bytes = self.call("POST", path, Body::Octet(&body))?;
-        let (ts, _) = wire::decode_tensors(&bytes).with_context(|| format!("response of {path}"))?;
+        let (ts, _) =
+            wire::decode_tensors(&bytes).with_context(|| format!("response of {path}"))?;
         ts.into_iter()
             .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
             .collect()
@@ -203,7 +204,8 @@ impl Remote {
         req: &T,
     ) -> Result<std::collections::HashMap<String, Tensor>> {
         let bytes = self.call("POST", path, Body::Json(serde_json::to_vec(req)?))?;
-        let (ts, _) = wire::decode_tensors(&bytes).with_context(|| format!("response of {path}"))?;
+        let (ts, _) =
+            wire::decode_tensors(&bytes).with_context(|| format!("response of {path}"))?;
         ts.into_iter()
             .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
             .collect()
@@ -267,20 +269,28 @@ impl Conn {
                 }
             }
         };
-        let mut resp =
-            result.map_err(|e| anyhow!("cannot reach server at {} ({method} {path}): {e}", self.url))?;
+        let mut resp = result
+            .map_err(|e| anyhow!("cannot reach server at {} ({method} {path}): {e}", self.url))?;
         let code = resp.status().as_u16();
         let bytes = resp
             .body_mut()
             .with_config()
             .limit(u64::MAX)
             .read_to_vec()
-            .map_err(|e| anyhow!("reading reply of server at {} ({method} {path}): {e}", self.url))?;
+            .map_err(|e| {
+                anyhow!(
+                    "reading reply of server at {} ({method} {path}): {e}",
+                    self.url
+                )
+            })?;
         if !(200..300).contains(&code) {
             let msg = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            bail!("server at {} says: {msg} (HTTP {code} on {method} {path})", self.url);
+            bail!(
+                "server at {} says: {msg} (HTTP {code} on {method} {path})",
+                self.url
+            );
         }
         Ok(bytes)
     }
@@ -363,7 +373,14 @@ impl Backend for Remote {
         pos_ids: Option<&[usize]>,
     ) -> Result<Tensor> {
         let all = HeadSel::All;
-        self.get(Getter::HiddenStates, &key.dataset, Some(key.index), layer, &all, pos_ids)
+        self.get(
+            Getter::HiddenStates,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            &all,
+            pos_ids,
+        )
     }
 
     fn attn_output(
@@ -373,7 +390,14 @@ impl Backend for Remote {
         pos_ids: Option<&[usize]>,
     ) -> Result<Tensor> {
         let all = HeadSel::All;
-        self.get(Getter::AttnOutput, &key.dataset, Some(key.index), layer, &all, pos_ids)
+        self.get(
+            Getter::AttnOutput,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            &all,
+            pos_ids,
+        )
     }
 
     fn mlp_output(
@@ -383,7 +407,14 @@ impl Backend for Remote {
         pos_ids: Option<&[usize]>,
     ) -> Result<Tensor> {
         let all = HeadSel::All;
-        self.get(Getter::MlpOutput, &key.dataset, Some(key.index), layer, &all, pos_ids)
+        self.get(
+            Getter::MlpOutput,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            &all,
+            pos_ids,
+        )
     }
 
     fn head_output(
@@ -393,7 +424,14 @@ impl Backend for Remote {
         heads: &HeadSel,
         pos_ids: Option<&[usize]>,
     ) -> Result<Tensor> {
-        self.get(Getter::HeadOutput, &key.dataset, Some(key.index), layer, heads, pos_ids)
+        self.get(
+            Getter::HeadOutput,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            heads,
+            pos_ids,
+        )
     }
 
     fn attn_weights(
@@ -403,12 +441,26 @@ impl Backend for Remote {
         heads: &HeadSel,
         pos_ids: Option<&[usize]>,
     ) -> Result<Tensor> {
-        self.get(Getter::AttnWeights, &key.dataset, Some(key.index), layer, heads, pos_ids)
+        self.get(
+            Getter::AttnWeights,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            heads,
+            pos_ids,
+        )
     }
 
     fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor> {
         let all = HeadSel::All;
-        self.get(Getter::Logits, &key.dataset, Some(key.index), 0, &all, pos_ids)
+        self.get(
+            Getter::Logits,
+            &key.dataset,
+            Some(key.index),
+            0,
+            &all,
+            pos_ids,
+        )
     }
 
     fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput> {

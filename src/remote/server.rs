@@ -162,32 +162,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// A raw body (size-limited), for safetensors requests.
-struct RawBody(Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for RawBody {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> ApiResult<Self> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|r| ApiError::new(r.status(), format!("cannot read request body: {r}")))
-    }
-}
-
 fn json<T: Serialize>(v: &T) -> ApiResult<Response> {
     let body = serde_json::to_string(v)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, wire::JSON)],
-        body,
-    )
-        .into_response())
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, wire::JSON)], body).into_response())
 }
 
-fn tensor_response(named: &[(&str, &Tensor)], meta: HashMap<String, String>) -> ApiResult<Response> {
+fn tensor_response(
+    named: &[(&str, &Tensor)],
+    meta: HashMap<String, String>,
+) -> ApiResult<Response> {
     let bytes = wire::encode_tensors(named, Some(meta))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     Ok((
@@ -281,7 +265,9 @@ fn check_get(local: &Local, g: Getter, req: &GetRequest, seq_len: usize) -> ApiR
             Some(wire::HeadArg::Many(hs)) => hs.clone(),
         };
         if matches!(&req.heads, Some(wire::HeadArg::Many(hs)) if hs.is_empty()) {
-            return Err(ApiError::bad("heads is an empty list; send null for all heads"));
+            return Err(ApiError::bad(
+                "heads is an empty list; send null for all heads",
+            ));
         }
         if let Some(h) = hs.iter().find(|&&h| h >= max) {
             return Err(ApiError::bad(format!(
@@ -355,11 +341,10 @@ async fn status(State(st): State<Shared>) -> ApiResult<Response> {
 }
 
 async fn tokenizer(State(st): State<Shared>) -> ApiResult<Response> {
-    let tok = st
-        .tokenizer_json
-        .read()
-        .map(|t| t.clone())
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "tokenizer lock poisoned"))?;
+    let tok =
+        st.tokenizer_json.read().map(|t| t.clone()).map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "tokenizer lock poisoned")
+        })?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, wire::JSON)],
@@ -482,9 +467,7 @@ fn run_getter(local: &Local, g: Getter, req: &GetRequest, key: &SampleKey) -> Re
         Getter::AttnOutput => local.attn_output(key, layer, pos),
         Getter::MlpOutput => local.mlp_output(key, layer, pos),
         Getter::HeadOutput => local.head_output(key, layer, &wire::head_sel(&req.heads), pos),
-        Getter::AttnWeights => {
-            local.attn_weights(key, layer, &wire::head_sel(&req.heads), pos)
-        }
+        Getter::AttnWeights => local.attn_weights(key, layer, &wire::head_sel(&req.heads), pos),
         Getter::Logits => local.logits(key, pos),
     }
 }
@@ -544,7 +527,9 @@ async fn getter(st: Shared, g: Getter, req: GetRequest) -> ApiResult<Response> {
             None => mean_getter(&local, g, &req, &indices),
         }
         .map_err(ApiError::unprocessable)?;
-        let t = t.to_dtype(dtype).map_err(|e| ApiError::unprocessable(e.into()))?;
+        let t = t
+            .to_dtype(dtype)
+            .map_err(|e| ApiError::unprocessable(e.into()))?;
         Ok((t, req))
     };
     let (t, req) = if all_resident {
@@ -554,7 +539,10 @@ async fn getter(st: Shared, g: Getter, req: GetRequest) -> ApiResult<Response> {
     };
     let mut meta = HashMap::from([
         ("dataset".to_string(), req.dataset.clone()),
-        ("getter".to_string(), g.path().trim_start_matches('/').to_string()),
+        (
+            "getter".to_string(),
+            g.path().trim_start_matches('/').to_string(),
+        ),
     ]);
     if averaged {
         meta.insert("averaged_over".into(), n.to_string());
@@ -606,9 +594,11 @@ async fn sample_info(
     State(st): State<Shared>,
     Path((id, index)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let index: usize = index
-        .parse()
-        .map_err(|_| ApiError::bad(format!("sample index {index:?} is not a non-negative integer")))?;
+    let index: usize = index.parse().map_err(|_| {
+        ApiError::bad(format!(
+            "sample index {index:?} is not a non-negative integer"
+        ))
+    })?;
     let local = st.local();
     let key = SampleKey::new(id.clone(), index);
     let seq_len = check_sample(&local, &key)?;
@@ -664,7 +654,11 @@ async fn not_found(req: Request) -> ApiError {
 async fn wrong_method(req: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("method {} not allowed on {}", req.method(), req.uri().path()),
+        format!(
+            "method {} not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
     )
 }
 
@@ -871,9 +865,7 @@ impl RunningServer {
             let _ = tx.send(());
         }
         match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| anyhow!("server thread panicked"))?,
+            Some(t) => t.join().map_err(|_| anyhow!("server thread panicked"))?,
             None => Ok(()),
         }
     }

@@ -337,9 +337,7 @@ pub fn encode_tensors(
 }
 
 /// Parses safetensors bytes: the tensors (CPU, stored dtype) and the metadata.
-pub fn decode_tensors(
-    bytes: &[u8],
-) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+pub fn decode_tensors(bytes: &[u8]) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow!("malformed safetensors body: {e}"))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
@@ -358,7 +356,10 @@ pub fn decode_tensors(
 /// A tensor-carrying request: one safetensors blob, the JSON request in `__metadata__.request`.
 pub fn encode_request<T: Serialize>(req: &T, tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
     let json = serde_json::to_string(req)?;
-    encode_tensors(tensors, Some(HashMap::from([(REQUEST_KEY.to_string(), json)])))
+    encode_tensors(
+        tensors,
+        Some(HashMap::from([(REQUEST_KEY.to_string(), json)])),
+    )
 }
 
 /// Parses a tensor-carrying request (see [`encode_request`]).

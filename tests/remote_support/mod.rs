@@ -42,10 +42,16 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<()> {
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096,
         "tie_word_embeddings": false, "torch_dtype": "float32", "hidden_act": "silu",
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut w: HashMap<String, Tensor> = HashMap::new();
-    w.insert("model.embed_tokens.weight".into(), rand_tensor(&mut rng, &[v, E], 1.0, 0.0));
+    w.insert(
+        "model.embed_tokens.weight".into(),
+        rand_tensor(&mut rng, &[v, E], 1.0, 0.0),
+    );
     for l in 0..L {
         let p = format!("model.layers.{l}");
         let mut put = |name: &str, shape: &[usize], scale: f32, offset: f32| {
@@ -65,8 +71,14 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<()> {
         put("mlp.up_proj.weight", &[M, E], 0.3, 0.0);
         put("mlp.down_proj.weight", &[E, M], 0.3, 0.0);
     }
-    w.insert("model.norm.weight".into(), rand_tensor(&mut rng, &[E], 0.2, 1.0));
-    w.insert("lm_head.weight".into(), rand_tensor(&mut rng, &[v, E], 0.3, 0.0));
+    w.insert(
+        "model.norm.weight".into(),
+        rand_tensor(&mut rng, &[E], 0.2, 1.0),
+    );
+    w.insert(
+        "lm_head.weight".into(),
+        rand_tensor(&mut rng, &[v, E], 0.3, 0.0),
+    );
     candle_core::safetensors::save(&w, dir.join("model.safetensors"))?;
     Ok(())
 }
