@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod components;
 pub mod config;
+pub mod fixture;
 pub mod loader;
 pub mod lru;
 pub mod ops;

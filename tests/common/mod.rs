@@ -1,0 +1,70 @@
+//! Shared helpers for the model tests: fixture folders in temp dirs, deterministic inputs.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use minarc::model::fixture::{Preset, write_model};
+use minarc::model::{ModelConfig, Qwen2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A fixture model folder (weights + config only) in a fresh temp dir.
+pub fn fixture(preset: Preset, seed: u64, shards: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_model(dir.path(), &preset.config(), seed, shards).expect("write fixture");
+    dir
+}
+
+/// Loads a fixture folder in f32 on the CPU.
+pub fn load(dir: &Path) -> Qwen2 {
+    Qwen2::load(dir, DType::F32, &Device::Cpu).expect("load model")
+}
+
+/// Tiny model (seed 0) and its folder.
+pub fn tiny() -> (tempfile::TempDir, Qwen2) {
+    let dir = fixture(Preset::Tiny, 0, 1);
+    let m = load(dir.path());
+    (dir, m)
+}
+
+/// Deterministic token ids in 3..vocab (avoids the special tokens).
+pub fn token_ids(cfg: &ModelConfig, s: usize, seed: u64) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..s)
+        .map(|_| rng.random_range(3..cfg.vocab_size as u32))
+        .collect()
+}
+
+/// Random tensor N(0,1)-ish (uniform in [-1.7, 1.7]) of a shape.
+pub fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.7f32..1.7)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Flattened f32 values.
+pub fn vals(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// max |a − b| (shapes must match).
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    vals(a)
+        .iter()
+        .zip(vals(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// max |t|.
+pub fn max_abs(t: &Tensor) -> f32 {
+    vals(t).iter().map(|x| x.abs()).fold(0.0, f32::max)
+}
