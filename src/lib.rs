@@ -1,5 +1,6 @@
 //! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.
 
+pub mod attribution;
 pub mod model;
 pub mod puzzle;
 pub mod remote;

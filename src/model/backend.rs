@@ -16,6 +16,9 @@ use super::config::ModelConfig;
 use super::lru::{CacheStats, Evicted, Lru};
 use super::outputs::{CaptureSpec, Outputs};
 use super::qwen2::Qwen2;
+use crate::attribution::primitives::{
+    self, NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest,
+};
 
 /// Identifies a cached sample: dataset name + sample index (r.index).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -131,6 +134,13 @@ pub trait Backend: Send + Sync {
     fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor>;
     /// The SampleInput given at forward time.
     fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput>;
+    /// A13: one node's backward (path-averaged, residual-space gradient; attn_a: weights and
+    /// their gradient).
+    fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad>;
+    /// A15: one node's forward with an optional replacement residual `[1,k,e]` (lm_head: `[1]`).
+    fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor>;
+    /// A18: residual attribution `[L',H+1,g]` of downstream gradients to heads and MLPs.
+    fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor>;
 }
 
 /// A cached sample: what was asked, its tokens, and the captured activations.
@@ -586,5 +596,17 @@ impl Backend for Local {
 
     fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput> {
         Ok(self.sample_info(key)?.0)
+    }
+
+    fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad> {
+        primitives::node_gradient(&self.model, &*self.sample(key)?, req)
+    }
+
+    fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor> {
+        primitives::node_forward(&self.model, &*self.sample(key)?, req)
+    }
+
+    fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor> {
+        primitives::attribute_residual(&self.model, &*self.sample(key)?, req)
     }
 }
