@@ -33,7 +33,12 @@ fn fx() -> Fx {
 }
 
 fn dot(a: &Tensor, b: &Tensor) -> f64 {
-    (a * b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64
+    (a * b)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64
 }
 
 fn grad_of(f: &Fx, t: NodeType, src: &[usize], rule: IgRule) -> minarc::attribution::NodeGrad {
@@ -58,7 +63,9 @@ fn check(name: &str, got: &Tensor, fd: &[f64]) {
 }
 
 fn rows(v: &[f64], e: usize, rows: &[usize]) -> Vec<f64> {
-    rows.iter().flat_map(|&r| v[r * e..(r + 1) * e].to_vec()).collect()
+    rows.iter()
+        .flat_map(|&r| v[r * e..(r + 1) * e].to_vec())
+        .collect()
 }
 
 #[test]
@@ -76,7 +83,10 @@ fn lm_head_gradient_matches_fd() {
     let (labels, cands) = (&s.input.labels, &s.input.candidate_ids);
     let obj = |h: &Tensor| {
         let x = m.rms_norm(Norm::Final, h, Some(&var)).unwrap();
-        m.lm_head_objective(&x, labels, cands).unwrap().to_vec1::<f32>().unwrap()[0] as f64
+        m.lm_head_objective(&x, labels, cands)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0] as f64
     };
     let fd = fd_grad(&h0, H, obj);
     let mut req = NodeGradRequest::new(NodeType::LmHead, l, None, pos.to_vec(), pos.to_vec(), None);
@@ -93,7 +103,10 @@ fn mlp_case(t: NodeType) {
         + f.local.attn_output(&f.key, LAYER, Some(&POS)).unwrap())
     .unwrap();
     let var = s.outputs.post_attn_norm_var(LAYER, Some(&POS)).unwrap();
-    let nrm = |h: &Tensor| m.rms_norm(Norm::PostAttention(LAYER), h, Some(&var)).unwrap();
+    let nrm = |h: &Tensor| {
+        m.rms_norm(Norm::PostAttention(LAYER), h, Some(&var))
+            .unwrap()
+    };
     let x0 = nrm(&h0);
     let obj = |h: &Tensor| {
         let x = nrm(h);
@@ -135,26 +148,40 @@ fn attn_case(t: NodeType) {
         NoSink::Off
     };
     let run = |xq: &Tensor, xk: &Tensor, xv: &Tensor| {
-        let a = AttnInputs::new(xq, xk, xv, &POS).heads(&heads).no_sink(sink);
+        let a = AttnInputs::new(xq, xk, xv, &POS)
+            .heads(&heads)
+            .no_sink(sink);
         dot(&m.attention(LAYER, &a).unwrap(), &f.gy)
     };
     let (fd, src): (Vec<f64>, Vec<usize>) = match t {
         NodeType::AttnQ | NodeType::AttnQns => {
             let h0 = hs.index_select(&idx, 1).unwrap();
             let fd = fd_grad(&h0, H, |h| {
-                run(&m.rms_norm(Norm::Input(LAYER), h, Some(&var_q)).unwrap(), &xkv, &xkv)
+                run(
+                    &m.rms_norm(Norm::Input(LAYER), h, Some(&var_q)).unwrap(),
+                    &xkv,
+                    &xkv,
+                )
             });
             (fd, POS.to_vec())
         }
         NodeType::AttnK => {
             let fd = fd_grad(&hs, H, |h| {
-                run(&xq0, &m.rms_norm(Norm::Input(LAYER), h, Some(&var)).unwrap(), &xkv)
+                run(
+                    &xq0,
+                    &m.rms_norm(Norm::Input(LAYER), h, Some(&var)).unwrap(),
+                    &xkv,
+                )
             });
             (rows(&fd, e, &SRC), SRC.to_vec())
         }
         _ => {
             let fd = fd_grad(&hs, H, |h| {
-                run(&xq0, &xkv, &m.rms_norm(Norm::Input(LAYER), h, Some(&var)).unwrap())
+                run(
+                    &xq0,
+                    &xkv,
+                    &m.rms_norm(Norm::Input(LAYER), h, Some(&var)).unwrap(),
+                )
             });
             (rows(&fd, e, &SRC), SRC.to_vec())
         }
@@ -186,9 +213,14 @@ fn attn_a_gradient_matches_fd() {
     let heads = [HEAD];
     let a = AttnInputs::new(&xq, &xkv, &xkv, &POS).heads(&heads);
     let aw0 = m.attention_weights(LAYER, &a).unwrap(); // [1,1,k,s]
-    let fd = fd_grad(&aw0, H, |w| dot(&m.attention(LAYER, &a.with_weights(w)).unwrap(), &f.gy));
+    let fd = fd_grad(&aw0, H, |w| {
+        dot(&m.attention(LAYER, &a.with_weights(w)).unwrap(), &f.gy)
+    });
     let g = grad_of(&f, NodeType::AttnA, &POS, default_rule(NodeType::AttnA));
-    let (dw, _) = max_diff(&vals(g.aw.as_ref().unwrap()), &vals(&aw0).iter().map(|&x| x as f64).collect::<Vec<_>>());
+    let (dw, _) = max_diff(
+        &vals(g.aw.as_ref().unwrap()),
+        &vals(&aw0).iter().map(|&x| x as f64).collect::<Vec<_>>(),
+    );
     assert!(dw < 1e-5, "attn_a weights differ from the model's by {dw}");
     check("attn_a", g.grad_aw.as_ref().unwrap(), &fd);
 }
@@ -209,7 +241,11 @@ fn ig_path_average_matches_fd_path_integral() {
     let vq = vals(&var.index_select(&idx, 1).unwrap());
     let w = vals(&m.weights().layers[LAYER].input_norm);
     let heads = [HEAD];
-    for rule in [IgRule::Seed { steps: 4 }, IgRule::GaussLegendre { n: 3 }, IgRule::RiemannMidpoint { n: 3 }] {
+    for rule in [
+        IgRule::Seed { steps: 4 },
+        IgRule::GaussLegendre { n: 3 },
+        IgRule::RiemannMidpoint { n: 3 },
+    ] {
         let mut avg = vec![0f64; POS.len() * e];
         for (alpha, wt) in rule.points().unwrap() {
             let xa = xq.affine(alpha, 0.0).unwrap();

@@ -77,10 +77,18 @@ fn linearity_identity() {
         let pos = &d.src_pos_ids[&0];
         let grad = &d.grad[&0];
         let res = residual_at(&local, r, *id, pos);
-        let expect = (grad * res).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let expect = (grad * res)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let got = attrs[i].sum_all().unwrap().to_scalar::<f32>().unwrap() + embs[i];
         println!("{id}: Σ attr + embed = {got:.6}, grad·residual = {expect:.6}");
-        assert!((got - expect).abs() <= 1e-4 * expect.abs().max(1.0), "{id}: {got} vs {expect}");
+        assert!(
+            (got - expect).abs() <= 1e-4 * expect.abs().max(1.0),
+            "{id}: {got} vs {expect}"
+        );
     }
     assert_eq!(g.get(v).unwrap().data.src_pos_ids[&0], vec![2, 3]);
     // masks: attn node at layer 1 sees no layer-1 head; the MLP node sees its layer's heads but
@@ -99,26 +107,52 @@ fn ig_completeness_converges_on_lm_head() {
     let pos: Vec<usize> = ANSWERS.iter().map(|a| a - 1).collect();
     let l = local.config().num_hidden_layers;
     let delta = |rule: IgRule| {
-        let mut req = NodeGradRequest::new(NodeType::LmHead, l, None, pos.clone(), pos.clone(), None);
+        let mut req =
+            NodeGradRequest::new(NodeType::LmHead, l, None, pos.clone(), pos.clone(), None);
         req.ig = Some(rule);
-        local.node_gradient(key, &req).unwrap().completeness.unwrap().delta
+        local
+            .node_gradient(key, &req)
+            .unwrap()
+            .completeness
+            .unwrap()
+            .delta
     };
-    let seed: Vec<f64> = [1, 2, 4, 8, 16, 32, 64].iter().map(|&s| delta(IgRule::Seed { steps: s })).collect();
-    let mid: Vec<f64> = [1, 2, 4, 8, 16].iter().map(|&n| delta(IgRule::RiemannMidpoint { n })).collect();
-    let gl: Vec<f64> = [1, 2, 4, 8].iter().map(|&n| delta(IgRule::GaussLegendre { n })).collect();
-    println!("seed steps 1..64: {seed:.4?}\nmidpoint n 1..16: {mid:.4?}\ngauss-legendre n 1,2,4,8: {gl:?}");
-    assert!(seed[6] < seed[2] && seed[2] < seed[0], "seed deltas must shrink: {seed:?}");
+    let seed: Vec<f64> = [1, 2, 4, 8, 16, 32, 64]
+        .iter()
+        .map(|&s| delta(IgRule::Seed { steps: s }))
+        .collect();
+    let mid: Vec<f64> = [1, 2, 4, 8, 16]
+        .iter()
+        .map(|&n| delta(IgRule::RiemannMidpoint { n }))
+        .collect();
+    let gl: Vec<f64> = [1, 2, 4, 8]
+        .iter()
+        .map(|&n| delta(IgRule::GaussLegendre { n }))
+        .collect();
+    println!(
+        "seed steps 1..64: {seed:.4?}\nmidpoint n 1..16: {mid:.4?}\ngauss-legendre n 1,2,4,8: {gl:?}"
+    );
+    assert!(
+        seed[6] < seed[2] && seed[2] < seed[0],
+        "seed deltas must shrink: {seed:?}"
+    );
     assert!(seed[6] < 0.02, "{seed:?}");
     assert!(mid[4] < mid[0] && mid[4] < 0.01, "{mid:?}");
     assert!(gl[3] < 1e-3, "{gl:?}");
     // adaptive mode reaches the tolerance and says so
     let mut req = NodeGradRequest::new(NodeType::LmHead, l, None, pos.clone(), pos.clone(), None);
-    req.adaptive = Some(Adaptive { tol: 0.01, max_resolution: 256 });
+    req.adaptive = Some(Adaptive {
+        tol: 0.01,
+        max_resolution: 256,
+    });
     let res = local.node_gradient(key, &req).unwrap();
     assert_eq!(res.converged, Some(true));
     assert!(res.completeness.unwrap().delta <= 0.01);
     // ... or says it could not
-    req.adaptive = Some(Adaptive { tol: 1e-9, max_resolution: 8 });
+    req.adaptive = Some(Adaptive {
+        tol: 1e-9,
+        max_resolution: 8,
+    });
     let res = local.node_gradient(key, &req).unwrap();
     assert_eq!(res.converged, Some(false));
     assert_eq!(res.rule, IgRule::Seed { steps: 8 });
@@ -139,11 +173,17 @@ fn graph_forward_reproduces_objective() {
     // build top-down: every node gets edges from everything below it
     let mut layers: Vec<(Vec<NodeId>, NodeId)> = Vec::new();
     for l in 0..nl {
-        let heads: Vec<NodeId> = (0..n).map(|h| g.id(l, Some(h), NodeType::AttnQ).unwrap()).collect();
+        let heads: Vec<NodeId> = (0..n)
+            .map(|h| g.id(l, Some(h), NodeType::AttnQ).unwrap())
+            .collect();
         layers.push((heads, g.id(l, None, NodeType::Mlp).unwrap()));
     }
     // add downstream-first so add_edge finds the downstream
-    for u in layers.iter().flat_map(|(h, m)| h.iter().copied().chain([*m])).chain([emb]) {
+    for u in layers
+        .iter()
+        .flat_map(|(h, m)| h.iter().copied().chain([*m]))
+        .chain([emb])
+    {
         g.add_edge(u, lm, 1.0).unwrap();
     }
     for (heads, mlp) in &layers {
@@ -163,12 +203,23 @@ fn graph_forward_reproduces_objective() {
         let got = forward(&mut g, &local, r, None).unwrap() as f64;
         // the model's own objective from plain logits, in f64
         let s = local.sample(&r.key).unwrap();
-        let logits = model.forward_logits(&s.token_ids).unwrap().to_vec3::<f32>().unwrap();
+        let logits = model
+            .forward_logits(&s.token_ids)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
         let mut expect = 0.0;
         for (&a, &lab) in ANSWERS.iter().zip(&s.input.labels) {
             let row = &logits[0][a - 1];
             let z: Vec<f64> = (0..row.len())
-                .map(|t| row[t] as f64 + if s.input.candidate_ids.contains(&(t as u32)) { 0.0 } else { -1e4 })
+                .map(|t| {
+                    row[t] as f64
+                        + if s.input.candidate_ids.contains(&(t as u32)) {
+                            0.0
+                        } else {
+                            -1e4
+                        }
+                })
                 .collect();
             let mx = z.iter().cloned().fold(f64::MIN, f64::max);
             let lse = mx + z.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
@@ -190,7 +241,9 @@ fn graph_forward_reproduces_objective() {
     let mut only = Graph::new(&cfg, 2);
     only.add_node(lm, None).unwrap();
     let direct = forward(&mut only, &local, &samples[0], None).unwrap();
-    println!("without MLP→lm_head edges: {full:.6}; lm_head alone (cached, no double norm): {direct:.6}");
+    println!(
+        "without MLP→lm_head edges: {full:.6}; lm_head alone (cached, no double norm): {direct:.6}"
+    );
     assert!((full - direct).abs() > 1e-4);
 }
 
@@ -207,7 +260,10 @@ fn graph_semantics() {
     assert_eq!(a, b);
     assert_eq!(g.nodes().len(), 2);
     g.node(1, Some(2), NodeType::AttnV, Some("A-->QV")).unwrap();
-    assert_eq!(g.get(a).unwrap().data.attn_pattern.as_deref(), Some("A-->V"));
+    assert_eq!(
+        g.get(a).unwrap().data.attn_pattern.as_deref(),
+        Some("A-->V")
+    );
     // identity can change until the node is an edge endpoint
     let c = g.node(0, Some(1), NodeType::AttnQ, None).unwrap();
     let c2 = g.id(0, Some(0), NodeType::AttnQ).unwrap();
@@ -215,7 +271,10 @@ fn graph_semantics() {
     g.add_edge(a, lm, 0.5).unwrap();
     g.add_edge(c2, a, 0.25).unwrap();
     assert!(g.get(a).unwrap().is_frozen());
-    assert!(g.set_node_id(a, g.id(1, Some(3), NodeType::AttnV).unwrap()).is_err());
+    assert!(
+        g.set_node_id(a, g.id(1, Some(3), NodeType::AttnV).unwrap())
+            .is_err()
+    );
     // an upstream is added by add_edge; a missing downstream is an error
     let m0 = g.id(0, None, NodeType::Mlp).unwrap();
     g.add_edge(m0, a, 0.1).unwrap();
@@ -251,7 +310,10 @@ fn graph_semantics() {
     assert!(g.id(0, Some(3), NodeType::Mlp).is_err());
     assert_eq!(g.id(0, None, NodeType::Mlp).unwrap().head, Some(4));
     assert!("attn_x".parse::<NodeType>().is_err());
-    assert!(g.node(0, Some(0), NodeType::AttnQ, Some("nonsense")).is_err());
+    assert!(
+        g.node(0, Some(0), NodeType::AttnQ, Some("nonsense"))
+            .is_err()
+    );
 }
 
 #[test]
@@ -309,14 +371,20 @@ fn set_pos_ids_rules_and_errors() {
     g.add_edge(k, q, 1.0).unwrap();
     set_pos_ids(&mut g, &local, k, r).unwrap();
     let d = &g.get(k).unwrap().data;
-    assert_eq!((d.pos_ids[&0].clone(), d.src_pos_ids[&0].clone()), (vec![5, 9], vec![1, 4]));
+    assert_eq!(
+        (d.pos_ids[&0].clone(), d.src_pos_ids[&0].clone()),
+        (vec![5, 9], vec![1, 4])
+    );
     assert_eq!(d.src_span.as_deref(), Some("X"));
     // downstreams that disagree: k's src positions differ from lm's
     let m0 = g.node(0, None, NodeType::Mlp, None).unwrap();
     g.add_edge(m0, lm, 1.0).unwrap();
     g.add_edge(m0, k, 1.0).unwrap();
     let err = set_pos_ids(&mut g, &local, m0, r).unwrap_err();
-    assert!(format!("{err:#}").contains("different positions"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("different positions"),
+        "{err:#}"
+    );
     // an unknown span without a puzzle record
     let v = g.node(0, Some(2), NodeType::AttnV, Some("A-->V")).unwrap();
     g.add_edge(v, lm, 1.0).unwrap();
@@ -338,12 +406,22 @@ fn attention_weight_attribution_on_dataset() {
     let (aw, aa) = get_attn_attrs_on_dataset(&g, &local, &samples, 1, 2, &[lm], true).unwrap();
     assert_eq!(aw.dims(), &[2, 2, 12]);
     // rows of aa sum to 1; aa is zero where aw is zero (causal mask)
-    for row in aa.sum(2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap() {
+    for row in aa
+        .sum(2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+    {
         assert!((row - 1.0).abs() < 1e-5);
     }
     let a = aa.to_vec3::<f32>().unwrap();
     assert_eq!(a[0][0][11], 0.0);
-    assert!(g.get_downstreams(lm).is_empty() && g.nodes().len() == 1, "temporary attn_a left in the graph");
+    assert!(
+        g.get_downstreams(lm).is_empty() && g.nodes().len() == 1,
+        "temporary attn_a left in the graph"
+    );
     // bad inputs
     assert!(attribute_attn_weights(&g, &local, &samples[0], 1, 9, &[lm]).is_err());
     assert!(attribute_attn_weights(&g, &local, &samples[0], 5, 0, &[lm]).is_err());
@@ -354,23 +432,80 @@ fn bad_backend_requests_are_errors() {
     let (local, samples) = setup(1);
     let key = &samples[0].key;
     let e = local.config().hidden_size;
-    let gy = Tensor::zeros((1, 2, e), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let gy = Tensor::zeros(
+        (1, 2, e),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let req = |t, l, h: Option<usize>, pos: Vec<usize>, og: Option<Tensor>| {
         NodeGradRequest::new(t, l, h, pos.clone(), pos, og)
     };
-    assert!(local.node_gradient(key, &req(NodeType::AttnQ, 1, Some(0), vec![5, 99], Some(gy.clone()))).is_err());
-    assert!(local.node_gradient(key, &req(NodeType::AttnQ, 1, Some(7), vec![5, 9], Some(gy.clone()))).is_err());
-    assert!(local.node_gradient(key, &req(NodeType::AttnQ, 3, Some(0), vec![5, 9], Some(gy.clone()))).is_err());
-    assert!(local.node_gradient(key, &req(NodeType::Mlp, 1, None, vec![5, 9], None)).is_err());
-    assert!(local.node_gradient(key, &req(NodeType::Mlp, 1, None, vec![5], Some(gy.clone()))).is_err());
-    assert!(local.node_gradient(key, &req(NodeType::LmHead, 2, None, vec![5], None)).is_err());
-    assert!(local.node_gradient(&SampleKey::new("nope", 0), &req(NodeType::LmHead, 2, None, vec![5, 9], None)).is_err());
+    assert!(
+        local
+            .node_gradient(
+                key,
+                &req(NodeType::AttnQ, 1, Some(0), vec![5, 99], Some(gy.clone()))
+            )
+            .is_err()
+    );
+    assert!(
+        local
+            .node_gradient(
+                key,
+                &req(NodeType::AttnQ, 1, Some(7), vec![5, 9], Some(gy.clone()))
+            )
+            .is_err()
+    );
+    assert!(
+        local
+            .node_gradient(
+                key,
+                &req(NodeType::AttnQ, 3, Some(0), vec![5, 9], Some(gy.clone()))
+            )
+            .is_err()
+    );
+    assert!(
+        local
+            .node_gradient(key, &req(NodeType::Mlp, 1, None, vec![5, 9], None))
+            .is_err()
+    );
+    assert!(
+        local
+            .node_gradient(key, &req(NodeType::Mlp, 1, None, vec![5], Some(gy.clone())))
+            .is_err()
+    );
+    assert!(
+        local
+            .node_gradient(key, &req(NodeType::LmHead, 2, None, vec![5], None))
+            .is_err()
+    );
+    assert!(
+        local
+            .node_gradient(
+                &SampleKey::new("nope", 0),
+                &req(NodeType::LmHead, 2, None, vec![5, 9], None)
+            )
+            .is_err()
+    );
     let rr = ResidualRequest {
-        grads: vec![ResidualGrad { pos_ids: vec![5, 9], grad: gy.clone(), downstream_layer: 1.0 }],
+        grads: vec![ResidualGrad {
+            pos_ids: vec![5, 9],
+            grad: gy.clone(),
+            downstream_layer: 1.0,
+        }],
         from_layer: 1,
         to_layer: Some(1),
     };
     assert!(local.attribute_residual(key, &rr).is_err());
-    let rr = ResidualRequest { grads: vec![ResidualGrad { pos_ids: vec![5], grad: gy, downstream_layer: 1.0 }], from_layer: 0, to_layer: None };
+    let rr = ResidualRequest {
+        grads: vec![ResidualGrad {
+            pos_ids: vec![5],
+            grad: gy,
+            downstream_layer: 1.0,
+        }],
+        from_layer: 0,
+        to_layer: None,
+    };
     assert!(local.attribute_residual(key, &rr).is_err());
 }

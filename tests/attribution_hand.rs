@@ -8,7 +8,9 @@ use attr_support::config;
 use candle_core::{DType, Device, Tensor};
 use minarc::attribution::primitives::{NodeForwardRequest, ResidualGrad, ResidualRequest};
 use minarc::attribution::{IgRule, NodeGradRequest, NodeType, SinkMode};
-use minarc::model::{Backend, CaptureSpec, LayerWeights, Local, Qwen2, SampleInput, SampleKey, Weights};
+use minarc::model::{
+    Backend, CaptureSpec, LayerWeights, Local, Qwen2, SampleInput, SampleKey, Weights,
+};
 
 type M2 = [[f64; 2]; 2];
 
@@ -34,7 +36,12 @@ const LABEL: u32 = 2;
 const CANDS: [u32; 2] = [1, 2];
 
 fn t1(v: &[f64]) -> Tensor {
-    Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), v.len(), &Device::Cpu).unwrap()
+    Tensor::from_vec(
+        v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+        v.len(),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 fn t2<const C: usize>(m: &[[f64; C]]) -> Tensor {
     let v: Vec<f32> = m.iter().flatten().map(|&x| x as f32).collect();
@@ -57,7 +64,12 @@ fn local() -> Local {
         w_up_t: t2(&WU),
         w_down_t: t2(&WD),
     };
-    let w = Weights { embed: t2(&EMBED), layers: vec![layer], final_norm: t1(&W_FIN), lm_head_t: t2(&WLM) };
+    let w = Weights {
+        embed: t2(&EMBED),
+        layers: vec![layer],
+        final_norm: t1(&W_FIN),
+        lm_head_t: t2(&WLM),
+    };
     let m = Qwen2::from_weights(cfg, w, DType::F32, &Device::Cpu).unwrap();
     let l = Local::new(m, minarc::tokenizer::fixture_tokenizer().unwrap());
     let input = SampleInput {
@@ -67,16 +79,23 @@ fn local() -> Local {
         candidate_ids: CANDS.to_vec(),
         answer_indices: vec![POS + 1],
     };
-    l.forward_ids("h", &input, &TOKENS, &CaptureSpec::full(), true).unwrap();
+    l.forward_ids("h", &input, &TOKENS, &CaptureSpec::full(), true)
+        .unwrap();
     l
 }
 
 fn vecmat(x: [f64; 2], w: &M2) -> [f64; 2] {
-    [x[0] * w[0][0] + x[1] * w[1][0], x[0] * w[0][1] + x[1] * w[1][1]]
+    [
+        x[0] * w[0][0] + x[1] * w[1][0],
+        x[0] * w[0][1] + x[1] * w[1][1],
+    ]
 }
 /// w · g (the transpose product: ∂x from ∂y for y = x·w).
 fn matvec(w: &M2, g: [f64; 2]) -> [f64; 2] {
-    [w[0][0] * g[0] + w[0][1] * g[1], w[1][0] * g[0] + w[1][1] * g[1]]
+    [
+        w[0][0] * g[0] + w[0][1] * g[1],
+        w[1][0] * g[0] + w[1][1] * g[1],
+    ]
 }
 fn add(a: [f64; 2], b: [f64; 2]) -> [f64; 2] {
     [a[0] + b[0], a[1] + b[1]]
@@ -112,9 +131,13 @@ fn expected() -> Expected {
     let var_in: Vec<f64> = x0.iter().map(|&x| ms(x)).collect();
     let xn: Vec<[f64; 2]> = x0.iter().map(|&x| norm(x, W_IN)).collect();
     let q = rope(add(vecmat(xn[POS], &WQ), BQ), POS);
-    let ks: Vec<[f64; 2]> = (0..3).map(|t| rope(add(vecmat(xn[t], &WK), BK), t)).collect();
+    let ks: Vec<[f64; 2]> = (0..3)
+        .map(|t| rope(add(vecmat(xn[t], &WK), BK), t))
+        .collect();
     let vs: Vec<[f64; 2]> = (0..3).map(|t| add(vecmat(xn[t], &WV), BV)).collect();
-    let sc: Vec<f64> = (0..=POS).map(|t| (q[0] * ks[t][0] + q[1] * ks[t][1]) / 2f64.sqrt()).collect();
+    let sc: Vec<f64> = (0..=POS)
+        .map(|t| (q[0] * ks[t][0] + q[1] * ks[t][1]) / 2f64.sqrt())
+        .collect();
     let mx = sc.iter().cloned().fold(f64::MIN, f64::max);
     let z: f64 = sc.iter().map(|s| (s - mx).exp()).sum();
     let attn_w: Vec<f64> = sc.iter().map(|s| (s - mx).exp() / z).collect();
@@ -131,7 +154,15 @@ fn expected() -> Expected {
     let var_fin = ms(h);
     let xf = norm(h, W_FIN);
     let logits: Vec<f64> = (0..3)
-        .map(|v| xf[0] * WLM[0][v] + xf[1] * WLM[1][v] + if CANDS.contains(&(v as u32)) { 0.0 } else { -1e4 })
+        .map(|v| {
+            xf[0] * WLM[0][v]
+                + xf[1] * WLM[1][v]
+                + if CANDS.contains(&(v as u32)) {
+                    0.0
+                } else {
+                    -1e4
+                }
+        })
         .collect();
     let mx = logits.iter().cloned().fold(f64::MIN, f64::max);
     let z: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
@@ -152,7 +183,10 @@ fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {
     println!("{what}: got {got:?}, hand {want:?}");
     assert_eq!(got.len(), want.len(), "{what}");
     for (g, w) in got.iter().zip(want) {
-        assert!((*g as f64 - w).abs() <= tol * w.abs().max(1.0), "{what}: {g} vs {w}");
+        assert!(
+            (*g as f64 - w).abs() <= tol * w.abs().max(1.0),
+            "{what}: {g} vs {w}"
+        );
     }
 }
 
@@ -167,39 +201,60 @@ fn hand_computed_one_layer_one_head() {
     let key = SampleKey::new("h", 0);
     // objective: lm_head forward on the cached state
     let f = l
-        .node_forward(&key, &NodeForwardRequest {
-            node_type: NodeType::LmHead,
-            layer: 1,
-            head: None,
-            pos_ids: vec![POS],
-            src_pos_ids: vec![POS],
-            upstream_sum: None,
-            sink: SinkMode::default(),
-        })
+        .node_forward(
+            &key,
+            &NodeForwardRequest {
+                node_type: NodeType::LmHead,
+                layer: 1,
+                head: None,
+                pos_ids: vec![POS],
+                src_pos_ids: vec![POS],
+                upstream_sum: None,
+                sink: SinkMode::default(),
+            },
+        )
         .unwrap();
     close(&v(&f), &[e.objective], 1e-5, "objective");
     // lm_head gradient: W_lm (onehot − p), then w_f ⊙ · / sqrt(var + eps)
     let mut req = NodeGradRequest::new(NodeType::LmHead, 1, None, vec![POS], vec![POS], None);
     req.ig = Some(IgRule::PLAIN);
     let g = l.node_gradient(&key, &req).unwrap().grad.unwrap();
-    let dz: Vec<f64> = (0..3).map(|c| if c == LABEL as usize { 1.0 } else { 0.0 } - e.probs[c]).collect();
+    let dz: Vec<f64> = (0..3)
+        .map(|c| if c == LABEL as usize { 1.0 } else { 0.0 } - e.probs[c])
+        .collect();
     let gx = [0, 1].map(|i| (0..3).map(|c| WLM[i][c] * dz[c]).sum::<f64>());
     let sc = 1.0 / (e.var_fin + EPS).sqrt();
     let grad = [W_FIN[0] * gx[0] * sc, W_FIN[1] * gx[1] * sc];
     close(&v(&g), &grad, 1e-5, "lm_head grad");
     // residual attribution [1, 2, 1]: head column 0, MLP column 1
     let rr = ResidualRequest {
-        grads: vec![ResidualGrad { pos_ids: vec![POS], grad: g.clone(), downstream_layer: 1.0 }],
+        grads: vec![ResidualGrad {
+            pos_ids: vec![POS],
+            grad: g.clone(),
+            downstream_layer: 1.0,
+        }],
         from_layer: 0,
         to_layer: None,
     };
     let attr = l.attribute_residual(&key, &rr).unwrap();
     assert_eq!(attr.dims(), &[1, 2, 1]);
     let dot = |a: [f64; 2]| a[0] * grad[0] + a[1] * grad[1];
-    close(&v(&attr), &[dot(e.head_out), dot(e.mlp_out)], 1e-5, "residual attribution");
+    close(
+        &v(&attr),
+        &[dot(e.head_out), dot(e.mlp_out)],
+        1e-5,
+        "residual attribution",
+    );
     // attn_v gradient at keys 0 and 1 for output grad = the lm_head grad at POS:
     // ∂x_j = w_in ⊙ W_v (a_pj · W_o gy) / sqrt(var_j + eps)
-    let mut req = NodeGradRequest::new(NodeType::AttnV, 0, Some(0), vec![POS], vec![0, 1], Some(g.clone()));
+    let mut req = NodeGradRequest::new(
+        NodeType::AttnV,
+        0,
+        Some(0),
+        vec![POS],
+        vec![0, 1],
+        Some(g.clone()),
+    );
     req.ig = Some(IgRule::PLAIN);
     let gv = l.node_gradient(&key, &req).unwrap().grad.unwrap();
     let go = matvec(&WO, grad);
@@ -215,8 +270,23 @@ fn hand_computed_one_layer_one_head() {
     let mut req = NodeGradRequest::new(NodeType::AttnA, 0, Some(0), vec![POS], vec![POS], Some(g));
     req.ig = Some(IgRule::PLAIN);
     let ga = l.node_gradient(&key, &req).unwrap();
-    close(&v(ga.aw.as_ref().unwrap()), &[e.attn_w[0], e.attn_w[1], 0.0], 1e-5, "attention weights");
+    close(
+        &v(ga.aw.as_ref().unwrap()),
+        &[e.attn_w[0], e.attn_w[1], 0.0],
+        1e-5,
+        "attention weights",
+    );
     let xn: Vec<[f64; 2]> = e.x0.iter().map(|&x| norm(x, W_IN)).collect();
-    let vs: Vec<f64> = (0..3).map(|t| { let vt = add(vecmat(xn[t], &WV), BV); go[0] * vt[0] + go[1] * vt[1] }).collect();
-    close(&v(ga.grad_aw.as_ref().unwrap()), &vs, 1e-5, "attention-weight grad");
+    let vs: Vec<f64> = (0..3)
+        .map(|t| {
+            let vt = add(vecmat(xn[t], &WV), BV);
+            go[0] * vt[0] + go[1] * vt[1]
+        })
+        .collect();
+    close(
+        &v(ga.grad_aw.as_ref().unwrap()),
+        &vs,
+        1e-5,
+        "attention-weight grad",
+    );
 }

@@ -13,7 +13,12 @@ use super::wire::WireTensor;
 pub fn save_safetensors(tensors: &[(&str, &Tensor)], path: &Path) -> Result<()> {
     let map: HashMap<String, Tensor> = tensors
         .iter()
-        .map(|(n, t)| Ok((n.to_string(), t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)))
+        .map(|(n, t)| {
+            Ok((
+                n.to_string(),
+                t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?,
+            ))
+        })
         .collect::<Result<_>>()?;
     candle_core::safetensors::save(&map, path)
         .with_context(|| format!("writing {}", path.display()))

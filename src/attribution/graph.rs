@@ -142,7 +142,10 @@ impl Graph {
 
     /// Removes a node that is no edge's downstream, with its outgoing edges.
     pub fn remove_node(&mut self, id: NodeId) -> Result<Node> {
-        let i = *self.index.get(&id).with_context(|| format!("node {id} not in graph"))?;
+        let i = *self
+            .index
+            .get(&id)
+            .with_context(|| format!("node {id} not in graph"))?;
         if let Some(e) = self.edges.iter().find(|e| e.downstream == id) {
             bail!(
                 "cannot remove {id}: it is the downstream of an edge from {}",
@@ -206,7 +209,10 @@ impl Graph {
 
     /// Changes a node's identity; an error once it is frozen or if the new id exists.
     pub fn set_node_id(&mut self, old: NodeId, new: NodeId) -> Result<()> {
-        let i = *self.index.get(&old).with_context(|| format!("node {old} not in graph"))?;
+        let i = *self
+            .index
+            .get(&old)
+            .with_context(|| format!("node {old} not in graph"))?;
         if self.nodes[i].frozen {
             bail!("node {old} is an edge endpoint: its layer, head and type are frozen");
         }
@@ -232,7 +238,10 @@ impl Graph {
     }
     /// A node, mutable.
     pub fn get_mut(&mut self, id: NodeId) -> Result<&mut Node> {
-        let i = *self.index.get(&id).with_context(|| format!("node {id} not in graph"))?;
+        let i = *self
+            .index
+            .get(&id)
+            .with_context(|| format!("node {id} not in graph"))?;
         Ok(&mut self.nodes[i])
     }
     /// Nodes in insertion order.

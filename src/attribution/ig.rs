@@ -184,7 +184,10 @@ mod tests {
             // exact for degree ≤ 2n-1: ∫0^1 α^p dα = 1/(p+1)
             for p in 0..(2 * n) {
                 let s: f64 = pts.iter().map(|(a, w)| w * a.powi(p as i32)).sum();
-                assert!((s - 1.0 / (p as f64 + 1.0)).abs() < 1e-12, "n={n} p={p} s={s}");
+                assert!(
+                    (s - 1.0 / (p as f64 + 1.0)).abs() < 1e-12,
+                    "n={n} p={p} s={s}"
+                );
             }
         }
     }

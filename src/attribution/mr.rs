@@ -44,7 +44,10 @@ impl<T: Mean> Mean for Vec<T> {
     fn mean_of(items: Vec<Self>) -> Result<Self> {
         ensure!(!items.is_empty(), "nothing to average");
         let n = items[0].len();
-        ensure!(items.iter().all(|v| v.len() == n), "lists of different lengths");
+        ensure!(
+            items.iter().all(|v| v.len() == n),
+            "lists of different lengths"
+        );
         let mut cols: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
         for v in items {
             for (c, x) in cols.iter_mut().zip(v) {

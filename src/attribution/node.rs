@@ -166,7 +166,9 @@ impl NodeId {
                 }
                 match head {
                     Some(h) if h < num_heads => Some(h),
-                    Some(h) => bail!("{t} node head {h} out of range (model has {num_heads} heads)"),
+                    Some(h) => {
+                        bail!("{t} node head {h} out of range (model has {num_heads} heads)")
+                    }
                     None => bail!("{t} node needs a head"),
                 }
             }

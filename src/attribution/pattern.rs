@@ -34,7 +34,10 @@ impl SampleRef {
     }
     /// `dataset[index]` for messages.
     pub fn describe(&self) -> String {
-        format!("sample {} of dataset {:?}", self.key.index, self.key.dataset)
+        format!(
+            "sample {} of dataset {:?}",
+            self.key.index, self.key.dataset
+        )
     }
 }
 
@@ -124,7 +127,10 @@ impl Spans {
                 .get(&(r.key.dataset.clone(), r.key.index))
                 .cloned()
                 .with_context(|| {
-                    format!("user-defined span {span:?} has no positions for {}", r.describe())
+                    format!(
+                        "user-defined span {span:?} has no positions for {}",
+                        r.describe()
+                    )
                 });
         }
         let s = r.sample.as_ref().with_context(|| {

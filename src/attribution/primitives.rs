@@ -205,7 +205,9 @@ fn head_params(m: &Qwen2, layer: usize, head: usize) -> Result<HeadParams> {
     let g = cfg.kv_group(head);
     let lw = &m.weights().layers[layer];
     let dev = m.device();
-    let cols = |w: &Tensor, i: usize| -> Result<Tensor> { f32t(&w.narrow(1, i * d, d)?.contiguous()?, dev) };
+    let cols = |w: &Tensor, i: usize| -> Result<Tensor> {
+        f32t(&w.narrow(1, i * d, d)?.contiguous()?, dev)
+    };
     let vec = |b: &Tensor, i: usize| -> Result<Tensor> { f32t(&b.narrow(0, i * d, d)?, dev) };
     Ok(HeadParams {
         wq: cols(&lw.wq_t, head)?,
@@ -241,7 +243,10 @@ fn mask(q_pos: &[usize], j: usize, sink: bool, dev: &Device) -> Result<(Tensor, 
         }
     }
     let shape = (q_pos.len(), j);
-    Ok((Tensor::from_vec(add, shape, dev)?, Tensor::from_vec(keep, shape, dev)?))
+    Ok((
+        Tensor::from_vec(add, shape, dev)?,
+        Tensor::from_vec(keep, shape, dev)?,
+    ))
 }
 
 /// Post-softmax weights of one head `[b,1,i,j]` (f32, autograd-safe).
@@ -288,7 +293,9 @@ fn ln_back(m: &Qwen2, norm: Norm, gy: &Tensor, var: &Tensor) -> Result<Tensor> {
         Norm::Final => &m.weights().final_norm,
     };
     let dev = gy.device();
-    let scale = (f32t(var, dev)? + m.config().rms_norm_eps)?.sqrt()?.recip()?;
+    let scale = (f32t(var, dev)? + m.config().rms_norm_eps)?
+        .sqrt()?
+        .recip()?;
     Ok(gy.broadcast_mul(&scale)?.broadcast_mul(&f32t(w, dev)?)?)
 }
 
@@ -456,7 +463,12 @@ fn mlp_grad(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest, rule: IgRule) ->
     m.config().check_layer(l)?;
     let gy = output_grad(m, req)?;
     let var = s.outputs.post_attn_norm_var(l, Some(pos))?;
-    let x = normed(m, Norm::PostAttention(l), &mid_residual(m, s, l, pos)?, &var)?;
+    let x = normed(
+        m,
+        Norm::PostAttention(l),
+        &mid_residual(m, s, l, pos)?,
+        &var,
+    )?;
     let (xs, w) = scaled(&x, &rule)?;
     let y = match req.node_type {
         NodeType::Mlp => m.mlp(l, xs.as_tensor(), None)?,
@@ -527,7 +539,10 @@ fn attn_grad(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest, rule: IgRule) -
         _ => {
             let (xs, w) = scaled(&xkv, &rule)?;
             let a = head_probs(m, &p, &xq, &xkv, pos, no_sink)?.detach();
-            select_rows(&path_grad(&xs, &head_apply(&p, &a, xs.as_tensor())?, &w, &gy)?, src)?
+            select_rows(
+                &path_grad(&xs, &head_apply(&p, &a, xs.as_tensor())?, &w, &gy)?,
+                src,
+            )?
         }
     };
     let gpos = if t.uses_src_positions() { src } else { pos };
@@ -536,7 +551,12 @@ fn attn_grad(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest, rule: IgRule) -
     plain_grad(grad, rule)
 }
 
-fn attn_a_grad(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest, rule: IgRule) -> Result<NodeGrad> {
+fn attn_a_grad(
+    m: &Qwen2,
+    s: &CachedSample,
+    req: &NodeGradRequest,
+    rule: IgRule,
+) -> Result<NodeGrad> {
     let (l, pos) = (req.layer, &req.pos_ids);
     let head = need_head(req.head, NodeType::AttnA)?;
     need_full(s, NodeType::AttnA)?;
@@ -589,7 +609,11 @@ pub fn node_forward(m: &Qwen2, s: &CachedSample, req: &NodeForwardRequest) -> Re
     let (l, pos, src) = (req.layer, &req.pos_ids, &req.src_pos_ids);
     check_req_positions(s, pos, "pos_ids")?;
     check_req_positions(s, src, "src_pos_ids")?;
-    let k_up = if t.uses_src_positions() { src.len() } else { pos.len() };
+    let k_up = if t.uses_src_positions() {
+        src.len()
+    } else {
+        pos.len()
+    };
     let up = match &req.upstream_sum {
         Some(u) => Some(check_upstream(m, u, k_up, t.name())?),
         None => None,
@@ -610,7 +634,12 @@ pub fn node_forward(m: &Qwen2, s: &CachedSample, req: &NodeForwardRequest) -> Re
         NodeType::Mlp | NodeType::MlpI | NodeType::MlpG => {
             m.config().check_layer(l)?;
             let var = s.outputs.post_attn_norm_var(l, Some(pos))?;
-            let x = normed(m, Norm::PostAttention(l), &mid_residual(m, s, l, pos)?, &var)?;
+            let x = normed(
+                m,
+                Norm::PostAttention(l),
+                &mid_residual(m, s, l, pos)?,
+                &var,
+            )?;
             match up {
                 None => m.mlp(l, &x, None)?,
                 Some(u) => {
@@ -670,7 +699,10 @@ pub fn attribute_residual(m: &Qwen2, s: &CachedSample, req: &ResidualRequest) ->
         cfg.head_dim(),
         cfg.hidden_size,
     );
-    ensure!(!req.grads.is_empty(), "attribute_residual needs at least one gradient");
+    ensure!(
+        !req.grads.is_empty(),
+        "attribute_residual needs at least one gradient"
+    );
     let from = req.from_layer;
     let to = req.to_layer.unwrap_or_else(|| default_to_layer(&req.grads));
     ensure!(
@@ -711,11 +743,7 @@ pub fn attribute_residual(m: &Qwen2, s: &CachedSample, req: &ResidualRequest) ->
             let wo = f32t(&m.weights().layers[l].wo_t, dev)?; // [n·d,e]
             let proj = g2.matmul(&wo.t()?)?.reshape((gg, k, n, d))?; // [gg,k,n,d]
             let ao = f32t(&s.outputs.attn_out(l, Some(pos))?, dev)?; // [1,k,n,d]
-            let heads = proj
-                .broadcast_mul(&ao)?
-                .sum(3)?
-                .sum(1)?
-                .to_vec2::<f32>()?; // [gg,n]
+            let heads = proj.broadcast_mul(&ao)?.sum(3)?.sum(1)?.to_vec2::<f32>()?; // [gg,n]
             let mo = f32t(&s.outputs.mlp_output(l, Some(pos))?, dev)?; // [1,k,e]
             let mlp = gt.broadcast_mul(&mo)?.sum(2)?.sum(1)?.to_vec1::<f32>()?; // [gg]
             for (c, &gi) in idx.iter().enumerate() {

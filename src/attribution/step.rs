@@ -147,7 +147,10 @@ fn grad_request(g: &Graph, id: NodeId, index: usize) -> Result<NodeGradRequest> 
         id.layer,
         id.head,
         pos.clone(),
-        d.src_pos_ids.get(&index).cloned().unwrap_or_else(|| pos.clone()),
+        d.src_pos_ids
+            .get(&index)
+            .cloned()
+            .unwrap_or_else(|| pos.clone()),
         d.output_grad.get(&index).cloned(),
     );
     req.ig = g.ig_rule;
@@ -206,25 +209,24 @@ pub fn attribute_step(
 
 /// The A18 request for `nodes`' stored gradients of sample `index`.
 pub fn residual_request(g: &Graph, nodes: &[NodeId], index: usize) -> Result<ResidualRequest> {
-    let grads = nodes
-        .iter()
-        .map(|&id| {
-            let d = &g.get(id)?.data;
-            Ok(ResidualGrad {
-                pos_ids: d
-                    .src_pos_ids
-                    .get(&index)
-                    .cloned()
-                    .with_context(|| format!("node {id} has no positions for sample {index}"))?,
-                grad: d
-                    .grad
-                    .get(&index)
-                    .cloned()
-                    .with_context(|| format!("node {id} has no gradient for sample {index}"))?,
-                downstream_layer: id.downstream_layer(),
+    let grads =
+        nodes
+            .iter()
+            .map(|&id| {
+                let d = &g.get(id)?.data;
+                Ok(ResidualGrad {
+                    pos_ids: d.src_pos_ids.get(&index).cloned().with_context(|| {
+                        format!("node {id} has no positions for sample {index}")
+                    })?,
+                    grad: d
+                        .grad
+                        .get(&index)
+                        .cloned()
+                        .with_context(|| format!("node {id} has no gradient for sample {index}"))?,
+                    downstream_layer: id.downstream_layer(),
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
     Ok(ResidualRequest {
         grads,
         from_layer: 0,
@@ -301,7 +303,10 @@ pub fn attribute_attn_weights(
     for &d in downstreams {
         let dn = g.get(d)?;
         let p = dn.data.src_pos_ids.get(&i).with_context(|| {
-            format!("downstream node {d} has no positions for {} (run it first)", r.describe())
+            format!(
+                "downstream node {d} has no positions for {} (run it first)",
+                r.describe()
+            )
         })?;
         match &pos {
             None => pos = Some(p.clone()),
@@ -312,7 +317,10 @@ pub fn attribute_attn_weights(
             _ => {}
         }
         let gd = dn.data.grad.get(&i).with_context(|| {
-            format!("downstream node {d} has no gradient for {} (run it first)", r.describe())
+            format!(
+                "downstream node {d} has no gradient for {} (run it first)",
+                r.describe()
+            )
         })?;
         sum = Some(match sum {
             None => gd.clone(),
@@ -383,7 +391,11 @@ pub fn get_top_heads(
     until_k: bool,
 ) -> Result<Vec<((usize, usize), f32)>> {
     let (_, hc, _) = attr.dims3().context("attr must be [L',H+1,g]")?;
-    ensure!(hc == num_heads + 1, "attr has {hc} head columns, expected H+1 = {}", num_heads + 1);
+    ensure!(
+        hc == num_heads + 1,
+        "attr has {hc} head columns, expected H+1 = {}",
+        num_heads + 1
+    );
     let scan = if until_k { attr.elem_count() } else { k };
     let top = topk_md(attr, scan, false)?;
     let sums = attr.abs()?.sum(2)?.to_vec2::<f32>()?;
@@ -470,7 +482,10 @@ pub fn forward(
             .node_forward(&r.key, &req)
             .with_context(|| format!("forward of {id} on {}", r.describe()))?;
         if id.ty.is_lm_head() {
-            return Ok(out.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?[0]);
+            return Ok(out
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?[0]);
         }
         outs.insert(id, out);
     }

@@ -26,7 +26,10 @@ impl TopK {
 /// The k largest entries of `t` (any rank), by value or by |value| (`by_abs`); ties keep the
 /// flat (row-major) order. NaNs rank last. k larger than the tensor gives every entry.
 pub fn topk_md(t: &Tensor, k: usize, by_abs: bool) -> Result<TopK> {
-    ensure!(t.rank() > 0, "topk_md needs a tensor with at least one dimension");
+    ensure!(
+        t.rank() > 0,
+        "topk_md needs a tensor with at least one dimension"
+    );
     let dims = t.dims().to_vec();
     let vals = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let key = |v: f32| if by_abs { v.abs() } else { v };

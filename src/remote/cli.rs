@@ -12,9 +12,10 @@ use crate::model::{Local, parse_device, parse_dtype};
 /// Arguments of `minarc serve`.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or `default`
+    /// for the built-in fixture model (created on first use).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: String,
     /// Interface to bind. Anything but a loopback address needs --token.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -67,7 +68,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let opts = args.options()?;
     // Check the bind before spending minutes loading a big model.
     super::server::bind_address(&opts)?;
-    let local = Local::load(&args.model, opts.dtype, &opts.device)
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let dir = if args.model == "default" {
+        crate::model::fixture::default_model_dir()?
+    } else {
+        PathBuf::from(&args.model)
+    };
+    let local = Local::load(&dir, opts.dtype, &opts.device)
+        .with_context(|| format!("loading model {}", dir.display()))?;
     serve_blocking(local, opts)
 }

@@ -2,6 +2,7 @@
 //! fixed: the config and tokenizer come from the server, getters are positional like the
 //! trait, errors read "server at URL says: ...").
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -13,6 +14,8 @@ use super::wire::{
     self, BatchForwardRequest, BatchForwardResponse, CaptureWire, DatasetInfo, ErrorBody,
     ForwardRequest, ForwardResponse, GetRequest, Getter, LoadModelRequest, SampleInfo, Status,
 };
+use super::wire::{NodeForwardWire, NodeGradWire, ResidualGradMeta, ResidualWire};
+use crate::attribution::{NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
 use crate::model::{Backend, CaptureSpec, HeadSel, ModelConfig, SampleInput, SampleKey};
 
 /// A model served by `minarc serve` on another machine, usable wherever a [`Backend`] is.
@@ -181,34 +184,117 @@ impl Remote {
     }
 
     /// POSTs a tensor-carrying request (see [`wire::encode_request`]) and returns the
-    /// response's tensors by name (f32).
+    /// response's tensors by name (f32) and its metadata.
     pub fn post_tensors<T: Serialize>(
         &self,
         path: &str,
         req: &T,
         tensors: &[(&str, &Tensor)],
-    ) -> Result<std::collections::HashMap<String, Tensor>> {
+    ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
         let body = wire::encode_request(req, tensors)?;
         let bytes = self.call("POST", path, Body::Octet(&body))?;
-        let (ts, _) =
+        let (ts, meta) =
             wire::decode_tensors(&bytes).with_context(|| format!("response of {path}"))?;
-        ts.into_iter()
+        let ts = ts
+            .into_iter()
             .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((ts, meta))
     }
 
-    /// POSTs a JSON request and returns the response's tensors by name (f32).
-    pub fn post_json_tensors<T: Serialize>(
+    /// A13 on the server; `sample: None` averages the tensors over the dataset (the
+    /// completeness report is then None).
+    pub fn node_gradient_on(
         &self,
-        path: &str,
-        req: &T,
-    ) -> Result<std::collections::HashMap<String, Tensor>> {
-        let bytes = self.call("POST", path, Body::Json(serde_json::to_vec(req)?))?;
-        let (ts, _) =
-            wire::decode_tensors(&bytes).with_context(|| format!("response of {path}"))?;
-        ts.into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-            .collect()
+        dataset: &str,
+        sample: Option<usize>,
+        req: &NodeGradRequest,
+    ) -> Result<NodeGrad> {
+        let w = NodeGradWire {
+            dataset: dataset.to_string(),
+            sample,
+            request: NodeGradRequest {
+                output_grad: None,
+                ..req.clone()
+            },
+        };
+        let named: Vec<(&str, &Tensor)> = req
+            .output_grad
+            .as_ref()
+            .map(|t| ("output_grad", t))
+            .into_iter()
+            .collect();
+        let (mut ts, meta) = self.post_tensors("/node_gradient", &w, &named)?;
+        let scalars = meta.get(wire::RESULT_KEY).ok_or_else(|| {
+            anyhow!(
+                "server at {} sent no node-gradient result metadata",
+                self.url()
+            )
+        })?;
+        let mut g: NodeGrad = serde_json::from_str(scalars)
+            .with_context(|| format!("node-gradient result from server at {}", self.url()))?;
+        g.grad = ts.remove("grad");
+        g.aw = ts.remove("aw");
+        g.grad_aw = ts.remove("grad_aw");
+        Ok(g)
+    }
+
+    /// A15 on the server; `sample: None` averages over the dataset.
+    pub fn node_forward_on(
+        &self,
+        dataset: &str,
+        sample: Option<usize>,
+        req: &NodeForwardRequest,
+    ) -> Result<Tensor> {
+        let w = NodeForwardWire {
+            dataset: dataset.to_string(),
+            sample,
+            request: NodeForwardRequest {
+                upstream_sum: None,
+                ..req.clone()
+            },
+        };
+        let named: Vec<(&str, &Tensor)> = req
+            .upstream_sum
+            .as_ref()
+            .map(|t| ("upstream_sum", t))
+            .into_iter()
+            .collect();
+        let (mut ts, _) = self.post_tensors("/node_forward", &w, &named)?;
+        ts.remove(wire::TENSOR)
+            .ok_or_else(|| anyhow!("server at {} sent no tensor", self.url()))
+    }
+
+    /// A18 on the server; `sample: None` averages over the dataset.
+    pub fn attribute_residual_on(
+        &self,
+        dataset: &str,
+        sample: Option<usize>,
+        req: &ResidualRequest,
+    ) -> Result<Tensor> {
+        let w = ResidualWire {
+            dataset: dataset.to_string(),
+            sample,
+            grads: req
+                .grads
+                .iter()
+                .map(|g| ResidualGradMeta {
+                    pos_ids: g.pos_ids.clone(),
+                    downstream_layer: g.downstream_layer,
+                })
+                .collect(),
+            from_layer: req.from_layer,
+            to_layer: req.to_layer,
+        };
+        let names: Vec<String> = (0..req.grads.len()).map(wire::grad_name).collect();
+        let named: Vec<(&str, &Tensor)> = names
+            .iter()
+            .zip(&req.grads)
+            .map(|(n, g)| (n.as_str(), &g.grad))
+            .collect();
+        let (mut ts, _) = self.post_tensors("/attribute_residual", &w, &named)?;
+        ts.remove(wire::TENSOR)
+            .ok_or_else(|| anyhow!("server at {} sent no tensor", self.url()))
     }
 
     fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
@@ -465,5 +551,17 @@ impl Backend for Remote {
 
     fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput> {
         Ok(self.sample_info(key)?.input)
+    }
+
+    fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad> {
+        self.node_gradient_on(&key.dataset, Some(key.index), req)
+    }
+
+    fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor> {
+        self.node_forward_on(&key.dataset, Some(key.index), req)
+    }
+
+    fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor> {
+        self.attribute_residual_on(&key.dataset, Some(key.index), req)
     }
 }

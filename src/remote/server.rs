@@ -162,6 +162,40 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A raw body (size-limited), for safetensors requests.
+struct RawBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> ApiResult<Self> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|r| ApiError::new(r.status(), format!("cannot read request body: {r}")))
+    }
+}
+
+/// Parses a tensor-carrying request; only the `allowed` tensor names are accepted.
+fn tensor_request<T: DeserializeOwned>(
+    body: &[u8],
+    allowed: impl Fn(&str) -> bool,
+) -> ApiResult<(T, HashMap<String, Tensor>)> {
+    let (req, tensors) =
+        wire::decode_request::<T>(body).map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    if let Some(name) = tensors.keys().find(|n| !allowed(n)) {
+        return Err(ApiError::bad(format!(
+            "unexpected tensor {name:?} in the request"
+        )));
+    }
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+        .collect::<Result<_>>()
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    Ok((req, tensors))
+}
+
 fn json<T: Serialize>(v: &T) -> ApiResult<Response> {
     let body = serde_json::to_string(v)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -662,6 +696,222 @@ async fn wrong_method(req: Request) -> ApiError {
     )
 }
 
+// ---------------------------------------------------------------- attribution primitives
+
+/// The samples a node/residual request runs on (one, or the whole dataset when null), checked.
+fn request_samples(
+    local: &Local,
+    dataset: &str,
+    sample: Option<usize>,
+) -> ApiResult<Vec<SampleKey>> {
+    let indices = match sample {
+        Some(i) => vec![i],
+        None => dataset_samples(local, dataset)?,
+    };
+    if indices.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "dataset {dataset:?} has no samples to average over"
+        )));
+    }
+    indices
+        .into_iter()
+        .map(|i| {
+            let key = SampleKey::new(dataset, i);
+            check_sample(local, &key).map(|_| key)
+        })
+        .collect()
+}
+
+/// Layer (0..=L; L only for lm_head) and head (< H) of a node.
+fn check_node(
+    local: &Local,
+    t: crate::attribution::NodeType,
+    layer: usize,
+    head: Option<usize>,
+) -> ApiResult<()> {
+    let cfg = local.config();
+    let (nl, nh) = (cfg.num_hidden_layers, cfg.num_attention_heads);
+    let max = if t == crate::attribution::NodeType::LmHead {
+        nl + 1
+    } else {
+        nl
+    };
+    if layer >= max {
+        return Err(ApiError::bad(format!(
+            "layer {layer} out of range for a {t} node (0..{max}; the model has {nl} layers)"
+        )));
+    }
+    if let Some(h) = head
+        && h >= nh
+    {
+        return Err(ApiError::bad(format!(
+            "head {h} out of range (the model has {nh} heads)"
+        )));
+    }
+    Ok(())
+}
+
+fn mean_tensors(ts: Vec<Tensor>) -> Result<Tensor> {
+    <Tensor as crate::attribution::Mean>::mean_of(ts)
+}
+
+fn mean_opt(ts: Vec<Option<Tensor>>) -> Result<Option<Tensor>> {
+    if ts.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let all: Option<Vec<Tensor>> = ts.into_iter().collect();
+    let all = all.ok_or_else(|| anyhow!("some samples returned a tensor and others did not"))?;
+    mean_tensors(all).map(Some)
+}
+
+async fn node_gradient(State(st): State<Shared>, RawBody(body): RawBody) -> ApiResult<Response> {
+    let (w, mut ts) = tensor_request::<wire::NodeGradWire>(&body, |n| n == "output_grad")?;
+    let mut req = w.request;
+    if req.output_grad.is_some() {
+        return Err(ApiError::bad(
+            "request.output_grad must be null; send the gradient as the safetensors tensor \"output_grad\"",
+        ));
+    }
+    req.output_grad = ts.remove("output_grad");
+    let local = st.local();
+    check_node(&local, req.node_type, req.layer, req.head)?;
+    let keys = request_samples(&local, &w.dataset, w.sample)?;
+    let n = keys.len();
+    let g = heavy(&st, move || {
+        let mut out = keys
+            .iter()
+            .map(|k| local.node_gradient(k, &req))
+            .collect::<Result<Vec<_>>>()
+            .map_err(ApiError::unprocessable)?;
+        if out.len() == 1 {
+            return Ok(out.remove(0));
+        }
+        let rule = out[0].rule;
+        let (mut grad, mut aw, mut grad_aw) = (vec![], vec![], vec![]);
+        for g in out {
+            grad.push(g.grad);
+            aw.push(g.aw);
+            grad_aw.push(g.grad_aw);
+        }
+        let avg = |v| mean_opt(v).map_err(ApiError::unprocessable);
+        Ok(crate::attribution::NodeGrad {
+            grad: avg(grad)?,
+            aw: avg(aw)?,
+            grad_aw: avg(grad_aw)?,
+            completeness: None,
+            converged: None,
+            rule,
+        })
+    })
+    .await?;
+    let named: Vec<(&str, &Tensor)> = [("grad", &g.grad), ("aw", &g.aw), ("grad_aw", &g.grad_aw)]
+        .into_iter()
+        .filter_map(|(n, t)| t.as_ref().map(|t| (n, t)))
+        .collect();
+    let scalars = crate::attribution::NodeGrad {
+        grad: None,
+        aw: None,
+        grad_aw: None,
+        ..g.clone()
+    };
+    let mut meta = HashMap::from([(
+        wire::RESULT_KEY.to_string(),
+        serde_json::to_string(&scalars)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    )]);
+    if w.sample.is_none() {
+        meta.insert("averaged_over".into(), n.to_string());
+    }
+    tensor_response(&named, meta)
+}
+
+async fn node_forward(State(st): State<Shared>, RawBody(body): RawBody) -> ApiResult<Response> {
+    let (w, mut ts) = tensor_request::<wire::NodeForwardWire>(&body, |n| n == "upstream_sum")?;
+    let mut req = w.request;
+    if req.upstream_sum.is_some() {
+        return Err(ApiError::bad(
+            "request.upstream_sum must be null; send it as the safetensors tensor \"upstream_sum\"",
+        ));
+    }
+    req.upstream_sum = ts.remove("upstream_sum");
+    let local = st.local();
+    check_node(&local, req.node_type, req.layer, req.head)?;
+    let keys = request_samples(&local, &w.dataset, w.sample)?;
+    let n = keys.len();
+    let t = heavy(&st, move || {
+        let out = keys
+            .iter()
+            .map(|k| local.node_forward(k, &req))
+            .collect::<Result<Vec<_>>>()
+            .map_err(ApiError::unprocessable)?;
+        mean_tensors(out).map_err(ApiError::unprocessable)
+    })
+    .await?;
+    let mut meta = HashMap::new();
+    if w.sample.is_none() {
+        meta.insert("averaged_over".to_string(), n.to_string());
+    }
+    tensor_response(&[(wire::TENSOR, &t)], meta)
+}
+
+async fn attribute_residual(
+    State(st): State<Shared>,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let (w, mut ts) = tensor_request::<wire::ResidualWire>(&body, |n| {
+        n.strip_prefix("grad.")
+            .is_some_and(|i| i.parse::<usize>().is_ok())
+    })?;
+    if w.grads.is_empty() {
+        return Err(ApiError::bad(
+            "grads is empty: attribute_residual needs at least one gradient",
+        ));
+    }
+    let mut grads = Vec::with_capacity(w.grads.len());
+    for (i, g) in w.grads.iter().enumerate() {
+        let grad = ts.remove(&wire::grad_name(i)).ok_or_else(|| {
+            ApiError::bad(format!(
+                "grads has {} entries but tensor {:?} is missing",
+                w.grads.len(),
+                wire::grad_name(i)
+            ))
+        })?;
+        grads.push(crate::attribution::ResidualGrad {
+            pos_ids: g.pos_ids.clone(),
+            grad,
+            downstream_layer: g.downstream_layer,
+        });
+    }
+    if let Some(extra) = ts.keys().next() {
+        return Err(ApiError::bad(format!(
+            "tensor {extra:?} has no entry in grads ({} entries)",
+            w.grads.len()
+        )));
+    }
+    let req = crate::attribution::ResidualRequest {
+        grads,
+        from_layer: w.from_layer,
+        to_layer: w.to_layer,
+    };
+    let local = st.local();
+    let keys = request_samples(&local, &w.dataset, w.sample)?;
+    let n = keys.len();
+    let t = heavy(&st, move || {
+        let out = keys
+            .iter()
+            .map(|k| local.attribute_residual(k, &req))
+            .collect::<Result<Vec<_>>>()
+            .map_err(ApiError::unprocessable)?;
+        mean_tensors(out).map_err(ApiError::unprocessable)
+    })
+    .await?;
+    let mut meta = HashMap::new();
+    if w.sample.is_none() {
+        meta.insert("averaged_over".to_string(), n.to_string());
+    }
+    tensor_response(&[(wire::TENSOR, &t)], meta)
+}
+
 // ---------------------------------------------------------------- middleware
 
 async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
@@ -727,6 +977,9 @@ pub fn router(state: Shared) -> Router {
         .route("/datasets/{id}/samples", get(list_samples))
         .route("/datasets/{id}/samples/{index}", get(sample_info))
         .route("/empty_cache", post(empty_cache))
+        .route("/node_gradient", post(node_gradient))
+        .route("/node_forward", post(node_forward))
+        .route("/attribute_residual", post(attribute_residual))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))

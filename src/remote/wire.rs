@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::attribution::{NodeForwardRequest, NodeGradRequest};
 use crate::model::{CacheStats, CaptureSpec, HeadSel, ModelConfig, SampleInput, parse_dtype};
 
 /// Content type of safetensors bodies.
@@ -307,6 +308,76 @@ pub struct Ack {
     /// What was done.
     pub message: String,
 }
+
+/// Request of `POST /node_gradient` (A13), carried in `__metadata__.request` of a safetensors
+/// body whose optional tensor `output_grad` `[1,k,e]` is the request's output gradient (the
+/// JSON `request.output_grad` must be null). Response: tensors `grad`, `aw`, `grad_aw` (those
+/// present) and `__metadata__.result` = the [`crate::attribution::NodeGrad`] JSON with its
+/// tensors null.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeGradWire {
+    /// Dataset name.
+    pub dataset: String,
+    /// Sample index; null = the mean over the dataset's samples (tensors averaged, the
+    /// completeness report dropped).
+    #[serde(deserialize_with = "required_nullable")]
+    pub sample: Option<usize>,
+    /// The node backward, without its tensor.
+    pub request: NodeGradRequest,
+}
+
+/// Request of `POST /node_forward` (A15): like [`NodeGradWire`], optional tensor
+/// `upstream_sum`. Response: tensor `tensor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeForwardWire {
+    /// Dataset name.
+    pub dataset: String,
+    /// Sample index; null = the mean over the dataset's samples.
+    #[serde(deserialize_with = "required_nullable")]
+    pub sample: Option<usize>,
+    /// The node forward, without its tensor.
+    pub request: NodeForwardRequest,
+}
+
+/// One downstream gradient of [`ResidualWire`] without its tensor (sent as `grad.{i}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidualGradMeta {
+    /// Positions of the gradient rows.
+    pub pos_ids: Vec<usize>,
+    /// The node's downstream layer (layer, + 0.5 for MLP types).
+    pub downstream_layer: f64,
+}
+
+/// Request of `POST /attribute_residual` (A18): gradient i travels as tensor `grad.{i}`
+/// `[1,k_i,e]`. Response: tensor `tensor` `[L',H+1,g]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidualWire {
+    /// Dataset name.
+    pub dataset: String,
+    /// Sample index; null = the mean over the dataset's samples.
+    #[serde(deserialize_with = "required_nullable")]
+    pub sample: Option<usize>,
+    /// The g gradients' positions and layers, in order.
+    pub grads: Vec<ResidualGradMeta>,
+    /// First layer.
+    #[serde(default)]
+    pub from_layer: usize,
+    /// End layer (exclusive); null = ceil(max downstream layer).
+    #[serde(default)]
+    pub to_layer: Option<usize>,
+}
+
+/// Name of gradient `i` in an `/attribute_residual` body.
+pub fn grad_name(i: usize) -> String {
+    format!("grad.{i}")
+}
+
+/// `__metadata__` key of the scalar part of a node-gradient response.
+pub const RESULT_KEY: &str = "result";
 
 /// The safetensors / user-facing name of a dtype.
 pub fn dtype_name(dt: DType) -> &'static str {

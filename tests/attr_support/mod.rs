@@ -80,7 +80,13 @@ pub fn tiny_cfg() -> ModelConfig {
 
 /// A Local backend with one (or more) cached samples of `s` random tokens; answers at
 /// `answer_indices`, labels = the tokens there, candidates = the labels plus a few others.
-pub fn local_with_samples(cfg: &ModelConfig, seed: u64, s: usize, answers: &[usize], n: usize) -> Local {
+pub fn local_with_samples(
+    cfg: &ModelConfig,
+    seed: u64,
+    s: usize,
+    answers: &[usize],
+    n: usize,
+) -> Local {
     let model = random_model(cfg, seed);
     let tok = minarc::tokenizer::fixture_tokenizer().unwrap();
     let local = Local::new(model, tok);
@@ -110,7 +116,12 @@ pub fn local_with_samples(cfg: &ModelConfig, seed: u64, s: usize, answers: &[usi
 
 /// Flattened f32 values.
 pub fn vals(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Central finite differences of a scalar function of x (all entries), step h, in f64.
