@@ -207,3 +207,34 @@ fn a_sample_larger_than_the_whole_budget_is_refused_clearly() {
         .unwrap();
     assert!(max_abs_diff(&h, &w) <= 1e-6);
 }
+
+#[test]
+fn map_reduce_spreads_a_dataset_over_two_servers() {
+    use minarc::attribution::{MrOptions, SampleRef, mr};
+    use minarc::remote::spread::{forward_spread, mr_spread};
+    let (s1, s2) = (server(opts()), server(opts()));
+    let r1 = Remote::connect(&s1.url(), None).unwrap();
+    let r2 = Remote::connect(&s2.url(), None).unwrap();
+    let backends: [&dyn Backend; 2] = [&r1, &r2];
+    let inputs: Vec<_> = (0..4).map(|i| input(i, PROMPTS[i])).collect();
+    let lens = forward_spread(&backends, "s", &inputs, &CaptureSpec::full(), false).unwrap();
+    let local = local();
+    for (i, p) in PROMPTS.iter().enumerate() {
+        assert_eq!(lens[i], local.encode(p).unwrap().len());
+    }
+    // Each sample went to exactly one server.
+    assert_eq!(r1.datasets(), vec![("s".to_string(), vec![0, 2])]);
+    assert_eq!(r2.datasets(), vec![("s".to_string(), vec![1, 3])]);
+    forward_all(&local, "s", &[0, 1, 2, 3]);
+    let samples: Vec<SampleRef> = (0..4)
+        .map(|i| SampleRef::new(SampleKey::new("s", i), None))
+        .collect();
+    let f = |b: &dyn Backend, r: &SampleRef| b.hidden_states(&r.key, 1, Some(&[0, 1]));
+    let spread = mr_spread(&backends, &samples, f).unwrap();
+    let single = mr(&samples, &MrOptions::default(), |r| f(&local, r)).unwrap();
+    assert!(max_abs_diff(&spread, &single) <= 1e-6);
+    // An error names the sample and the server.
+    let bad = [SampleRef::new(SampleKey::new("s", 9), None)];
+    let err = format!("{:#}", mr_spread(&backends, &bad, f).unwrap_err());
+    assert!(err.contains("sample 9") && err.contains(&s1.url()), "{err}");
+}

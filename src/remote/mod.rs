@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod client;
 pub mod server;
+pub mod spread;
 pub mod wire;
 
 pub use client::Remote;
