@@ -4,5 +4,6 @@ pub mod analysis;
 pub mod attribution;
 pub mod model;
 pub mod puzzle;
+pub mod remote;
 pub mod tokenizer;
 pub mod vis;

@@ -24,6 +24,8 @@ enum Command {
     /// Benchmarks that print timings and ratios.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve a model and its activation cache over HTTP (connect with the Remote backend).
+    Serve(minarc::remote::cli::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -42,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Graph(args) => minarc::vis::cli::run(&args),
         Command::Bench(BenchCommand::Forward(args)) => minarc::model::cli::bench_forward(&args),
         Command::Bench(BenchCommand::Attribution(args)) => minarc::attribution::bench::run(&args),
+        Command::Serve(args) => minarc::remote::cli::run(&args),
     }
 }
