@@ -1,8 +1,10 @@
 //! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.
 
 pub mod analysis;
+pub mod attribution;
 pub mod model;
 pub mod puzzle;
+pub mod remote;
 pub mod script;
 pub mod tokenizer;
 pub mod vis;

@@ -28,10 +28,21 @@ enum Command {
     Puzzles(minarc::puzzle::cli::PuzzlesArgs),
     /// Write a fixture model folder (HF layout, deterministic random weights, fixture tokenizer).
     InitModel(minarc::model::cli::InitModelArgs),
-    /// Benchmarks (`bench forward`: plain forward vs forward with full capture).
-    Bench(minarc::model::cli::BenchArgs),
     /// Render an attribution-graph view (JSON) as a self-contained HTML page (and DOT/JSON).
     Graph(minarc::vis::cli::GraphArgs),
+    /// Benchmarks that print timings and ratios.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Serve a model and its activation cache over HTTP (connect with the Remote backend).
+    Serve(minarc::remote::cli::ServeArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Plain forward vs forward with full capture.
+    Forward(minarc::model::cli::BenchForwardArgs),
+    /// Attribution primitives as multiples of one plain forward.
+    Attribution(minarc::attribution::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,18 +53,15 @@ fn main() -> anyhow::Result<()> {
         Command::Repl => script_cli::repl()?,
         Command::HelpFunctions(a) => script_cli::help_functions(a)?,
         Command::Puzzles(args) => minarc::puzzle::cli::main(&args),
-        Command::InitModel(args) => {
-            minarc::model::cli::run_init_model(&args)?;
-            0
+        Command::InitModel(args) => minarc::model::cli::run_init_model(&args).map(|_| 0)?,
+        Command::Graph(args) => minarc::vis::cli::run(&args).map(|_| 0)?,
+        Command::Bench(BenchCommand::Forward(args)) => {
+            minarc::model::cli::bench_forward(&args).map(|_| 0)?
         }
-        Command::Bench(args) => {
-            minarc::model::cli::run_bench(&args)?;
-            0
+        Command::Bench(BenchCommand::Attribution(args)) => {
+            minarc::attribution::bench::run(&args).map(|_| 0)?
         }
-        Command::Graph(args) => {
-            minarc::vis::cli::run(&args)?;
-            0
-        }
+        Command::Serve(args) => minarc::remote::cli::run(&args).map(|_| 0)?,
     };
     std::process::exit(code);
 }

@@ -13,8 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use super::components::{AttnInputs, Norm};
 use super::config::ModelConfig;
+use super::lru::{CacheStats, Evicted, Lru};
 use super::outputs::{CaptureSpec, Outputs};
 use super::qwen2::Qwen2;
+use crate::attribution::primitives::{
+    self, NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest,
+};
 
 /// Identifies a cached sample: dataset name + sample index (r.index).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -130,6 +134,13 @@ pub trait Backend: Send + Sync {
     fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor>;
     /// The SampleInput given at forward time.
     fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput>;
+    /// A13: one node's backward (path-averaged, residual-space gradient; attn_a: weights and
+    /// their gradient).
+    fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad>;
+    /// A15: one node's forward with an optional replacement residual `[1,k,e]` (lm_head: `[1]`).
+    fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor>;
+    /// A18: residual attribution `[L',H+1,g]` of downstream gradients to heads and MLPs.
+    fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor>;
 }
 
 /// A cached sample: what was asked, its tokens, and the captured activations.
@@ -141,6 +152,8 @@ pub struct CachedSample {
     pub token_ids: Vec<u32>,
     /// Captured activations (CPU).
     pub outputs: Outputs,
+    /// How the activations were captured (to recompute an evicted sample).
+    pub capture: CaptureSpec,
 }
 
 type Store = HashMap<String, BTreeMap<usize, Arc<CachedSample>>>;
@@ -160,6 +173,8 @@ pub struct Local {
     tokenizer: tokenizers::Tokenizer,
     store: RwLock<Store>,
     attn_cache: Mutex<HashMap<AttnKey, Tensor>>,
+    /// Activation-cache byte budget and LRU order (lock order: store, then lru).
+    lru: Mutex<Lru>,
 }
 
 fn to_host(t: Tensor) -> Result<Tensor> {
@@ -183,6 +198,7 @@ impl Local {
             tokenizer,
             store: RwLock::new(HashMap::new()),
             attn_cache: Mutex::new(HashMap::new()),
+            lru: Mutex::new(Lru::default()),
         }
     }
 
@@ -191,24 +207,93 @@ impl Local {
         &self.model
     }
 
-    /// A cached sample (its Outputs, tokens and input).
+    /// A cached sample (its Outputs, tokens and input). A sample evicted by the byte budget
+    /// (see [`Local::set_cache_budget`]) is forwarded again from its kept input.
     pub fn sample(&self, key: &SampleKey) -> Result<Arc<CachedSample>> {
+        match self.resident(key)? {
+            Some(s) => {
+                self.lru_lock()?.touch(key);
+                Ok(s)
+            }
+            None => {
+                let kept = self.lru_lock()?.evicted(key).cloned();
+                let Some(kept) = kept else {
+                    bail!(
+                        "sample {} not cached in dataset {:?}",
+                        key.index,
+                        key.dataset
+                    );
+                };
+                self.forward_ids(
+                    &key.dataset,
+                    &kept.input,
+                    &kept.token_ids,
+                    &kept.capture,
+                    true,
+                )
+                .with_context(|| {
+                    format!(
+                        "recomputing evicted sample {} of dataset {:?}",
+                        key.index, key.dataset
+                    )
+                })?;
+                self.resident(key)?
+                    .ok_or_else(|| anyhow!("sample {} of {:?} evicted again while being recomputed (activation-cache budget too small)", key.index, key.dataset))
+            }
+        }
+    }
+
+    /// The sample if its activations are held; errors for an unknown dataset.
+    fn resident(&self, key: &SampleKey) -> Result<Option<Arc<CachedSample>>> {
         let store = self
             .store
             .read()
             .map_err(|_| anyhow!("sample store lock poisoned"))?;
-        store
+        Ok(store
             .get(&key.dataset)
             .ok_or_else(|| anyhow!("unknown dataset {:?}", key.dataset))?
             .get(&key.index)
-            .cloned()
-            .ok_or_else(|| {
-                anyhow!(
-                    "sample {} not cached in dataset {:?}",
-                    key.index,
-                    key.dataset
-                )
-            })
+            .cloned())
+    }
+
+    fn lru_lock(&self) -> Result<std::sync::MutexGuard<'_, Lru>> {
+        self.lru
+            .lock()
+            .map_err(|_| anyhow!("activation-cache lock poisoned"))
+    }
+
+    /// (input, seq_len) of a cached sample, resident or evicted, without recomputing it.
+    fn sample_info(&self, key: &SampleKey) -> Result<(SampleInput, usize)> {
+        if let Some(s) = self.resident(key)? {
+            return Ok((s.input.clone(), s.outputs.seq_len));
+        }
+        match self.lru_lock()?.evicted(key) {
+            Some(e) => Ok((e.input.clone(), e.token_ids.len())),
+            None => bail!(
+                "sample {} not cached in dataset {:?}",
+                key.index,
+                key.dataset
+            ),
+        }
+    }
+
+    /// Whether the sample's activations are held (false when evicted or unknown).
+    pub fn is_resident(&self, key: &SampleKey) -> bool {
+        matches!(self.resident(key), Ok(Some(_)))
+    }
+
+    /// Sets the activation-cache byte budget (None = unlimited). When a forward would push the
+    /// resident bytes ([`Outputs::bytes`]) over it, the least recently used samples' activations
+    /// are dropped (their inputs are kept and they are recomputed on demand). A single sample
+    /// larger than the whole budget is refused.
+    pub fn set_cache_budget(&self, bytes: Option<usize>) -> Result<()> {
+        self.lru_lock()?.set_budget(bytes);
+        Ok(())
+    }
+
+    /// Activation-cache figures.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.lru.lock().map(|l| l.stats()).unwrap_or_default()
     }
 
     /// Forward raw token ids (no tokenizer) and store them under (dataset, input.index).
@@ -222,8 +307,8 @@ impl Local {
         force: bool,
     ) -> Result<usize> {
         let key = SampleKey::new(dataset, input.index);
-        if !force && let Ok(s) = self.sample(&key) {
-            return Ok(s.outputs.seq_len);
+        if !force && let Ok((_, seq_len)) = self.sample_info(&key) {
+            return Ok(seq_len);
         }
         if input.labels.len() != input.answer_indices.len() && !input.answer_indices.is_empty() {
             bail!(
@@ -239,10 +324,13 @@ impl Local {
             .forward_capture(ids, capture)
             .with_context(|| format!("forward of sample {} of dataset {dataset:?}", input.index))?;
         let seq_len = outputs.seq_len;
+        let bytes = outputs.bytes();
+        self.lru_lock()?.check_fits(&key, bytes)?;
         let sample = Arc::new(CachedSample {
             input: input.clone(),
             token_ids: ids.to_vec(),
             outputs,
+            capture: capture.clone(),
         });
         self.clear_attn_cache_for(Some(&key));
         let mut store = self
@@ -253,6 +341,22 @@ impl Local {
             .entry(dataset.to_string())
             .or_default()
             .insert(input.index, sample);
+        let mut lru = self.lru_lock()?;
+        for victim in lru.admit(&key, bytes) {
+            let Some(s) = store
+                .get_mut(&victim.dataset)
+                .and_then(|d| d.remove(&victim.index))
+            else {
+                continue;
+            };
+            let kept = Evicted {
+                input: s.input.clone(),
+                token_ids: s.token_ids.clone(),
+                capture: s.capture.clone(),
+            };
+            lru.mark_evicted(&victim, kept);
+            self.clear_attn_cache_for(Some(&victim));
+        }
         Ok(seq_len)
     }
 
@@ -323,24 +427,32 @@ impl Backend for Local {
         force: bool,
     ) -> Result<usize> {
         let key = SampleKey::new(dataset, input.index);
-        if !force && let Ok(s) = self.sample(&key) {
-            return Ok(s.outputs.seq_len);
+        if !force && let Ok((_, seq_len)) = self.sample_info(&key) {
+            return Ok(seq_len);
         }
         let ids = self.encode(&input.prompt)?;
         self.forward_ids(dataset, input, &ids, capture, force)
     }
 
     fn has_sample(&self, key: &SampleKey) -> bool {
-        self.sample(key).is_ok()
+        self.sample_info(key).is_ok()
     }
 
     fn datasets(&self) -> Vec<(String, Vec<usize>)> {
         let Ok(store) = self.store.read() else {
             return vec![];
         };
+        let lru = self.lru.lock().ok();
         let mut v: Vec<(String, Vec<usize>)> = store
             .iter()
-            .map(|(name, m)| (name.clone(), m.keys().copied().collect()))
+            .map(|(name, m)| {
+                let mut idx: Vec<usize> = m.keys().copied().collect();
+                if let Some(l) = &lru {
+                    idx.extend(l.evicted_indices(name));
+                    idx.sort_unstable();
+                }
+                (name.clone(), idx)
+            })
             .collect();
         v.sort();
         v
@@ -354,6 +466,7 @@ impl Backend for Local {
         if store.remove(dataset).is_none() {
             bail!("unknown dataset {dataset:?}");
         }
+        self.lru_lock()?.forget_dataset(dataset);
         if let Ok(mut c) = self.attn_cache.lock() {
             c.retain(|a, _| a.dataset != dataset);
         }
@@ -361,7 +474,7 @@ impl Backend for Local {
     }
 
     fn seq_len(&self, key: &SampleKey) -> Result<usize> {
-        Ok(self.sample(key)?.outputs.seq_len)
+        Ok(self.sample_info(key)?.1)
     }
 
     fn hidden_states(
@@ -482,6 +595,18 @@ impl Backend for Local {
     }
 
     fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput> {
-        Ok(self.sample(key)?.input.clone())
+        Ok(self.sample_info(key)?.0)
+    }
+
+    fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad> {
+        primitives::node_gradient(&self.model, &*self.sample(key)?, req)
+    }
+
+    fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor> {
+        primitives::node_forward(&self.model, &*self.sample(key)?, req)
+    }
+
+    fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor> {
+        primitives::attribute_residual(&self.model, &*self.sample(key)?, req)
     }
 }

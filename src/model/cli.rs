@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 
 use super::config::{parse_device, parse_dtype};
 use super::fixture::{Preset, init_model};
@@ -41,21 +41,6 @@ pub fn run_init_model(args: &InitModelArgs) -> Result<()> {
     Ok(())
 }
 
-/// `minarc bench …`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// What to benchmark.
-    #[command(subcommand)]
-    pub what: BenchWhat,
-}
-
-/// Benchmarks.
-#[derive(Debug, Subcommand)]
-pub enum BenchWhat {
-    /// Plain forward vs forward with full capture.
-    Forward(BenchForwardArgs),
-}
-
 /// `minarc bench forward` options.
 #[derive(Debug, Args)]
 pub struct BenchForwardArgs {
@@ -80,12 +65,6 @@ pub struct BenchForwardArgs {
 }
 
 /// Runs `minarc bench …`.
-pub fn run_bench(args: &BenchArgs) -> Result<()> {
-    match &args.what {
-        BenchWhat::Forward(a) => bench_forward(a),
-    }
-}
-
 /// Peak resident set size in bytes (VmHWM from /proc/self/status), if available.
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -99,7 +78,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
+pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
     anyhow::ensure!(a.reps > 0, "--reps must be at least 1");
     anyhow::ensure!(a.tokens > 0, "--tokens must be at least 1");
     let device = parse_device(&a.device)?;

@@ -1,0 +1,45 @@
+//! Attribution (spec §3, A1–A24; U1–U2): which heads and MLPs drive the answer, and through
+//! which of their inputs.
+//!
+//! * [`node`] — node identity `(layer, head, type)` and payload;
+//! * [`graph`] — the host-owned graph: interning, freezing, edges, traversal, JSON view;
+//! * [`pattern`] — `DST->SRC` patterns, built-in and user-defined spans, [`SampleRef`];
+//! * [`ig`] — integrated-gradient rules (seed, Gauss–Legendre, Riemann midpoint), completeness;
+//! * [`primitives`] — node backward/forward and residual attribution on a model + cached sample
+//!   (the [`crate::model::Backend`] methods `node_gradient`, `node_forward`, `attribute_residual`);
+//! * [`step`] — set_pos_ids, accum_output_grad, attribute_step, add_edges, attention-weight
+//!   attribution, top heads, circuit evaluation;
+//! * [`tree`] — the attribution tree and its printing; [`mr`] — map-reduce over samples;
+//! * [`topk`] — multi-dimensional top-k; [`export`] — safetensors/JSON; [`bench`] — timings.
+//!
+//! Shape letters: b batch (IG points), k selected positions, s sequence, e hidden, n heads,
+//! d head dim, g downstream gradients, L' layers attributed.
+
+pub mod bench;
+pub mod export;
+pub mod graph;
+pub mod ig;
+pub mod mr;
+pub mod node;
+pub mod pattern;
+pub mod primitives;
+pub mod step;
+pub mod topk;
+pub mod tree;
+pub mod wire;
+
+pub use graph::{Edge, Graph, GraphView};
+pub use ig::{Adaptive, Completeness, IgRule};
+pub use mr::{Mean, MrOptions, mr};
+pub use node::{Node, NodeData, NodeId, NodeType};
+pub use pattern::{Pattern, SampleRef, Spans};
+pub use primitives::{
+    NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualGrad, ResidualRequest, SinkMode,
+};
+pub use step::{
+    accum_output_grad, add_edges, attribute_attn_weights, attribute_step, backward,
+    embed_attribution, forward, get_attn_attrs_on_dataset, get_top_heads, set_all_pos_ids,
+    set_pos_ids,
+};
+pub use topk::{TopK, topk_md};
+pub use tree::{AttrData, AttrTree, TreeOptions, add_tree_node, data2str};

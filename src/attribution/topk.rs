@@ -1,0 +1,79 @@
+//! U1: top-k over a multi-dimensional tensor.
+
+use anyhow::{Result, ensure};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The k largest entries of a tensor: per entry its multi-index and value, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopK {
+    /// Multi-indices (one `Vec` of length rank per entry).
+    pub indices: Vec<Vec<usize>>,
+    /// The values (signed, also when ranked by |value|).
+    pub values: Vec<f32>,
+}
+
+impl TopK {
+    /// Per-axis index arrays (the seed's `(idx_axis0, idx_axis1, …)`).
+    pub fn axes(&self) -> Vec<Vec<usize>> {
+        let rank = self.indices.first().map_or(0, Vec::len);
+        (0..rank)
+            .map(|a| self.indices.iter().map(|ix| ix[a]).collect())
+            .collect()
+    }
+}
+
+/// The k largest entries of `t` (any rank), by value or by |value| (`by_abs`); ties keep the
+/// flat (row-major) order. NaNs rank last. k larger than the tensor gives every entry.
+pub fn topk_md(t: &Tensor, k: usize, by_abs: bool) -> Result<TopK> {
+    ensure!(
+        t.rank() > 0,
+        "topk_md needs a tensor with at least one dimension"
+    );
+    let dims = t.dims().to_vec();
+    let vals = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let key = |v: f32| if by_abs { v.abs() } else { v };
+    let mut order: Vec<usize> = (0..vals.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ka, kb) = (key(vals[a]), key(vals[b]));
+        match (ka.is_nan(), kb.is_nan()) {
+            (true, false) => std::cmp::Ordering::Greater,
+            (false, true) => std::cmp::Ordering::Less,
+            _ => kb.partial_cmp(&ka).unwrap_or(std::cmp::Ordering::Equal),
+        }
+    });
+    order.truncate(k);
+    let unravel = |mut f: usize| {
+        let mut ix = vec![0; dims.len()];
+        for a in (0..dims.len()).rev() {
+            ix[a] = f % dims[a];
+            f /= dims[a];
+        }
+        ix
+    };
+    Ok(TopK {
+        indices: order.iter().map(|&f| unravel(f)).collect(),
+        values: order.iter().map(|&f| vals[f]).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn topk_3d() {
+        // [2,2,2] values 0..8 with a large negative
+        let v = vec![0., 1., 2., -9., 4., 5., 6., 7.];
+        let t = Tensor::from_vec(v, (2, 2, 2), &Device::Cpu).unwrap();
+        let top = topk_md(&t, 2, false).unwrap();
+        assert_eq!(top.indices, vec![vec![1, 1, 1], vec![1, 1, 0]]);
+        assert_eq!(top.values, vec![7., 6.]);
+        let top = topk_md(&t, 1, true).unwrap();
+        assert_eq!(top.indices, vec![vec![0, 1, 1]]);
+        assert_eq!(top.values, vec![-9.]);
+        assert_eq!(topk_md(&t, 3, false).unwrap().axes()[0], vec![1, 1, 1]);
+        assert_eq!(topk_md(&t, 100, false).unwrap().values.len(), 8);
+    }
+}

@@ -1,0 +1,567 @@
+//! [`Remote`]: the [`Backend`] trait over HTTP, talking to `minarc serve` (S8 with its defects
+//! fixed: the config and tokenizer come from the server, getters are positional like the
+//! trait, errors read "server at URL says: ...").
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::wire::{
+    self, BatchForwardRequest, BatchForwardResponse, CaptureWire, DatasetInfo, ErrorBody,
+    ForwardRequest, ForwardResponse, GetRequest, Getter, LoadModelRequest, SampleInfo, Status,
+};
+use super::wire::{NodeForwardWire, NodeGradWire, ResidualGradMeta, ResidualWire};
+use crate::attribution::{NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
+use crate::model::{Backend, CaptureSpec, HeadSel, ModelConfig, SampleInput, SampleKey};
+
+/// A model served by `minarc serve` on another machine, usable wherever a [`Backend`] is.
+pub struct Remote {
+    conn: Conn,
+    config: ModelConfig,
+    tokenizer: tokenizers::Tokenizer,
+    model: String,
+    wire_dtype: DType,
+}
+
+/// The HTTP connection: URL, token, agent.
+struct Conn {
+    url: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// A body to send.
+enum Body<'a> {
+    None,
+    Json(Vec<u8>),
+    Octet(&'a [u8]),
+}
+
+impl Remote {
+    /// Connects to `url` (e.g. `http://127.0.0.1:8000`) with an optional bearer token, and
+    /// fetches the model config and tokenizer from the server.
+    pub fn connect(url: &str, token: Option<&str>) -> Result<Self> {
+        let url = url.trim_end_matches('/').to_string();
+        if !url.starts_with("http://") {
+            bail!("server URL {url:?} must start with http:// (TLS is not supported)");
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let conn = Conn {
+            url,
+            token: token.filter(|t| !t.is_empty()).map(str::to_string),
+            agent,
+        };
+        let (config, tokenizer, model) = conn.model_info()?;
+        Ok(Self {
+            conn,
+            config,
+            tokenizer,
+            model,
+            wire_dtype: DType::F32,
+        })
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &str {
+        &self.conn.url
+    }
+
+    fn call(&self, method: &str, path: &str, body: Body) -> Result<Vec<u8>> {
+        self.conn.call(method, path, body)
+    }
+
+    /// Dtype the server sends tensors in (f32 default; f16/bf16 halve the bytes and round).
+    /// Tensors are always returned as f32.
+    pub fn set_wire_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            bail!("wire dtype {dtype:?} not supported (f32, f16 or bf16)");
+        }
+        self.wire_dtype = dtype;
+        Ok(())
+    }
+
+    /// `GET /status`.
+    pub fn status(&self) -> Result<Status> {
+        self.conn.get_json("/status")
+    }
+
+    /// Loads another model on the server (`POST /load_model`; its datasets are dropped).
+    pub fn load_model(&mut self, model_path: &str, dtype: Option<&str>) -> Result<()> {
+        let req = LoadModelRequest {
+            model_path: model_path.to_string(),
+            dtype: dtype.map(str::to_string),
+        };
+        let _: Status = self.post_json("/load_model", &req)?;
+        (self.config, self.tokenizer, self.model) = self.conn.model_info()?;
+        Ok(())
+    }
+
+    /// Forwards many samples into `dataset`. With `progress`, one `/forward` per sample with a
+    /// progress bar; without, one `/batch_forward` call. Returns the seq_len of each sample.
+    pub fn batch_forward(
+        &self,
+        dataset: &str,
+        samples: &[SampleInput],
+        capture: &CaptureSpec,
+        force: bool,
+        progress: bool,
+    ) -> Result<Vec<usize>> {
+        if !progress {
+            let req = BatchForwardRequest {
+                dataset: dataset.to_string(),
+                samples: samples.to_vec(),
+                capture: CaptureWire::from_spec(capture),
+                force,
+            };
+            let r: BatchForwardResponse = self.post_json("/batch_forward", &req)?;
+            return Ok(r.results.iter().map(|r| r.seq_len).collect());
+        }
+        let bar = indicatif::ProgressBar::new(samples.len() as u64);
+        bar.set_message(format!("forward {dataset} on {}", self.url()));
+        let mut out = Vec::with_capacity(samples.len());
+        for s in samples {
+            out.push(self.forward_sample(dataset, s, capture, force)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    }
+
+    /// A getter with an optional sample: `sample: None` is the mean over the dataset's samples
+    /// (all must give the same shape). `layer` is ignored by [`Getter::Logits`].
+    pub fn get(
+        &self,
+        getter: Getter,
+        dataset: &str,
+        sample: Option<usize>,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let req = GetRequest {
+            dataset: dataset.to_string(),
+            sample,
+            layer: getter.needs_layer().then_some(layer),
+            heads: if getter.uses_heads() {
+                wire::head_arg(heads)
+            } else {
+                None
+            },
+            pos_ids: pos_ids.map(<[usize]>::to_vec),
+            dtype: (self.wire_dtype != DType::F32)
+                .then(|| wire::dtype_name(self.wire_dtype).to_string()),
+        };
+        let bytes = self.call("POST", getter.path(), Body::Json(serde_json::to_vec(&req)?))?;
+        wire::single_tensor(&bytes).with_context(|| format!("response of {}", getter.path()))
+    }
+
+    /// Sample info (input, seq_len, resident).
+    pub fn sample_info(&self, key: &SampleKey) -> Result<SampleInfo> {
+        self.get_json(&format!(
+            "/datasets/{}/samples/{}",
+            path_segment(&key.dataset)?,
+            key.index
+        ))
+    }
+
+    /// Deletes every dataset on the server.
+    pub fn clear_all_datasets(&self) -> Result<()> {
+        self.call("DELETE", "/datasets", Body::None).map(|_| ())
+    }
+
+    /// Empties the server's attention-weights cache.
+    pub fn empty_cache(&self) -> Result<()> {
+        self.call("POST", "/empty_cache", Body::Json(b"{}".to_vec()))
+            .map(|_| ())
+    }
+
+    /// POSTs a tensor-carrying request (see [`wire::encode_request`]) and returns the
+    /// response's tensors by name (f32) and its metadata.
+    pub fn post_tensors<T: Serialize>(
+        &self,
+        path: &str,
+        req: &T,
+        tensors: &[(&str, &Tensor)],
+    ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+        let body = wire::encode_request(req, tensors)?;
+        let bytes = self.call("POST", path, Body::Octet(&body))?;
+        let (ts, meta) =
+            wire::decode_tensors(&bytes).with_context(|| format!("response of {path}"))?;
+        let ts = ts
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+            .collect::<Result<_>>()?;
+        Ok((ts, meta))
+    }
+
+    /// A13 on the server; `sample: None` averages the tensors over the dataset (the
+    /// completeness report is then None).
+    pub fn node_gradient_on(
+        &self,
+        dataset: &str,
+        sample: Option<usize>,
+        req: &NodeGradRequest,
+    ) -> Result<NodeGrad> {
+        let w = NodeGradWire {
+            dataset: dataset.to_string(),
+            sample,
+            request: NodeGradRequest {
+                output_grad: None,
+                ..req.clone()
+            },
+        };
+        let named: Vec<(&str, &Tensor)> = req
+            .output_grad
+            .as_ref()
+            .map(|t| ("output_grad", t))
+            .into_iter()
+            .collect();
+        let (mut ts, meta) = self.post_tensors("/node_gradient", &w, &named)?;
+        let scalars = meta.get(wire::RESULT_KEY).ok_or_else(|| {
+            anyhow!(
+                "server at {} sent no node-gradient result metadata",
+                self.url()
+            )
+        })?;
+        let mut g: NodeGrad = serde_json::from_str(scalars)
+            .with_context(|| format!("node-gradient result from server at {}", self.url()))?;
+        g.grad = ts.remove("grad");
+        g.aw = ts.remove("aw");
+        g.grad_aw = ts.remove("grad_aw");
+        Ok(g)
+    }
+
+    /// A15 on the server; `sample: None` averages over the dataset.
+    pub fn node_forward_on(
+        &self,
+        dataset: &str,
+        sample: Option<usize>,
+        req: &NodeForwardRequest,
+    ) -> Result<Tensor> {
+        let w = NodeForwardWire {
+            dataset: dataset.to_string(),
+            sample,
+            request: NodeForwardRequest {
+                upstream_sum: None,
+                ..req.clone()
+            },
+        };
+        let named: Vec<(&str, &Tensor)> = req
+            .upstream_sum
+            .as_ref()
+            .map(|t| ("upstream_sum", t))
+            .into_iter()
+            .collect();
+        let (mut ts, _) = self.post_tensors("/node_forward", &w, &named)?;
+        ts.remove(wire::TENSOR)
+            .ok_or_else(|| anyhow!("server at {} sent no tensor", self.url()))
+    }
+
+    /// A18 on the server; `sample: None` averages over the dataset.
+    pub fn attribute_residual_on(
+        &self,
+        dataset: &str,
+        sample: Option<usize>,
+        req: &ResidualRequest,
+    ) -> Result<Tensor> {
+        let w = ResidualWire {
+            dataset: dataset.to_string(),
+            sample,
+            grads: req
+                .grads
+                .iter()
+                .map(|g| ResidualGradMeta {
+                    pos_ids: g.pos_ids.clone(),
+                    downstream_layer: g.downstream_layer,
+                })
+                .collect(),
+            from_layer: req.from_layer,
+            to_layer: req.to_layer,
+        };
+        let names: Vec<String> = (0..req.grads.len()).map(wire::grad_name).collect();
+        let named: Vec<(&str, &Tensor)> = names
+            .iter()
+            .zip(&req.grads)
+            .map(|(n, g)| (n.as_str(), &g.grad))
+            .collect();
+        let (mut ts, _) = self.post_tensors("/attribute_residual", &w, &named)?;
+        ts.remove(wire::TENSOR)
+            .ok_or_else(|| anyhow!("server at {} sent no tensor", self.url()))
+    }
+
+    fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
+        self.conn.get_json(path)
+    }
+
+    fn post_json<T: Serialize, R: DeserializeOwned>(&self, path: &str, req: &T) -> Result<R> {
+        let bytes = self.call("POST", path, Body::Json(serde_json::to_vec(req)?))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("unexpected reply from server at {} for {path}", self.url()))
+    }
+}
+
+impl Conn {
+    /// Config, tokenizer and description of the served model.
+    fn model_info(&self) -> Result<(ModelConfig, tokenizers::Tokenizer, String)> {
+        let st: Status = self.get_json("/status")?;
+        let tok = self.call("GET", "/tokenizer", Body::None)?;
+        let tokenizer = tokenizers::Tokenizer::from_bytes(&tok)
+            .map_err(|e| anyhow!("tokenizer from server at {}: {e}", self.url))?;
+        Ok((st.config, tokenizer, st.model))
+    }
+
+    fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
+        let bytes = self.call("GET", path, Body::None)?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("unexpected reply from server at {} for {path}", self.url))
+    }
+
+    /// One HTTP exchange; a non-2xx answer becomes "server at URL says: <error> (HTTP code)".
+    fn call(&self, method: &str, path: &str, body: Body) -> Result<Vec<u8>> {
+        let uri = format!("{}{}", self.url, path);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let result = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&uri);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&uri);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            (_, body) => {
+                let mut r = self.agent.post(&uri);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                match body {
+                    Body::None => r.send_empty(),
+                    Body::Json(b) => r.header("Content-Type", wire::JSON).send(&b[..]),
+                    Body::Octet(b) => r.header("Content-Type", wire::OCTET_STREAM).send(b),
+                }
+            }
+        };
+        let mut resp = result
+            .map_err(|e| anyhow!("cannot reach server at {} ({method} {path}): {e}", self.url))?;
+        let code = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .map_err(|e| {
+                anyhow!(
+                    "reading reply of server at {} ({method} {path}): {e}",
+                    self.url
+                )
+            })?;
+        if !(200..300).contains(&code) {
+            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            bail!(
+                "server at {} says: {msg} (HTTP {code} on {method} {path})",
+                self.url
+            );
+        }
+        Ok(bytes)
+    }
+}
+
+/// A dataset name as one URL path segment (percent-encoding the few unsafe bytes).
+fn path_segment(name: &str) -> Result<String> {
+    if name.is_empty() {
+        bail!("empty dataset name");
+    }
+    Ok(name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect())
+}
+
+impl Backend for Remote {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    fn describe(&self) -> String {
+        format!("remote {}: {}", self.url(), self.model)
+    }
+
+    fn forward_sample(
+        &self,
+        dataset: &str,
+        input: &SampleInput,
+        capture: &CaptureSpec,
+        force: bool,
+    ) -> Result<usize> {
+        let req = ForwardRequest {
+            dataset: dataset.to_string(),
+            sample: input.clone(),
+            capture: CaptureWire::from_spec(capture),
+            force,
+        };
+        let r: ForwardResponse = self.post_json("/forward", &req)?;
+        Ok(r.seq_len)
+    }
+
+    fn has_sample(&self, key: &SampleKey) -> bool {
+        self.sample_info(key).is_ok()
+    }
+
+    fn datasets(&self) -> Vec<(String, Vec<usize>)> {
+        // The trait cannot report errors here; an unreachable server lists nothing.
+        self.get_json::<Vec<DatasetInfo>>("/datasets")
+            .map(|v| v.into_iter().map(|d| (d.dataset, d.sample_ids)).collect())
+            .unwrap_or_default()
+    }
+
+    fn drop_dataset(&self, dataset: &str) -> Result<()> {
+        self.call(
+            "DELETE",
+            &format!("/datasets/{}", path_segment(dataset)?),
+            Body::None,
+        )
+        .map(|_| ())
+    }
+
+    fn seq_len(&self, key: &SampleKey) -> Result<usize> {
+        Ok(self.sample_info(key)?.seq_len)
+    }
+
+    fn hidden_states(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let all = HeadSel::All;
+        self.get(
+            Getter::HiddenStates,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            &all,
+            pos_ids,
+        )
+    }
+
+    fn attn_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let all = HeadSel::All;
+        self.get(
+            Getter::AttnOutput,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            &all,
+            pos_ids,
+        )
+    }
+
+    fn mlp_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let all = HeadSel::All;
+        self.get(
+            Getter::MlpOutput,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            &all,
+            pos_ids,
+        )
+    }
+
+    fn head_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        self.get(
+            Getter::HeadOutput,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            heads,
+            pos_ids,
+        )
+    }
+
+    fn attn_weights(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        self.get(
+            Getter::AttnWeights,
+            &key.dataset,
+            Some(key.index),
+            layer,
+            heads,
+            pos_ids,
+        )
+    }
+
+    fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor> {
+        let all = HeadSel::All;
+        self.get(
+            Getter::Logits,
+            &key.dataset,
+            Some(key.index),
+            0,
+            &all,
+            pos_ids,
+        )
+    }
+
+    fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput> {
+        Ok(self.sample_info(key)?.input)
+    }
+
+    fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad> {
+        self.node_gradient_on(&key.dataset, Some(key.index), req)
+    }
+
+    fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor> {
+        self.node_forward_on(&key.dataset, Some(key.index), req)
+    }
+
+    fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor> {
+        self.attribute_residual_on(&key.dataset, Some(key.index), req)
+    }
+}
