@@ -202,11 +202,20 @@ fn readme_workflow_example_runs() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let section = &readme[readme.find("## Scripting").unwrap()..];
-    let example = section
-        .split("```rhai\n")
-        .find(|b| b.contains("init_model"))
-        .and_then(|b| b.split("\n```").next())
-        .expect("README workflow example");
+    let block = |needle: &str| {
+        section
+            .split("```rhai\n")
+            .find(|b| b.contains(needle))
+            .and_then(|b| b.split("\n```").next())
+            .unwrap_or_else(|| panic!("README example with {needle}"))
+            .to_string()
+    };
+    // The attribution example continues the workflow example (model, ds, rs).
+    let example = format!(
+        "{}\n{}\nprint(g);\n",
+        block("init_model"),
+        block("attribute_step")
+    );
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("w.rhai"), example).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_minarc"))
@@ -226,4 +235,211 @@ fn readme_workflow_example_runs() {
         "{stdout}"
     );
     assert!(work.path().join("clusters.png").is_file());
+}
+
+#[test]
+fn attribution_bindings_match_the_rust_api() {
+    use minarc::attribution::{Graph, NodeType, SampleRef, attribute_step, get_top_heads};
+    use minarc::model::{Backend, CaptureSpec, Local, SampleInput, SampleKey};
+    use minarc::puzzle::{PromptOptions, PuzzleParams};
+
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path());
+    let (mut h, _) = host();
+    let src = format!(
+        "let model = load_model(\"{}\");\n\
+         let ds = gen_dataset(#{{seeds: \"0..2\", tokenizer: tokenizer(model)}});\n\
+         let rs = forward(model, \"w1\", ds);\n\
+         let g = Graph(model, 2);\n\
+         let lm = Node(g, model.n_layers, (), \"lm_head\", \"A-->A-\");\n\
+         let a0 = attribute_step(g, model, rs[0], [lm]);\n\
+         let mean = mr(rs, |r| attribute_step(g, model, r, [lm]));\n\
+         let top = get_top_heads(mean, 3, model.n_heads);\n\
+         let up = Node(g, top[0][0], top[0][1], \"attn_v\");\n\
+         #{{a0: a0.to_array(), mean: mean.to_array(), top: top, added: add_edges(g, up, [lm], mean),\n\
+            n_edges: g.edges.len(), lm_type: lm.type, lm_head: lm.head}}",
+        dir.path().display()
+    );
+    let v = h.eval_source("attr.rhai", &src, false).unwrap();
+    let m = v.read_lock::<rhai::Map>().unwrap();
+
+    // The same computation through the Rust API.
+    let local = Local::load(
+        dir.path(),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let tok = minarc::tokenizer::load_tokenizer(dir.path()).unwrap();
+    let samples = minarc::puzzle::cli::generate(
+        &PuzzleParams::default(),
+        &PromptOptions::default(),
+        0..2,
+        Some(&tok),
+    )
+    .unwrap();
+    let mut g = Graph::new(local.config(), 2);
+    let lm = g.node(2, None, NodeType::LmHead, Some("A-->A-")).unwrap();
+    let mut per_sample = Vec::new();
+    for s in &samples {
+        let input = SampleInput {
+            index: s.index,
+            prompt: s.prompt.clone(),
+            labels: s.labels.clone(),
+            candidate_ids: s.candidate_ids.clone(),
+            answer_indices: s.answer_indices.clone(),
+        };
+        local
+            .forward_sample("w1", &input, &CaptureSpec::full(), false)
+            .unwrap();
+        let r = SampleRef::new(
+            SampleKey::new("w1", s.index),
+            Some(std::sync::Arc::new(s.clone())),
+        );
+        per_sample.push(attribute_step(&mut g, &local, &r, &[lm]).unwrap());
+    }
+    let flat = |d: &rhai::Dynamic| -> Vec<f64> {
+        fn walk(d: &rhai::Dynamic, out: &mut Vec<f64>) {
+            match d.as_float() {
+                Ok(x) => out.push(x),
+                Err(_) => d
+                    .clone()
+                    .into_array()
+                    .unwrap()
+                    .iter()
+                    .for_each(|x| walk(x, out)),
+            }
+        }
+        let mut out = Vec::new();
+        walk(d, &mut out);
+        out
+    };
+    let rust0: Vec<f32> = per_sample[0].flatten_all().unwrap().to_vec1().unwrap();
+    let rust1: Vec<f32> = per_sample[1].flatten_all().unwrap().to_vec1().unwrap();
+    let (a0, mean) = (flat(&m["a0"]), flat(&m["mean"]));
+    assert_eq!(per_sample[0].dims(), &[2, 5, 1]);
+    assert_eq!(a0.len(), rust0.len());
+    let d0 = a0
+        .iter()
+        .zip(&rust0)
+        .map(|(a, b)| (a - *b as f64).abs())
+        .fold(0.0, f64::max);
+    assert!(d0 < 1e-6, "attribute_step differs by {d0}");
+    // mr is the elementwise mean over samples.
+    let dm = mean
+        .iter()
+        .zip(rust0.iter().zip(&rust1))
+        .map(|(m, (a, b))| (m - (*a as f64 + *b as f64) / 2.0).abs())
+        .fold(0.0, f64::max);
+    assert!(dm < 1e-6, "mr mean differs by {dm}");
+    let mean_t = ((&per_sample[0] + &per_sample[1]).unwrap() / 2.0).unwrap();
+    let want_top = get_top_heads(&mean_t, 3, 4, false).unwrap();
+    let got_top = m["top"].clone().into_array().unwrap();
+    assert_eq!(got_top.len(), want_top.len());
+    for (g_row, ((l, hd), s)) in got_top.iter().zip(&want_top) {
+        let row = g_row.clone().into_array().unwrap();
+        assert_eq!(
+            (
+                row[0].as_int().unwrap() as usize,
+                row[1].as_int().unwrap() as usize
+            ),
+            (*l, *hd)
+        );
+        assert!((row[2].as_float().unwrap() - *s as f64).abs() < 1e-6);
+    }
+    // One edge iff the top head's mean score toward lm_head is positive.
+    let (l, hd) = want_top[0].0;
+    let score = mean_t
+        .get(l)
+        .unwrap()
+        .get(hd)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
+    let want_added = i64::from(score > 0.0);
+    assert_eq!(m["added"].as_int().unwrap(), want_added);
+    assert_eq!(m["n_edges"].as_int().unwrap(), want_added);
+    assert_eq!(m["lm_type"].clone().into_string().unwrap(), "lm_head");
+    assert!(m["lm_head"].is_unit());
+}
+
+#[test]
+fn attribution_functions_check_their_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path());
+    let (mut h, _) = host();
+    let pre = format!("{}let g = Graph(model, 2);\n", prelude(dir.path()));
+    let cases = [
+        ("Node(g, 1, 0, \"attn_z\")", "unknown node type"),
+        ("Node(g, 1, 9, \"attn_v\")", "head 9 out of range"),
+        ("Node(g, 1, (), \"attn_v\")", "needs a head"),
+        ("Node(g, 1, 0, \"attn_v\", \"nonsense\")", "DST->SRC"),
+        ("attribute_step(g, model, r, [1])", "expected a Node"),
+        ("attribute_step(g, model, r, [])", "at least one node"),
+        ("Graph(model, 0)", "dataset_size must be positive"),
+        ("get_top_heads(zeros([2, 3, 1]), 2, 4)", "H+1"),
+    ];
+    for (src, want) in cases {
+        let e = h
+            .eval_source("e.rhai", &format!("{pre}{src}"), false)
+            .unwrap_err();
+        assert!(e.message.contains(want), "{src}: {}", e.message);
+    }
+}
+
+#[test]
+fn a_remote_model_answers_like_the_local_one() {
+    use minarc::remote::{RunningServer, ServeOptions};
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path());
+    let local = minarc::model::Local::load(
+        dir.path(),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let server = RunningServer::start(
+        local,
+        ServeOptions {
+            port: 0,
+            ..ServeOptions::default()
+        },
+    )
+    .unwrap();
+    let (mut h, _) = host();
+    let src = format!(
+        "let remote = connect(\"{}\");\n\
+         let model = load_model(\"{}\");\n\
+         let ds = gen_dataset(#{{seeds: \"0..1\", tokenizer: tokenizer(model)}});\n\
+         let a = forward(remote, \"w1\", ds)[0];\n\
+         let b = forward(model, \"w1\", ds)[0];\n\
+         let pos = a.positions(\"A-\");\n\
+         [(get_hidden_states(remote, a, 2, pos) - get_hidden_states(model, b, 2, pos)).abs().max(),\n\
+          (get_attn_weights(remote, a, 1, 2, pos) - get_attn_weights(model, b, 1, 2, pos)).abs().max(),\n\
+          connect(\"{}/\").n_layers]",
+        server.url(),
+        dir.path().display(),
+        server.url()
+    );
+    let v = h
+        .eval_source("remote.rhai", &src, false)
+        .unwrap()
+        .into_array()
+        .unwrap();
+    assert!(
+        v[0].as_float().unwrap() < 1e-5,
+        "hidden states differ by {}",
+        v[0]
+    );
+    assert!(
+        v[1].as_float().unwrap() < 1e-5,
+        "attention weights differ by {}",
+        v[1]
+    );
+    assert_eq!(v[2].as_int().unwrap(), 2);
+    let e = h
+        .eval_source("bad.rhai", "connect(\"https://example.invalid\")", false)
+        .unwrap_err();
+    assert!(e.message.contains("http://"), "{}", e.message);
+    server.shutdown().unwrap();
 }

@@ -2,6 +2,7 @@
 //! engine; each domain registers through a [`Registrar`] so every function is documented.
 
 pub mod analysis;
+pub mod attribution;
 pub mod model;
 pub mod puzzle;
 pub mod tensor;
@@ -22,6 +23,7 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     puzzle::register(&mut Registrar::new(engine, docs, "puzzle"), state);
     analysis::register(&mut Registrar::new(engine, docs, "analysis"));
     model::register(&mut Registrar::new(engine, docs, "model"), state);
+    attribution::register(&mut Registrar::new(engine, docs, "attribution"));
 }
 
 /// Run a native function body: errors become Rhai errors prefixed with the function name,

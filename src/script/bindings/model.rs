@@ -100,6 +100,20 @@ fn init(st: &HostState, preset: &str, seed: INT) -> Result<ScriptModel> {
     load(st, &dir.display().to_string())
 }
 
+/// Remote models by URL, connected once per session.
+type RemoteCache = std::sync::Mutex<std::collections::HashMap<String, Arc<crate::remote::Remote>>>;
+
+fn connect(st: &HostState, url: &str, token: Option<&str>) -> Result<ScriptModel> {
+    let cache = st.slot::<RemoteCache>("model.remotes", Default::default)?;
+    let key = url.trim_end_matches('/').to_string();
+    if let Some(r) = crate::script::host::lock(&cache).get(&key) {
+        return Ok(ScriptModel(r.clone()));
+    }
+    let remote = Arc::new(crate::remote::Remote::connect(url, token)?);
+    crate::script::host::lock(&cache).insert(key, remote.clone());
+    Ok(ScriptModel(remote))
+}
+
 fn samples_of(arr: &Array) -> Result<Vec<ScriptSample>> {
     arr.iter()
         .enumerate()
@@ -252,6 +266,20 @@ fn register_loading(r: &mut Registrar, state: &Arc<HostState>) {
         "load_model(path: String) -> Model",
         "Load a Hugging Face Qwen2 folder (config.json, safetensors, tokenizer.json) in f32 on the CPU; memoised: the same path returns the loaded model.",
         move |path: &str| guard("load_model", || load(&st, path)),
+    );
+    let st = state.clone();
+    r.func(
+        "connect",
+        "connect(url: String) -> Model",
+        "A model served by `minarc serve` at url (http://host:port); the same accessors work on it. Connected once per session.",
+        move |url: &str| guard("connect", || connect(&st, url, None)),
+    );
+    let st = state.clone();
+    r.func(
+        "connect",
+        "connect(url: String, token: String) -> Model",
+        "As connect(url), with a bearer token.",
+        move |url: &str, token: &str| guard("connect", || connect(&st, url, Some(token))),
     );
     let st = state.clone();
     r.func(

@@ -1,0 +1,212 @@
+//! Attribution bindings (spec §3): `Graph`, `Node`, `attribute_step`, `add_edges`,
+//! `get_top_heads`, graph export. Map-reduce over samples is the util domain's `mr`.
+
+use super::model::{Cached, ScriptModel};
+use super::{guard, usize_list};
+use crate::attribution::export::save_graph_json;
+use crate::attribution::{
+    Graph, NodeId, NodeType, SampleRef, add_edges, attribute_step, get_top_heads,
+};
+use crate::script::docs::Registrar;
+use crate::script::host::lock;
+use crate::script::tensor::Tensor;
+use anyhow::{Result, anyhow, ensure};
+use rhai::{Array, Dynamic, INT, Map};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The attribution graph as a script value: clones share the same graph.
+#[derive(Clone)]
+pub struct ScriptGraph(pub Arc<Mutex<Graph>>);
+
+/// A node identity `(layer, head, type)` as a script value.
+#[derive(Clone)]
+pub struct ScriptNode(pub NodeId);
+
+fn head_arg(head: &Dynamic) -> Result<Option<usize>> {
+    if head.is_unit() {
+        return Ok(None);
+    }
+    let h = head
+        .as_int()
+        .map_err(|t| anyhow!("head must be an int or (), got {t}"))?;
+    ensure!(h >= 0, "head must be >= 0, got {h}");
+    Ok(Some(h as usize))
+}
+
+fn node_ids(arr: &Array) -> Result<Vec<NodeId>> {
+    arr.iter()
+        .enumerate()
+        .map(|(k, v)| {
+            v.read_lock::<ScriptNode>()
+                .map(|n| n.0)
+                .ok_or_else(|| anyhow!("element {k} is a {}, expected a Node", v.type_name()))
+        })
+        .collect()
+}
+
+fn make_node(
+    g: &ScriptGraph,
+    layer: INT,
+    head: &Dynamic,
+    ty: &str,
+    pattern: Option<&str>,
+) -> Result<ScriptNode> {
+    ensure!(layer >= 0, "layer must be >= 0, got {layer}");
+    let ty: NodeType = ty.parse()?;
+    Ok(ScriptNode(lock(&g.0).node(
+        layer as usize,
+        head_arg(head)?,
+        ty,
+        pattern,
+    )?))
+}
+
+fn sample_ref(r: &Cached) -> SampleRef {
+    SampleRef::new(
+        crate::model::SampleKey::new(r.dataset.clone(), r.sample.0.index),
+        Some(r.sample.0.clone()),
+    )
+}
+
+fn node_head(n: &NodeId) -> Dynamic {
+    n.head
+        .map_or(Dynamic::UNIT, |h| Dynamic::from_int(h as INT))
+}
+
+/// Register the attribution domain.
+pub fn register(r: &mut Registrar) {
+    r.type_named::<ScriptGraph>(
+        "Graph",
+        "The attribution graph (nodes, edges, per-sample gradients); clones share it.",
+    )
+    .type_named::<ScriptNode>("Node", "A node identity: (layer, head, type).");
+    register_graph(r);
+    register_nodes(r);
+    register_steps(r);
+}
+
+fn register_graph(r: &mut Registrar) {
+    r.func(
+        "Graph",
+        "Graph(model: Model, dataset_size: int) -> Graph",
+        "An empty attribution graph for a model and a dataset of dataset_size samples (A16).",
+        |m: ScriptModel, n: INT| {
+            guard("Graph", || {
+                ensure!(n > 0, "dataset_size must be positive, got {n}");
+                Ok(ScriptGraph(Arc::new(Mutex::new(Graph::new(m.0.config(), n as usize)))))
+            })
+        },
+    )
+    .getter("nodes", "g.nodes -> Array", "The graph's nodes in insertion order.", |g: &mut ScriptGraph| {
+        lock(&g.0).node_ids().into_iter().map(|id| Dynamic::from(ScriptNode(id))).collect::<Array>()
+    })
+    .getter("edges", "g.edges -> Array", "The edges as #{up: Node, down: Node, score: float}.", |g: &mut ScriptGraph| {
+        lock(&g.0)
+            .edges()
+            .iter()
+            .map(|e| {
+                let mut m = Map::new();
+                m.insert("up".into(), Dynamic::from(ScriptNode(e.upstream)));
+                m.insert("down".into(), Dynamic::from(ScriptNode(e.downstream)));
+                m.insert("score".into(), Dynamic::from_float(e.score));
+                Dynamic::from_map(m)
+            })
+            .collect::<Array>()
+    })
+    .func(
+        "save_graph",
+        "save_graph(g: Graph, path: String)",
+        "Write the graph (nodes with patterns, edges with scores) as JSON, e.g. for `minarc graph`.",
+        |g: &mut ScriptGraph, path: &str| guard("save_graph", || save_graph_json(&lock(&g.0), Path::new(path))),
+    )
+    .func("to_string", "to_string(g: Graph) -> String", "Node and edge counts.", |g: &mut ScriptGraph| {
+        let g = lock(&g.0);
+        format!("Graph({} nodes, {} edges, {} samples)", g.nodes().len(), g.edges().len(), g.dataset_size)
+    })
+    .func("to_debug", "to_debug(g: Graph) -> String", "Node and edge counts.", |g: &mut ScriptGraph| {
+        let g = lock(&g.0);
+        format!("Graph({} nodes, {} edges, {} samples)", g.nodes().len(), g.edges().len(), g.dataset_size)
+    });
+}
+
+fn register_nodes(r: &mut Registrar) {
+    r.func(
+        "Node",
+        "Node(g: Graph, layer: int, head: int|(), type: String) -> Node",
+        "The node (layer, head, type) of g, added if new (interned, A10). Types: lm_head (layer L), mlp, mlp_i, mlp_g (head () or H), attn_q, attn_k, attn_v, attn_a, attn_qns, embed.",
+        |g: ScriptGraph, layer: INT, head: Dynamic, ty: &str| guard("Node", || make_node(&g, layer, &head, ty, None)),
+    )
+    .func(
+        "Node",
+        "Node(g: Graph, layer: int, head: int|(), type: String, pattern: String) -> Node",
+        "As Node(g, layer, head, type) with a DST->SRC attention pattern such as \"A-->A-\" (kept if the node already has one).",
+        |g: ScriptGraph, layer: INT, head: Dynamic, ty: &str, pattern: &str| {
+            guard("Node", || make_node(&g, layer, &head, ty, Some(pattern)))
+        },
+    )
+    .getter("layer", "n.layer -> int", "The node's layer (L for lm_head).", |n: &mut ScriptNode| n.0.layer as INT)
+    .getter("head", "n.head -> int", "The node's head (H for MLP types), or () for lm_head and embed.", |n: &mut ScriptNode| node_head(&n.0))
+    .getter("type", "n.type -> String", "The node's type name.", |n: &mut ScriptNode| n.0.ty.name().to_string())
+    .func("to_string", "to_string(n: Node) -> String", "\"layer-head type\".", |n: &mut ScriptNode| n.0.to_string())
+    .func("to_debug", "to_debug(n: Node) -> String", "\"layer-head type\".", |n: &mut ScriptNode| n.0.to_string())
+    .func("==", "Node == Node -> bool", "Same (layer, head, type).", |a: ScriptNode, b: ScriptNode| a.0 == b.0)
+    .func("!=", "Node != Node -> bool", "Different (layer, head, type).", |a: ScriptNode, b: ScriptNode| a.0 != b.0);
+}
+
+fn register_steps(r: &mut Registrar) {
+    r.func(
+        "attribute_step",
+        "attribute_step(g: Graph, model: Model, r: Cached, nodes: Array) -> Tensor",
+        "Attribute the nodes' objective to every head and MLP below them on one sample (A19): [L',H+1,g], MLP in column H; average over samples with mr.",
+        |g: ScriptGraph, m: ScriptModel, c: Cached, nodes: Array| {
+            guard("attribute_step", || {
+                let ids = node_ids(&nodes)?;
+                let mut g = lock(&g.0);
+                Ok(Tensor(attribute_step(&mut g, m.0.as_ref(), &sample_ref(&c), &ids)?))
+            })
+        },
+    )
+    .func(
+        "add_edges",
+        "add_edges(g: Graph, upstream: Node, downstreams: Array, attr: Tensor) -> int",
+        "Add an edge upstream -> downstreams[i] with score attr[layer, head, i] for every positive score (A20); returns how many were added.",
+        |g: ScriptGraph, up: ScriptNode, downs: Array, attr: Tensor| {
+            guard("add_edges", || {
+                let downs = node_ids(&downs)?;
+                Ok(add_edges(&mut lock(&g.0), up.0, &downs, &attr.0)? as INT)
+            })
+        },
+    )
+    .func(
+        "get_top_heads",
+        "get_top_heads(attr: Tensor, k: int, n_heads: int) -> Array",
+        "The top heads of attr [L',H+1,g] as [layer, head, Σ|attr|] (A23, MLP column dropped; may return fewer than k, as the seed).",
+        |attr: Tensor, k: INT, h: INT| top_heads(&attr, k, h, false),
+    )
+    .func(
+        "get_top_heads",
+        "get_top_heads(attr: Tensor, k: int, n_heads: int, until_k: bool) -> Array",
+        "As get_top_heads(attr, k, n_heads); with until_k, keeps scanning until k heads are found.",
+        |attr: Tensor, k: INT, h: INT, until_k: bool| top_heads(&attr, k, h, until_k),
+    );
+}
+
+fn top_heads(attr: &Tensor, k: INT, h: INT, until_k: bool) -> super::RResult<Array> {
+    guard("get_top_heads", || {
+        let kh = usize_list(
+            "k, n_heads",
+            &vec![Dynamic::from_int(k), Dynamic::from_int(h)],
+        )?;
+        Ok(get_top_heads(&attr.0, kh[0], kh[1], until_k)?
+            .into_iter()
+            .map(|((l, hd), s)| {
+                Dynamic::from_array(vec![
+                    Dynamic::from_int(l as INT),
+                    Dynamic::from_int(hd as INT),
+                    Dynamic::from_float(s as rhai::FLOAT),
+                ])
+            })
+            .collect())
+    })
+}
