@@ -256,8 +256,12 @@ fn attribution_bindings_match_the_rust_api() {
          let mean = mr(rs, |r| attribute_step(g, model, r, [lm]));\n\
          let top = get_top_heads(mean, 3, model.n_heads);\n\
          let up = Node(g, top[0][0], top[0][1], \"attn_v\");\n\
-         #{{a0: a0.to_array(), mean: mean.to_array(), top: top, added: add_edges(g, up, [lm], mean),\n\
-            n_edges: g.edges.len(), lm_type: lm.type, lm_head: lm.head}}",
+         let added = add_edges(g, up, [lm], mean);\n\
+         let attrs = get_attn_attrs_on_dataset(g, model, rs, 1, 2, [lm]);\n\
+         let aw = stack(rs.map(|r| get_attn_weights(model, r, 1, 2, r.positions(\"A-\")).select(0, 0)), 0);\n\
+         #{{a0: a0.to_array(), mean: mean.to_array(), top: top, added: added,\n\
+            n_edges: g.edges.len(), lm_type: lm.type, lm_head: lm.head, circuit: forward(g, rs[0], model),\n\
+            aw_diff: (attrs.aw - aw).abs().max(), aa_rows: attrs.aa.sum(-1).to_array(), aw_shape: attrs.aw.shape}}",
         dir.path().display()
     );
     let v = h.eval_source("attr.rhai", &src, false).unwrap();
@@ -359,6 +363,36 @@ fn attribution_bindings_match_the_rust_api() {
     let want_added = i64::from(score > 0.0);
     assert_eq!(m["added"].as_int().unwrap(), want_added);
     assert_eq!(m["n_edges"].as_int().unwrap(), want_added);
+    // A22's weights are the head's attention rows at lm_head's positions (A-); aa rows sum to 1.
+    assert!(
+        m["aw_diff"].as_float().unwrap() < 1e-6,
+        "aw differs by {}",
+        m["aw_diff"]
+    );
+    assert_eq!(
+        h.display_value(&m["aw_shape"])
+            .split(", ")
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["[2", "8"]
+    );
+    for row in flat(&m["aa_rows"]) {
+        assert!((row - 1.0).abs() < 1e-5, "aa row sums to {row}");
+    }
+    // Circuit evaluation through the Rust API on the same graph.
+    let up = g.node(l, Some(hd), NodeType::AttnV, None).unwrap();
+    minarc::attribution::add_edges(&mut g, up, &[lm], &mean_t).unwrap();
+    let r0 = SampleRef::new(
+        SampleKey::new("w1", 0),
+        Some(std::sync::Arc::new(samples[0].clone())),
+    );
+    let circuit = minarc::attribution::forward(&mut g, &local, &r0, None).unwrap();
+    let got = m["circuit"].as_float().unwrap();
+    assert!(
+        (got - circuit as f64).abs() < 1e-6,
+        "circuit {got} vs {circuit}"
+    );
+    assert!(got.is_finite() && got <= 0.0, "a mean log-prob, got {got}");
     assert_eq!(m["lm_type"].clone().into_string().unwrap(), "lm_head");
     assert!(m["lm_head"].is_unit());
 }

@@ -1,11 +1,13 @@
 //! Attribution bindings (spec §3): `Graph`, `Node`, `attribute_step`, `add_edges`,
-//! `get_top_heads`, graph export. Map-reduce over samples is the util domain's `mr`.
+//! `get_top_heads`, `get_attn_attrs_on_dataset`, circuit evaluation (`forward` on a graph),
+//! graph export. Map-reduce over samples is the util domain's `mr`.
 
 use super::model::{Cached, ScriptModel};
 use super::{guard, usize_list};
 use crate::attribution::export::save_graph_json;
 use crate::attribution::{
-    Graph, NodeId, NodeType, SampleRef, add_edges, attribute_step, get_top_heads,
+    Graph, NodeId, NodeType, SampleRef, add_edges, attribute_step, forward as graph_forward,
+    get_attn_attrs_on_dataset, get_top_heads,
 };
 use crate::script::docs::Registrar;
 use crate::script::host::lock;
@@ -84,6 +86,7 @@ pub fn register(r: &mut Registrar) {
     register_graph(r);
     register_nodes(r);
     register_steps(r);
+    register_dataset_steps(r);
 }
 
 fn register_graph(r: &mut Registrar) {
@@ -189,6 +192,91 @@ fn register_steps(r: &mut Registrar) {
         "get_top_heads(attr: Tensor, k: int, n_heads: int, until_k: bool) -> Array",
         "As get_top_heads(attr, k, n_heads); with until_k, keeps scanning until k heads are found.",
         |attr: Tensor, k: INT, h: INT, until_k: bool| top_heads(&attr, k, h, until_k),
+    );
+}
+
+fn cached_list(arr: &Array) -> Result<Vec<SampleRef>> {
+    arr.iter()
+        .enumerate()
+        .map(|(k, v)| {
+            v.read_lock::<Cached>()
+                .map(|c| sample_ref(&c))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "element {k} is a {}, expected a Cached sample (from forward)",
+                        v.type_name()
+                    )
+                })
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attn_attrs(
+    g: &ScriptGraph,
+    m: &ScriptModel,
+    rs: &Array,
+    layer: INT,
+    head: INT,
+    downs: &Array,
+    normalize: bool,
+) -> super::RResult<Map> {
+    guard("get_attn_attrs_on_dataset", || {
+        let lh = usize_list(
+            "layer, head",
+            &vec![Dynamic::from_int(layer), Dynamic::from_int(head)],
+        )?;
+        let (aw, aa) = get_attn_attrs_on_dataset(
+            &lock(&g.0),
+            m.0.as_ref(),
+            &cached_list(rs)?,
+            lh[0],
+            lh[1],
+            &node_ids(downs)?,
+            normalize,
+        )?;
+        let mut out = Map::new();
+        out.insert("aw".into(), Dynamic::from(Tensor(aw)));
+        out.insert("aa".into(), Dynamic::from(Tensor(aa)));
+        Ok(out)
+    })
+}
+
+fn register_dataset_steps(r: &mut Registrar) {
+    r.func(
+        "get_attn_attrs_on_dataset",
+        "get_attn_attrs_on_dataset(g: Graph, model: Model, rs: Array, layer: int, head: int, downstreams: Array) -> Map",
+        "Over samples (A22): #{aw: [N,k,s] attention weights of the head at the downstreams' positions, aa: aw * |grad aw| with rows normalised}; run attribute_step on the downstreams first.",
+        |g: ScriptGraph, m: ScriptModel, rs: Array, layer: INT, head: INT, downs: Array| {
+            attn_attrs(&g, &m, &rs, layer, head, &downs, true)
+        },
+    )
+    .func(
+        "get_attn_attrs_on_dataset",
+        "get_attn_attrs_on_dataset(g: Graph, model: Model, rs: Array, layer: int, head: int, downstreams: Array, normalize: bool) -> Map",
+        "As above; normalize = false keeps aa = aw * |grad aw| unnormalised.",
+        |g: ScriptGraph, m: ScriptModel, rs: Array, layer: INT, head: INT, downs: Array, normalize: bool| {
+            attn_attrs(&g, &m, &rs, layer, head, &downs, normalize)
+        },
+    )
+    .func(
+        "forward",
+        "forward(g: Graph, r: Cached, model: Model) -> float",
+        "Circuit evaluation (A17, the seed's graph.forward): lm_head's mean answer log-prob when only the graph's paths feed the residual.",
+        |g: ScriptGraph, c: Cached, m: ScriptModel| {
+            guard("forward", || Ok(graph_forward(&mut lock(&g.0), m.0.as_ref(), &sample_ref(&c), None)? as rhai::FLOAT))
+        },
+    )
+    .func(
+        "forward",
+        "forward(g: Graph, r: Cached, model: Model, leaf_nodes: Array) -> float",
+        "Circuit evaluation processing only the nodes reachable from leaf_nodes.",
+        |g: ScriptGraph, c: Cached, m: ScriptModel, leaves: Array| {
+            guard("forward", || {
+                let leaves = node_ids(&leaves)?;
+                Ok(graph_forward(&mut lock(&g.0), m.0.as_ref(), &sample_ref(&c), Some(&leaves))? as rhai::FLOAT)
+            })
+        },
     );
 }
 
