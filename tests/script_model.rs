@@ -477,3 +477,74 @@ fn a_remote_model_answers_like_the_local_one() {
     assert!(e.message.contains("http://"), "{}", e.message);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn attribution_tree_levels_hold_the_mean_attribution_and_top_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path());
+    let (mut h, _) = host();
+    let src = format!(
+        "{}let rs = forward(model, \"w1\", ds);\n\
+         let tree = AttrTree();\n\
+         let g = Graph(model, 2);\n\
+         let lm = Node(g, model.n_layers, (), \"lm_head\", \"A-->A-\");\n\
+         let root = add_tnode(tree, g, model, rs, [lm]);\n\
+         let g2 = Graph(model, 2);\n\
+         let lm2 = Node(g2, model.n_layers, (), \"lm_head\", \"A-->A-\");\n\
+         let attr = mr(rs, |r| attribute_step(g2, model, r, [lm2]));\n\
+         let top = tree_top_heads(tree, root);\n\
+         let v = Node(g, top[0][0], top[0][1], \"attn_v\", \"A-->A-\");\n\
+         add_edges(g, v, [lm], tree_attr(tree, root));\n\
+         let child = add_tnode(tree, g, model, rs, [v], root, #{{top_k: 2, attn_data: false}});\n\
+         #{{diff: (tree_attr(tree, root) - attr).abs().max(), top: top, want: get_top_heads(attr, 30, model.n_heads),\n\
+            keys: tree_attn_attrs(tree, root).map(|x| [x[0], x[1]]), child: child,\n\
+            child_top: tree_top_heads(tree, child).len(), child_aa: tree_attn_attrs(tree, child).len(),\n\
+            drawn: print_tree(tree)}}",
+        prelude(dir.path())
+    );
+    let v = h.eval_source("tree.rhai", &src, false).unwrap();
+    let m = v.read_lock::<rhai::Map>().unwrap();
+    assert!(
+        m["diff"].as_float().unwrap() < 1e-6,
+        "tree attr differs by {}",
+        m["diff"]
+    );
+    assert_eq!(h.display_value(&m["top"]), h.display_value(&m["want"]));
+    let top_keys: Vec<String> = m["top"]
+        .clone()
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let r = r.clone().into_array().unwrap();
+            format!("[{}, {}]", r[0], r[1])
+        })
+        .collect();
+    let mut keys: Vec<String> = m["keys"]
+        .clone()
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|k| h.display_value(k))
+        .collect();
+    let mut want_keys = top_keys.clone();
+    keys.sort();
+    want_keys.sort();
+    assert_eq!(keys, want_keys);
+    assert_eq!(m["child"].as_int().unwrap(), 1);
+    assert!(m["child_top"].as_int().unwrap() <= 2);
+    assert_eq!(m["child_aa"].as_int().unwrap(), 0);
+    let drawn = m["drawn"].clone().into_string().unwrap();
+    assert!(
+        drawn.contains("L2") && drawn.contains("A-->A- x1"),
+        "{drawn}"
+    );
+    let e = h
+        .eval_source("bad.rhai", "let t = AttrTree(); tree_attr(t, 0)", false)
+        .unwrap_err();
+    assert!(
+        e.message.contains("tree node 0 does not exist"),
+        "{}",
+        e.message
+    );
+}

@@ -232,6 +232,11 @@ impl HostState {
         self.show_progress.store(on, Ordering::Relaxed);
     }
 
+    /// Are progress bars shown?
+    pub fn show_progress(&self) -> bool {
+        self.show_progress.load(Ordering::Relaxed)
+    }
+
     /// A progress bar for a long loop of `len` steps.
     pub fn progress(&self, len: u64, label: &str) -> ProgressBar {
         if !self.show_progress.load(Ordering::Relaxed) {

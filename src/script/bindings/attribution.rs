@@ -6,10 +6,11 @@ use super::model::{Cached, ScriptModel};
 use super::{guard, usize_list};
 use crate::attribution::export::save_graph_json;
 use crate::attribution::{
-    Graph, NodeId, NodeType, SampleRef, add_edges, attribute_step, forward as graph_forward,
-    get_attn_attrs_on_dataset, get_top_heads,
+    AttrTree, Graph, NodeId, NodeType, SampleRef, TreeOptions, add_edges, add_tree_node,
+    attribute_step, forward as graph_forward, get_attn_attrs_on_dataset, get_top_heads,
 };
 use crate::script::docs::Registrar;
+use crate::script::host::HostState;
 use crate::script::host::lock;
 use crate::script::tensor::Tensor;
 use anyhow::{Result, anyhow, ensure};
@@ -20,6 +21,10 @@ use std::sync::{Arc, Mutex};
 /// The attribution graph as a script value: clones share the same graph.
 #[derive(Clone)]
 pub struct ScriptGraph(pub Arc<Mutex<Graph>>);
+
+/// The attribution tree (A24) as a script value: clones share the same tree.
+#[derive(Clone)]
+pub struct ScriptTree(pub Arc<Mutex<AttrTree>>);
 
 /// A node identity `(layer, head, type)` as a script value.
 #[derive(Clone)]
@@ -77,7 +82,7 @@ fn node_head(n: &NodeId) -> Dynamic {
 }
 
 /// Register the attribution domain.
-pub fn register(r: &mut Registrar) {
+pub fn register(r: &mut Registrar, state: &Arc<HostState>) {
     r.type_named::<ScriptGraph>(
         "Graph",
         "The attribution graph (nodes, edges, per-sample gradients); clones share it.",
@@ -87,6 +92,198 @@ pub fn register(r: &mut Registrar) {
     register_nodes(r);
     register_steps(r);
     register_dataset_steps(r);
+    register_tree(r, state);
+}
+
+fn tree_opts(map: &Map, st: &HostState) -> Result<TreeOptions> {
+    let mut o = TreeOptions {
+        progress: st.show_progress(),
+        ..TreeOptions::default()
+    };
+    for (k, v) in map {
+        match k.as_str() {
+            "top_k" => o.top_k = usize_list("top_k", &vec![v.clone()])?[0],
+            "until_k" => {
+                o.until_k = v
+                    .as_bool()
+                    .map_err(|t| anyhow!("until_k must be a bool, got {t}"))?
+            }
+            "attn_data" => {
+                o.attn_data = v
+                    .as_bool()
+                    .map_err(|t| anyhow!("attn_data must be a bool, got {t}"))?
+            }
+            other => anyhow::bail!("unknown option {other:?} (known: top_k, until_k, attn_data)"),
+        }
+    }
+    Ok(o)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_tnode(
+    st: &HostState,
+    t: &ScriptTree,
+    g: &ScriptGraph,
+    m: &ScriptModel,
+    rs: &Array,
+    nodes: &Array,
+    parent: Option<INT>,
+    opts: &Map,
+) -> super::RResult<INT> {
+    guard("add_tnode", || {
+        let parent = match parent {
+            Some(p) if p < 0 => anyhow::bail!("parent must be >= 0, got {p}"),
+            Some(p) => Some(p as usize),
+            None => None,
+        };
+        let idx = add_tree_node(
+            &mut lock(&t.0),
+            &mut lock(&g.0),
+            m.0.as_ref(),
+            &cached_list(rs)?,
+            &node_ids(nodes)?,
+            parent,
+            &tree_opts(opts, st)?,
+        )?;
+        Ok(idx as INT)
+    })
+}
+
+fn tree_node<T>(
+    t: &ScriptTree,
+    i: INT,
+    f: impl FnOnce(&crate::attribution::tree::TreeNode) -> T,
+) -> Result<T> {
+    let tree = lock(&t.0);
+    let n = usize::try_from(i)
+        .ok()
+        .and_then(|i| tree.nodes.get(i))
+        .ok_or_else(|| {
+            anyhow!(
+                "tree node {i} does not exist (the tree has {})",
+                tree.nodes.len()
+            )
+        })?;
+    Ok(f(n))
+}
+
+fn head_tensors(m: &std::collections::BTreeMap<(usize, usize), candle_core::Tensor>) -> Array {
+    m.iter()
+        .map(|((l, h), t)| {
+            Dynamic::from_array(vec![
+                Dynamic::from_int(*l as INT),
+                Dynamic::from_int(*h as INT),
+                Dynamic::from(Tensor(t.clone())),
+            ])
+        })
+        .collect()
+}
+
+fn register_tree(r: &mut Registrar, state: &Arc<HostState>) {
+    r.type_named::<ScriptTree>(
+        "AttrTree",
+        "The attribution tree: one node per expansion level (A24).",
+    );
+    r.func(
+        "AttrTree",
+        "AttrTree() -> AttrTree",
+        "An empty attribution tree.",
+        || ScriptTree(Arc::new(Mutex::new(AttrTree::default()))),
+    );
+    let st = state.clone();
+    r.func(
+        "add_tnode",
+        "add_tnode(tree: AttrTree, g: Graph, model: Model, rs: Array, nodes: Array) -> int",
+        "A root tree node (the seed's add_tnode): attr = mean attribute_step over rs, its top 30 heads and their aw/aa (A22); returns its index.",
+        move |t: ScriptTree, g: ScriptGraph, m: ScriptModel, rs: Array, nodes: Array| {
+            add_tnode(&st, &t, &g, &m, &rs, &nodes, None, &Map::new())
+        },
+    );
+    let st = state.clone();
+    r.func(
+        "add_tnode",
+        "add_tnode(tree: AttrTree, g: Graph, model: Model, rs: Array, nodes: Array, parent: int, opts: Map) -> int",
+        "A tree node under parent (an index from add_tnode); opts: top_k (30), until_k (false), attn_data (true).",
+        move |t: ScriptTree, g: ScriptGraph, m: ScriptModel, rs: Array, nodes: Array, parent: INT, opts: Map| {
+            add_tnode(&st, &t, &g, &m, &rs, &nodes, Some(parent), &opts)
+        },
+    );
+    r.func(
+        "tree_attr",
+        "tree_attr(tree: AttrTree, i: int) -> Tensor",
+        "Mean attribution [L',H+1,g] of tree node i.",
+        |t: ScriptTree, i: INT| {
+            guard("tree_attr", || {
+                tree_node(&t, i, |n| Tensor(n.data.attr.clone()))
+            })
+        },
+    )
+    .func(
+        "tree_top_heads",
+        "tree_top_heads(tree: AttrTree, i: int) -> Array",
+        "Top heads of tree node i as [layer, head, Σ|attr|].",
+        |t: ScriptTree, i: INT| {
+            guard("tree_top_heads", || {
+                tree_node(&t, i, |n| {
+                    n.data
+                        .top_heads
+                        .iter()
+                        .map(|((l, h), s)| {
+                            Dynamic::from_array(vec![
+                                Dynamic::from_int(*l as INT),
+                                Dynamic::from_int(*h as INT),
+                                Dynamic::from_float(*s as rhai::FLOAT),
+                            ])
+                        })
+                        .collect::<Array>()
+                })
+            })
+        },
+    )
+    .func(
+        "tree_attn_attrs",
+        "tree_attn_attrs(tree: AttrTree, i: int) -> Array",
+        "[[layer, head, aa [N,k,s]], ...] of tree node i's top heads: the input of cluster_heads.",
+        |t: ScriptTree, i: INT| {
+            guard("tree_attn_attrs", || {
+                tree_node(&t, i, |n| head_tensors(&n.data.attn_attrs_ds))
+            })
+        },
+    )
+    .func(
+        "tree_attn_weights",
+        "tree_attn_weights(tree: AttrTree, i: int) -> Array",
+        "[[layer, head, aw [N,k,s]], ...] of tree node i's top heads.",
+        |t: ScriptTree, i: INT| {
+            guard("tree_attn_weights", || {
+                tree_node(&t, i, |n| head_tensors(&n.data.attn_weights_ds))
+            })
+        },
+    )
+    .func(
+        "print_tree",
+        "print_tree(tree: AttrTree) -> String",
+        "The tree drawn from its first root, as the seed's print_tree.",
+        |t: ScriptTree| {
+            guard("print_tree", || {
+                let tree = lock(&t.0);
+                anyhow::ensure!(!tree.nodes.is_empty(), "the tree is empty");
+                Ok(tree.render(0))
+            })
+        },
+    )
+    .func(
+        "to_string",
+        "to_string(t: AttrTree) -> String",
+        "Number of tree nodes.",
+        |t: &mut ScriptTree| format!("AttrTree({} nodes)", lock(&t.0).nodes.len()),
+    )
+    .func(
+        "to_debug",
+        "to_debug(t: AttrTree) -> String",
+        "Number of tree nodes.",
+        |t: &mut ScriptTree| format!("AttrTree({} nodes)", lock(&t.0).nodes.len()),
+    );
 }
 
 fn register_graph(r: &mut Registrar) {

@@ -23,7 +23,7 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     puzzle::register(&mut Registrar::new(engine, docs, "puzzle"), state);
     analysis::register(&mut Registrar::new(engine, docs, "analysis"));
     model::register(&mut Registrar::new(engine, docs, "model"), state);
-    attribution::register(&mut Registrar::new(engine, docs, "attribution"));
+    attribution::register(&mut Registrar::new(engine, docs, "attribution"), state);
 }
 
 /// Run a native function body: errors become Rhai errors prefixed with the function name,
