@@ -149,9 +149,26 @@ impl HostState {
         path: &Path,
         load: impl FnOnce(&Path) -> Result<T>,
     ) -> Result<Arc<T>> {
-        let key = path
+        self.load_memo_variant(path, "", load)
+    }
+
+    /// As [`HostState::load_memo`], keyed by the canonical path and a variant tag (e.g. the
+    /// dtype and device a model was loaded with): the same path with another variant loads
+    /// again. An empty variant is the plain path.
+    pub fn load_memo_variant<T: Any + Send + Sync>(
+        &self,
+        path: &Path,
+        variant: &str,
+        load: impl FnOnce(&Path) -> Result<T>,
+    ) -> Result<Arc<T>> {
+        let canonical = path
             .canonicalize()
             .with_context(|| format!("cannot resolve model path {}", path.display()))?;
+        let key = if variant.is_empty() {
+            canonical.clone()
+        } else {
+            PathBuf::from(format!("{}#{variant}", canonical.display()))
+        };
         let mut models = lock(&self.models);
         if let Some(m) = models.get(&key) {
             return m.clone().downcast::<T>().map_err(|_| {
@@ -161,7 +178,7 @@ impl HostState {
                 )
             });
         }
-        let value = Arc::new(load(&key)?);
+        let value = Arc::new(load(&canonical)?);
         self.load_count.fetch_add(1, Ordering::SeqCst);
         models.insert(key, value.clone());
         Ok(value)
@@ -404,7 +421,10 @@ impl Host {
         let name = path.display().to_string();
         let src = std::fs::read_to_string(path).map_err(|e| ScriptError::io(&name, &e))?;
         self.scope.rewind(self.base_len);
-        self.eval_source(&name, &src, false)
+        let mut ast = self.compile(&name, &src)?;
+        // `import "lib/x"` resolves relative to the script's own folder.
+        ast.set_source(name.as_str());
+        self.eval_ast(&name, &src, ast, false)
     }
 
     /// Render a value the way the engine's `to_debug` does (uses the registered
@@ -447,6 +467,11 @@ pub fn panic_message(p: &Box<dyn Any + Send>) -> String {
 
 fn configure_engine(engine: &mut Engine, state: &Arc<HostState>) {
     engine.set_max_call_levels(MAX_CALL_LEVELS);
+    // `import` reads the module file on every run (no cache), so watch mode sees edits of
+    // imported files too; relative paths resolve from the importing script's folder.
+    let mut resolver = rhai::module_resolvers::FileModuleResolver::new();
+    resolver.enable_cache(false);
+    engine.set_module_resolver(resolver);
     // No operation limit: long jobs are legitimate; the interrupt flag stops them instead.
     let flag = state.interrupt_handle();
     engine.on_progress(move |_ops| {

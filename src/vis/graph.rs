@@ -452,11 +452,42 @@ pub fn to_json(view: &GraphView) -> Result<String> {
     Ok(serde_json::to_string_pretty(view)?)
 }
 
-/// Reads a view from JSON and validates it.
+/// Reads a view from JSON and validates it. Accepts this view's own format and the
+/// attribution graph's JSON (`save_graph`, [`crate::attribution::export::save_graph_json`]).
 pub fn from_json(text: &str) -> Result<GraphView> {
-    let v: GraphView = serde_json::from_str(text).context("graph JSON is malformed")?;
+    let v: GraphView = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => match serde_json::from_str::<crate::attribution::GraphView>(text) {
+            Ok(a) => from_attribution(&a),
+            Err(_) => return Err(e).context("graph JSON is malformed"),
+        },
+    };
     v.validate()?;
     Ok(v)
+}
+
+/// The view of an attribution graph: node ids `"{layer}-{head}-{type}"`, patterns kept,
+/// edges upstream → downstream with their scores.
+pub fn from_attribution(g: &crate::attribution::GraphView) -> GraphView {
+    let node = |id: &crate::attribution::NodeId, pattern: Option<&str>| {
+        ViewNode::new(id.layer, id.head, id.ty.name(), pattern)
+    };
+    GraphView {
+        nodes: g
+            .nodes
+            .iter()
+            .map(|n| node(&n.id, n.attn_pattern.as_deref()))
+            .collect(),
+        edges: g
+            .edges
+            .iter()
+            .map(|e| ViewEdge {
+                from: node(&e.upstream, None).id,
+                to: node(&e.downstream, None).id,
+                score: e.score as f32,
+            })
+            .collect(),
+    }
 }
 
 /// Reads a view from a JSON file.

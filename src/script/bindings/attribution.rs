@@ -30,7 +30,7 @@ pub struct ScriptTree(pub Arc<Mutex<AttrTree>>);
 #[derive(Clone)]
 pub struct ScriptNode(pub NodeId);
 
-fn head_arg(head: &Dynamic) -> Result<Option<usize>> {
+pub(crate) fn head_arg(head: &Dynamic) -> Result<Option<usize>> {
     if head.is_unit() {
         return Ok(None);
     }
@@ -41,7 +41,7 @@ fn head_arg(head: &Dynamic) -> Result<Option<usize>> {
     Ok(Some(h as usize))
 }
 
-fn node_ids(arr: &Array) -> Result<Vec<NodeId>> {
+pub(crate) fn node_ids(arr: &Array) -> Result<Vec<NodeId>> {
     arr.iter()
         .enumerate()
         .map(|(k, v)| {
@@ -69,7 +69,7 @@ fn make_node(
     )?))
 }
 
-fn sample_ref(r: &Cached) -> SampleRef {
+pub(crate) fn sample_ref(r: &Cached) -> SampleRef {
     SampleRef::new(
         crate::model::SampleKey::new(r.dataset.clone(), r.sample.0.index),
         Some(r.sample.0.clone()),
@@ -392,7 +392,7 @@ fn register_steps(r: &mut Registrar) {
     );
 }
 
-fn cached_list(arr: &Array) -> Result<Vec<SampleRef>> {
+pub(crate) fn cached_list(arr: &Array) -> Result<Vec<SampleRef>> {
     arr.iter()
         .enumerate()
         .map(|(k, v)| {

@@ -3,10 +3,13 @@
 
 pub mod analysis;
 pub mod attribution;
+pub mod graph_ops;
 pub mod model;
 pub mod puzzle;
 pub mod tensor;
+pub mod tensor_io;
 pub mod util;
+pub mod vis;
 
 use crate::script::docs::{Docs, Registrar};
 use crate::script::host::{HostState, panic_message};
@@ -19,11 +22,14 @@ pub type RResult<T> = Result<T, Box<EvalAltResult>>;
 /// Register every binding domain.
 pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>) {
     tensor::register(&mut Registrar::new(engine, docs, "tensor"));
+    tensor_io::register(&mut Registrar::new(engine, docs, "tensor"));
     util::register(&mut Registrar::new(engine, docs, "util"), state);
     puzzle::register(&mut Registrar::new(engine, docs, "puzzle"), state);
     analysis::register(&mut Registrar::new(engine, docs, "analysis"));
     model::register(&mut Registrar::new(engine, docs, "model"), state);
     attribution::register(&mut Registrar::new(engine, docs, "attribution"), state);
+    graph_ops::register(&mut Registrar::new(engine, docs, "attribution"));
+    vis::register(&mut Registrar::new(engine, docs, "vis"));
 }
 
 /// Run a native function body: errors become Rhai errors prefixed with the function name,

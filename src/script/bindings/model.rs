@@ -13,7 +13,7 @@ use crate::script::tensor::Tensor;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use candle_core::{DType, Device};
 use rhai::{Array, Dynamic, INT, Map};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A loaded model as a script value (shared; cloning is cheap).
@@ -49,9 +49,47 @@ fn sample_input(s: &ScriptSample) -> SampleInput {
 }
 
 fn load(st: &HostState, path: &str) -> Result<ScriptModel> {
-    let local = st.load_memo(Path::new(path), |p| {
-        Local::load(p, DType::F32, &Device::Cpu)
-    })?;
+    load_with(st, path, &Map::new())
+}
+
+/// `"default"` (or an empty path) is the project's default model folder, created if absent.
+fn resolve_model_path(path: &str) -> Result<PathBuf> {
+    if path.is_empty() || path == "default" {
+        crate::model::fixture::default_model_dir()
+    } else {
+        Ok(PathBuf::from(path))
+    }
+}
+
+/// Load options: dtype ("f32", "f16", "bf16") and device ("cpu", "cuda", "cuda:N").
+fn load_options(opts: &Map) -> Result<(DType, Device, String)> {
+    let mut dtype = "f32".to_string();
+    let mut device = "cpu".to_string();
+    for (k, v) in opts {
+        let text = v
+            .clone()
+            .into_string()
+            .map_err(|t| anyhow!("{k} must be a string, got {t}"))?;
+        match k.as_str() {
+            "dtype" => dtype = text,
+            "device" => device = text,
+            other => bail!("unknown option {other:?} (known: dtype, device)"),
+        }
+    }
+    let dt = crate::model::config::parse_dtype(&dtype)?;
+    let dev = crate::model::config::parse_device(&device)?;
+    let variant = if (dt, device.as_str()) == (DType::F32, "cpu") {
+        String::new()
+    } else {
+        format!("{dt:?}@{device}")
+    };
+    Ok((dt, dev, variant))
+}
+
+fn load_with(st: &HostState, path: &str, opts: &Map) -> Result<ScriptModel> {
+    let dir = resolve_model_path(path)?;
+    let (dtype, device, variant) = load_options(opts)?;
+    let local = st.load_memo_variant(&dir, &variant, |p| Local::load(p, dtype, &device))?;
     Ok(ScriptModel(local))
 }
 
@@ -125,8 +163,111 @@ fn samples_of(arr: &Array) -> Result<Vec<ScriptSample>> {
         .collect()
 }
 
+/// Which positions a forward stores: all, fixed ones, or a span resolved per sample.
+enum CapturePositions {
+    All,
+    Fixed(Vec<usize>),
+    Span(String),
+}
+
+/// Capture options of `forward(model, dataset, samples, opts)`.
+struct ForwardOptions {
+    layers: Option<Vec<usize>>,
+    positions: CapturePositions,
+    dtype: DType,
+    logits: bool,
+    force: bool,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        Self {
+            layers: None,
+            positions: CapturePositions::All,
+            dtype: DType::F32,
+            logits: false,
+            force: false,
+        }
+    }
+}
+
+fn bool_opt(k: &str, v: &Dynamic) -> Result<bool> {
+    v.as_bool()
+        .map_err(|t| anyhow!("{k} must be a bool, got {t}"))
+}
+
+fn forward_options(map: &Map) -> Result<ForwardOptions> {
+    let mut o = ForwardOptions::default();
+    for (k, v) in map {
+        match k.as_str() {
+            "layers" => {
+                let arr = v
+                    .read_lock::<Array>()
+                    .ok_or_else(|| anyhow!("layers must be an array of ints"))?;
+                o.layers = Some(usize_list("layers", &arr)?);
+            }
+            "positions" => {
+                o.positions = if let Some(arr) = v.read_lock::<Array>() {
+                    CapturePositions::Fixed(usize_list("positions", &arr)?)
+                } else if v.is_string() {
+                    CapturePositions::Span(v.clone().into_string().unwrap_or_default())
+                } else {
+                    bail!(
+                        "positions must be an array of ints or a span name such as \"A-\", got {}",
+                        v.type_name()
+                    )
+                };
+            }
+            "dtype" => {
+                let name = v
+                    .clone()
+                    .into_string()
+                    .map_err(|t| anyhow!("dtype must be a string, got {t}"))?;
+                o.dtype = crate::model::config::parse_dtype(&name)?;
+            }
+            "logits" => o.logits = bool_opt(k, v)?,
+            "force" => o.force = bool_opt(k, v)?,
+            other => bail!("unknown option {other:?} (known: layers, positions, dtype, logits, force)"),
+        }
+    }
+    Ok(o)
+}
+
+impl ForwardOptions {
+    /// The capture spec for one sample (a span is resolved on the sample's own tokens).
+    fn spec(&self, s: &ScriptSample) -> Result<CaptureSpec> {
+        let positions = match &self.positions {
+            CapturePositions::All => None,
+            CapturePositions::Fixed(p) => Some(p.clone()),
+            CapturePositions::Span(span) => {
+                let mut p = s.0.positions(span, crate::puzzle::sample::DEFAULT_LAST_K)?;
+                p.sort_unstable();
+                p.dedup();
+                Some(p)
+            }
+        };
+        Ok(CaptureSpec {
+            layers: self.layers.clone(),
+            positions,
+            dtype: self.dtype,
+            logits: self.logits,
+        })
+    }
+}
+
 /// Forward every sample not yet cached under `dataset`; one `Cached` handle per sample.
 fn forward(st: &HostState, m: &ScriptModel, dataset: &str, samples: &Array) -> RResult<Array> {
+    forward_with(st, m, dataset, samples, &ForwardOptions::default())
+}
+
+/// [`forward`] with capture options (layers, positions, storage dtype, logits, force).
+fn forward_with(
+    st: &HostState,
+    m: &ScriptModel,
+    dataset: &str,
+    samples: &Array,
+    opts: &ForwardOptions,
+) -> RResult<Array> {
     let samples = guard("forward", || {
         ensure!(!dataset.is_empty(), "the dataset name must not be empty");
         samples_of(samples)
@@ -136,7 +277,7 @@ fn forward(st: &HostState, m: &ScriptModel, dataset: &str, samples: &Array) -> R
     for s in samples {
         st.check_interrupt()?;
         let key = SampleKey::new(dataset, s.0.index);
-        let fresh = !m.0.has_sample(&key);
+        let fresh = opts.force || !m.0.has_sample(&key);
         if fresh {
             guard("forward", || {
                 if let Some(n) = s.0.n_tokens {
@@ -152,7 +293,8 @@ fn forward(st: &HostState, m: &ScriptModel, dataset: &str, samples: &Array) -> R
                         enc.len()
                     );
                 }
-                m.0.forward_sample(dataset, &sample_input(&s), &CaptureSpec::full(), false)?;
+                let spec = opts.spec(&s)?;
+                m.0.forward_sample(dataset, &sample_input(&s), &spec, opts.force)?;
                 Ok(())
             })?;
         }
@@ -165,6 +307,23 @@ fn forward(st: &HostState, m: &ScriptModel, dataset: &str, samples: &Array) -> R
     }
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// Token texts of a cached sample's prompt (each id decoded alone).
+pub fn token_texts(b: &dyn Backend, c: &Cached) -> Result<Array> {
+    let tok = b.tokenizer();
+    let enc = tok
+        .encode(c.sample.0.prompt.as_str(), true)
+        .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+    enc.get_ids()
+        .iter()
+        .map(|&id| {
+            let t = tok
+                .decode(&[id], false)
+                .map_err(|e| anyhow!("cannot decode token {id}: {e}"))?;
+            Ok(Dynamic::from(t))
+        })
+        .collect()
 }
 
 /// `head`: an int (one head; H = the MLP pseudo-head for get_head_output), an array of ints,
@@ -264,8 +423,22 @@ fn register_loading(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "load_model",
         "load_model(path: String) -> Model",
-        "Load a Hugging Face Qwen2 folder (config.json, safetensors, tokenizer.json) in f32 on the CPU; memoised: the same path returns the loaded model.",
+        "Load a Hugging Face Qwen2 folder (config.json, safetensors, tokenizer.json) in f32 on the CPU; memoised: the same path returns the loaded model. \"default\" is the project's default model.",
         move |path: &str| guard("load_model", || load(&st, path)),
+    );
+    let st = state.clone();
+    r.func(
+        "load_model",
+        "load_model() -> Model",
+        "The project's default model (the folder of fixture::default_model_dir, created with the small fixture when absent); same as load_model(\"default\").",
+        move || guard("load_model", || load(&st, "default")),
+    );
+    let st = state.clone();
+    r.func(
+        "load_model",
+        "load_model(path: String, opts: Map) -> Model",
+        "Load with options: dtype (\"f32\", \"f16\", \"bf16\"; default f32) and device (\"cpu\", \"cuda\", \"cuda:N\"); memoised per path, dtype and device. path \"default\" is the default model.",
+        move |path: &str, opts: Map| guard("load_model", || load_with(&st, path, &opts)),
     );
     let st = state.clone();
     r.func(
@@ -302,6 +475,16 @@ fn register_loading(r: &mut Registrar, state: &Arc<HostState>) {
         "Forward every sample not yet cached under dataset (progress bar, Ctrl-C stops); returns one Cached handle per sample.",
         move |m: ScriptModel, dataset: &str, samples: Array| forward(&st, &m, dataset, &samples),
     );
+    let st = state.clone();
+    r.func(
+        "forward",
+        "forward(model: Model, dataset: String, samples: Array, opts: Map) -> Array",
+        "forward with capture options: layers ([int], L = final norm), positions ([int] or a span name such as \"A-\" resolved per sample), dtype (storage: \"f32\", \"f16\", \"bf16\"), logits (store logits), force (recompute cached samples).",
+        move |m: ScriptModel, dataset: &str, samples: Array, opts: Map| {
+            let o = guard("forward", || forward_options(&opts))?;
+            forward_with(&st, &m, dataset, &samples, &o)
+        },
+    );
 }
 
 fn register_model_info(r: &mut Registrar) {
@@ -328,6 +511,12 @@ fn register_model_info(r: &mut Registrar) {
         "tokenizer(model: Model) -> Tokenizer",
         "The model's tokenizer (use it in gen_dataset so token positions match).",
         |m: ScriptModel| ScriptTokenizer(Arc::new(m.0.tokenizer().clone())),
+    )
+    .func(
+        "tokens",
+        "tokens(model: Model, r: Cached) -> Array",
+        "The text of every token of the forwarded sample's prompt, as the model's tokenizer decodes each one alone.",
+        |m: ScriptModel, c: Cached| guard("tokens", || token_texts(m.0.as_ref(), &c)),
     )
     .func(
         "datasets",
