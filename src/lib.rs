@@ -5,5 +5,6 @@ pub mod attribution;
 pub mod model;
 pub mod puzzle;
 pub mod remote;
+pub mod script;
 pub mod tokenizer;
 pub mod vis;

@@ -1,6 +1,7 @@
 //! The `minarc` command line: a thin layer over the library's domain modules.
 
 use clap::{Parser, Subcommand};
+use minarc::script::cli as script_cli;
 
 #[derive(Parser)]
 #[command(
@@ -15,6 +16,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a Rhai script (`minarc run FILE -- args`); errors print file:line:col.
+    Run(script_cli::RunArgs),
+    /// Run a script and re-run it on every save, keeping models and caches loaded.
+    Watch(script_cli::WatchArgs),
+    /// Interactive Rhai shell with the model kept loaded.
+    Repl,
+    /// List every script function with its signature and doc (`--markdown` for README tables).
+    HelpFunctions(script_cli::HelpFunctionsArgs),
     /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
     Puzzles(minarc::puzzle::cli::PuzzlesArgs),
     /// Write a fixture model folder (HF layout, deterministic random weights, fixture tokenizer).
@@ -38,12 +47,21 @@ enum BenchCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Puzzles(args) => std::process::exit(minarc::puzzle::cli::main(&args)),
-        Command::InitModel(args) => minarc::model::cli::run_init_model(&args),
-        Command::Graph(args) => minarc::vis::cli::run(&args),
-        Command::Bench(BenchCommand::Forward(args)) => minarc::model::cli::bench_forward(&args),
-        Command::Bench(BenchCommand::Attribution(args)) => minarc::attribution::bench::run(&args),
-        Command::Serve(args) => minarc::remote::cli::run(&args),
-    }
+    let code = match cli.command {
+        Command::Run(a) => script_cli::run(a)?,
+        Command::Watch(a) => script_cli::watch(a)?,
+        Command::Repl => script_cli::repl()?,
+        Command::HelpFunctions(a) => script_cli::help_functions(a)?,
+        Command::Puzzles(args) => minarc::puzzle::cli::main(&args),
+        Command::InitModel(args) => minarc::model::cli::run_init_model(&args).map(|_| 0)?,
+        Command::Graph(args) => minarc::vis::cli::run(&args).map(|_| 0)?,
+        Command::Bench(BenchCommand::Forward(args)) => {
+            minarc::model::cli::bench_forward(&args).map(|_| 0)?
+        }
+        Command::Bench(BenchCommand::Attribution(args)) => {
+            minarc::attribution::bench::run(&args).map(|_| 0)?
+        }
+        Command::Serve(args) => minarc::remote::cli::run(&args).map(|_| 0)?,
+    };
+    std::process::exit(code);
 }

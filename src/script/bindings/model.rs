@@ -1,0 +1,491 @@
+//! Model bindings (spec §2, M3): `load_model` (memoised by canonical path), `forward` of a
+//! dataset into the activation cache (skipping cached samples, with progress and interrupts)
+//! and the accessors `get_hidden_states`, `get_attn_output`, `get_mlp_output`,
+//! `get_head_output`, `get_attn_weights`, `get_logits`.
+
+use super::puzzle::{ScriptSample, ScriptTokenizer};
+use super::{RResult, guard, usize_list};
+use crate::model::fixture::{Preset, init_model};
+use crate::model::{Backend, CaptureSpec, HeadSel, Local, SampleInput, SampleKey};
+use crate::script::docs::Registrar;
+use crate::script::host::HostState;
+use crate::script::tensor::Tensor;
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use candle_core::{DType, Device};
+use rhai::{Array, Dynamic, INT, Map};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A loaded model as a script value (shared; cloning is cheap).
+#[derive(Clone)]
+pub struct ScriptModel(pub Arc<dyn Backend>);
+
+/// A sample forwarded into a model's cache under a dataset name (the seed's `r`): pass it to
+/// the accessors.
+#[derive(Clone)]
+pub struct Cached {
+    /// Dataset name the sample is cached under.
+    pub dataset: String,
+    /// The sample.
+    pub sample: ScriptSample,
+    /// Whether the call that returned this handle ran the forward (false: it was cached).
+    pub fresh: bool,
+}
+
+impl Cached {
+    fn key(&self) -> SampleKey {
+        SampleKey::new(self.dataset.clone(), self.sample.0.index)
+    }
+}
+
+fn sample_input(s: &ScriptSample) -> SampleInput {
+    SampleInput {
+        index: s.0.index,
+        prompt: s.0.prompt.clone(),
+        labels: s.0.labels.clone(),
+        candidate_ids: s.0.candidate_ids.clone(),
+        answer_indices: s.0.answer_indices.clone(),
+    }
+}
+
+fn load(st: &HostState, path: &str) -> Result<ScriptModel> {
+    let local = st.load_memo(Path::new(path), |p| {
+        Local::load(p, DType::F32, &Device::Cpu)
+    })?;
+    Ok(ScriptModel(local))
+}
+
+/// Folder of a fixture model: `$MINARC_HOME/models/<preset>-s<seed>`, else
+/// `~/.cache/minarc/models/<preset>-s<seed>`.
+pub fn fixture_dir(preset: Preset, seed: u64) -> Result<PathBuf> {
+    let base = match std::env::var_os("MINARC_HOME") {
+        Some(h) => PathBuf::from(h),
+        None => {
+            let home = std::env::var_os("HOME")
+                .ok_or_else(|| anyhow!("neither MINARC_HOME nor HOME is set"))?;
+            PathBuf::from(home).join(".cache").join("minarc")
+        }
+    };
+    Ok(base
+        .join("models")
+        .join(format!("{}-s{seed}", preset.name())))
+}
+
+/// Write the fixture folder if it is absent (built in a temp dir, then renamed, so a
+/// concurrent or interrupted writer never leaves a partial folder), then load it (memoised).
+fn init(st: &HostState, preset: &str, seed: INT) -> Result<ScriptModel> {
+    ensure!(seed >= 0, "seed must be >= 0, got {seed}");
+    let preset: Preset = preset.parse()?;
+    let dir = fixture_dir(preset, seed as u64)?;
+    if !(dir.join("config.json").exists() && dir.join("tokenizer.json").exists()) {
+        let parent = dir
+            .parent()
+            .ok_or_else(|| anyhow!("{} has no parent folder", dir.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".fixture-")
+            .tempdir_in(parent)
+            .with_context(|| format!("creating a temp dir in {}", parent.display()))?;
+        init_model(preset, seed as u64, tmp.path(), 1)?;
+        let tmp = tmp.keep();
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !dir.join("config.json").exists() {
+                return Err(e)
+                    .with_context(|| format!("moving the fixture into {}", dir.display()));
+            }
+        }
+    }
+    load(st, &dir.display().to_string())
+}
+
+/// Remote models by URL, connected once per session.
+type RemoteCache = std::sync::Mutex<std::collections::HashMap<String, Arc<crate::remote::Remote>>>;
+
+fn connect(st: &HostState, url: &str, token: Option<&str>) -> Result<ScriptModel> {
+    let cache = st.slot::<RemoteCache>("model.remotes", Default::default)?;
+    let key = url.trim_end_matches('/').to_string();
+    if let Some(r) = crate::script::host::lock(&cache).get(&key) {
+        return Ok(ScriptModel(r.clone()));
+    }
+    let remote = Arc::new(crate::remote::Remote::connect(url, token)?);
+    crate::script::host::lock(&cache).insert(key, remote.clone());
+    Ok(ScriptModel(remote))
+}
+
+fn samples_of(arr: &Array) -> Result<Vec<ScriptSample>> {
+    arr.iter()
+        .enumerate()
+        .map(|(k, v)| {
+            v.read_lock::<ScriptSample>()
+                .map(|s| s.clone())
+                .ok_or_else(|| anyhow!("element {k} is a {}, expected a Sample", v.type_name()))
+        })
+        .collect()
+}
+
+/// Forward every sample not yet cached under `dataset`; one `Cached` handle per sample.
+fn forward(st: &HostState, m: &ScriptModel, dataset: &str, samples: &Array) -> RResult<Array> {
+    let samples = guard("forward", || {
+        ensure!(!dataset.is_empty(), "the dataset name must not be empty");
+        samples_of(samples)
+    })?;
+    let pb = st.progress(samples.len() as u64, &format!("forward {dataset}"));
+    let mut out = Array::with_capacity(samples.len());
+    for s in samples {
+        st.check_interrupt()?;
+        let key = SampleKey::new(dataset, s.0.index);
+        let fresh = !m.0.has_sample(&key);
+        if fresh {
+            guard("forward", || {
+                if let Some(n) = s.0.n_tokens {
+                    let enc =
+                        m.0.tokenizer()
+                            .encode(s.0.prompt.as_str(), true)
+                            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+                    ensure!(
+                        enc.len() == n,
+                        "sample {} has {n} tokens but the model's tokenizer gives {}: \
+                         generate the dataset with tokenizer: tokenizer(model)",
+                        s.0.index,
+                        enc.len()
+                    );
+                }
+                m.0.forward_sample(dataset, &sample_input(&s), &CaptureSpec::full(), false)?;
+                Ok(())
+            })?;
+        }
+        out.push(Dynamic::from(Cached {
+            dataset: dataset.to_string(),
+            sample: s,
+            fresh,
+        }));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// `head`: an int (one head; H = the MLP pseudo-head for get_head_output), an array of ints,
+/// or `()` for all heads.
+fn head_sel(head: &Dynamic) -> Result<HeadSel> {
+    if head.is_unit() {
+        return Ok(HeadSel::All);
+    }
+    if let Ok(h) = head.as_int() {
+        ensure!(h >= 0, "head must be >= 0, got {h}");
+        return Ok(HeadSel::One(h as usize));
+    }
+    if let Some(arr) = head.read_lock::<Array>() {
+        return Ok(HeadSel::Many(usize_list("head", &arr)?));
+    }
+    bail!(
+        "head must be an int, an array of ints or (), got {}",
+        head.type_name()
+    )
+}
+
+fn layer_of(layer: INT) -> Result<usize> {
+    ensure!(layer >= 0, "layer must be >= 0, got {layer}");
+    Ok(layer as usize)
+}
+
+type LayerGetter =
+    fn(&dyn Backend, &SampleKey, usize, Option<&[usize]>) -> Result<candle_core::Tensor>;
+
+fn register_layer_getter(r: &mut Registrar, name: &'static str, what: &str, f: LayerGetter) {
+    let sig = format!("{name}(model: Model, r: Cached, layer: int) -> Tensor");
+    r.func(
+        name,
+        &sig,
+        &format!("{what} at every position, [1,s,e]."),
+        move |m: ScriptModel, c: Cached, layer: INT| {
+            guard(name, || {
+                Ok(Tensor(f(m.0.as_ref(), &c.key(), layer_of(layer)?, None)?))
+            })
+        },
+    );
+    let sig = format!("{name}(model: Model, r: Cached, layer: int, pos_ids: Array) -> Tensor");
+    r.func(
+        name,
+        &sig,
+        &format!("{what} at the given positions, [1,k,e]."),
+        move |m: ScriptModel, c: Cached, layer: INT, pos: Array| {
+            guard(name, || {
+                let pos = usize_list("pos_ids", &pos)?;
+                Ok(Tensor(f(
+                    m.0.as_ref(),
+                    &c.key(),
+                    layer_of(layer)?,
+                    Some(&pos),
+                )?))
+            })
+        },
+    );
+}
+
+/// Register the model domain.
+pub fn register(r: &mut Registrar, state: &Arc<HostState>) {
+    r.type_named::<ScriptModel>(
+        "Model",
+        "A loaded Qwen2 model with its tokenizer and activation cache.",
+    )
+    .type_named::<Cached>(
+        "Cached",
+        "A sample forwarded into a model's cache under a dataset name (the seed's r).",
+    );
+    register_loading(r, state);
+    register_model_info(r);
+    register_cached_getters(r);
+    register_layer_getter(
+        r,
+        "get_hidden_states",
+        "hidden_states[layer] (the residual stream entering layer; layer L is after the final norm)",
+        |b, k, l, p| b.hidden_states(k, l, p),
+    );
+    register_layer_getter(
+        r,
+        "get_attn_output",
+        "The attention block's residual contribution o_proj(attn_out) of layer",
+        |b, k, l, p| b.attn_output(k, l, p),
+    );
+    register_layer_getter(
+        r,
+        "get_mlp_output",
+        "The MLP output of layer",
+        |b, k, l, p| b.mlp_output(k, l, p),
+    );
+    register_head_getters(r);
+}
+
+fn register_loading(r: &mut Registrar, state: &Arc<HostState>) {
+    let st = state.clone();
+    r.func(
+        "load_model",
+        "load_model(path: String) -> Model",
+        "Load a Hugging Face Qwen2 folder (config.json, safetensors, tokenizer.json) in f32 on the CPU; memoised: the same path returns the loaded model.",
+        move |path: &str| guard("load_model", || load(&st, path)),
+    );
+    let st = state.clone();
+    r.func(
+        "connect",
+        "connect(url: String) -> Model",
+        "A model served by `minarc serve` at url (http://host:port); the same accessors work on it. Connected once per session.",
+        move |url: &str| guard("connect", || connect(&st, url, None)),
+    );
+    let st = state.clone();
+    r.func(
+        "connect",
+        "connect(url: String, token: String) -> Model",
+        "As connect(url), with a bearer token.",
+        move |url: &str, token: &str| guard("connect", || connect(&st, url, Some(token))),
+    );
+    let st = state.clone();
+    r.func(
+        "init_model",
+        "init_model(preset: String) -> Model",
+        "A built-in fixture model (\"tiny\", \"small\" or \"qwen05b-shape\", seed 0), written once to $MINARC_HOME/models (or ~/.cache/minarc/models) and loaded (memoised).",
+        move |preset: &str| guard("init_model", || init(&st, preset, 0)),
+    );
+    let st = state.clone();
+    r.func(
+        "init_model",
+        "init_model(preset: String, seed: int) -> Model",
+        "A fixture model with deterministic random weights from seed.",
+        move |preset: &str, seed: INT| guard("init_model", || init(&st, preset, seed)),
+    );
+    let st = state.clone();
+    r.func(
+        "forward",
+        "forward(model: Model, dataset: String, samples: Array) -> Array",
+        "Forward every sample not yet cached under dataset (progress bar, Ctrl-C stops); returns one Cached handle per sample.",
+        move |m: ScriptModel, dataset: &str, samples: Array| forward(&st, &m, dataset, &samples),
+    );
+}
+
+fn register_model_info(r: &mut Registrar) {
+    r.getter(
+        "config",
+        "m.config -> Map",
+        "The model's config.json values.",
+        |m: &mut ScriptModel| rhai::serde::to_dynamic(m.0.config()).unwrap_or(Dynamic::UNIT),
+    )
+    .getter(
+        "n_layers",
+        "m.n_layers -> int",
+        "Number of layers L (hidden_states has L+1 entries).",
+        |m: &mut ScriptModel| m.0.config().num_hidden_layers as INT,
+    )
+    .getter(
+        "n_heads",
+        "m.n_heads -> int",
+        "Number of query heads H (head H is the MLP pseudo-head).",
+        |m: &mut ScriptModel| m.0.config().num_attention_heads as INT,
+    )
+    .func(
+        "tokenizer",
+        "tokenizer(model: Model) -> Tokenizer",
+        "The model's tokenizer (use it in gen_dataset so token positions match).",
+        |m: ScriptModel| ScriptTokenizer(Arc::new(m.0.tokenizer().clone())),
+    )
+    .func(
+        "datasets",
+        "datasets(model: Model) -> Map",
+        "Cached datasets: name -> array of sample indices.",
+        |m: ScriptModel| {
+            let mut out = Map::new();
+            for (name, idx) in m.0.datasets() {
+                let arr: Array = idx
+                    .into_iter()
+                    .map(|i| Dynamic::from_int(i as INT))
+                    .collect();
+                out.insert(name.into(), Dynamic::from_array(arr));
+            }
+            out
+        },
+    )
+    .func(
+        "drop_dataset",
+        "drop_dataset(model: Model, dataset: String)",
+        "Remove a dataset's cached activations.",
+        |m: ScriptModel, name: &str| guard("drop_dataset", || m.0.drop_dataset(name)),
+    )
+    .func(
+        "to_string",
+        "to_string(m: Model) -> String",
+        "Model path, dtype and device.",
+        |m: &mut ScriptModel| m.0.describe(),
+    )
+    .func(
+        "to_debug",
+        "to_debug(m: Model) -> String",
+        "Model path, dtype and device.",
+        |m: &mut ScriptModel| m.0.describe(),
+    );
+}
+
+fn register_cached_getters(r: &mut Registrar) {
+    r.getter(
+        "dataset",
+        "r.dataset -> String",
+        "Dataset name the sample is cached under.",
+        |c: &mut Cached| c.dataset.clone(),
+    )
+    .getter(
+        "sample",
+        "r.sample -> Sample",
+        "The forwarded sample.",
+        |c: &mut Cached| c.sample.clone(),
+    )
+    .getter(
+        "fresh",
+        "r.fresh -> bool",
+        "Whether this forward call computed it (false: it was already cached).",
+        |c: &mut Cached| c.fresh,
+    )
+    .getter(
+        "index",
+        "r.index -> int",
+        "Sample index.",
+        |c: &mut Cached| c.sample.0.index as INT,
+    )
+    .getter(
+        "answer_indices",
+        "r.answer_indices -> Array",
+        "Token positions of the answers.",
+        |c: &mut Cached| {
+            c.sample
+                .0
+                .answer_indices
+                .iter()
+                .map(|&i| Dynamic::from_int(i as INT))
+                .collect::<Array>()
+        },
+    )
+    .func(
+        "positions",
+        "positions(r: Cached, span: String) -> Array",
+        "Token positions of a span (A9) of the forwarded sample.",
+        |c: &mut Cached, span: &str| {
+            guard("positions", || {
+                Ok(c.sample
+                    .0
+                    .positions(span, crate::puzzle::sample::DEFAULT_LAST_K)?
+                    .into_iter()
+                    .map(|i| Dynamic::from_int(i as INT))
+                    .collect::<Array>())
+            })
+        },
+    )
+    .func(
+        "to_string",
+        "to_string(r: Cached) -> String",
+        "Dataset and sample summary.",
+        |c: &mut Cached| format!("Cached[{}#{}]", c.dataset, c.sample.0.index),
+    )
+    .func(
+        "to_debug",
+        "to_debug(r: Cached) -> String",
+        "Dataset and sample summary.",
+        |c: &mut Cached| format!("Cached[{}#{}]", c.dataset, c.sample.0.index),
+    );
+}
+
+fn register_head_getters(r: &mut Registrar) {
+    r.func(
+        "get_head_output",
+        "get_head_output(model: Model, r: Cached, layer: int, head: int|Array|()) -> Tensor",
+        "Per-head residual contribution at every position: one head [1,s,e] (head H = the MLP output), the sum of a list of heads [1,s,e], or () for all heads [1,s,n,e].",
+        |m: ScriptModel, c: Cached, layer: INT, head: Dynamic| {
+            guard("get_head_output", || Ok(Tensor(m.0.head_output(&c.key(), layer_of(layer)?, &head_sel(&head)?, None)?)))
+        },
+    )
+    .func(
+        "get_head_output",
+        "get_head_output(model: Model, r: Cached, layer: int, head: int|Array|(), pos_ids: Array) -> Tensor",
+        "Per-head residual contribution at the given positions ([1,k,e] or [1,k,n,e]).",
+        |m: ScriptModel, c: Cached, layer: INT, head: Dynamic, pos: Array| {
+            guard("get_head_output", || {
+                let pos = usize_list("pos_ids", &pos)?;
+                Ok(Tensor(m.0.head_output(&c.key(), layer_of(layer)?, &head_sel(&head)?, Some(&pos))?))
+            })
+        },
+    )
+    .func(
+        "get_attn_weights",
+        "get_attn_weights(model: Model, r: Cached, layer: int, head: int|Array|()) -> Tensor",
+        "Attention probabilities of every query position: one head [1,s,s], several or () for all [1,h,s,s].",
+        |m: ScriptModel, c: Cached, layer: INT, head: Dynamic| {
+            guard("get_attn_weights", || Ok(Tensor(m.0.attn_weights(&c.key(), layer_of(layer)?, &head_sel(&head)?, None)?)))
+        },
+    )
+    .func(
+        "get_attn_weights",
+        "get_attn_weights(model: Model, r: Cached, layer: int, head: int|Array|(), pos_ids: Array) -> Tensor",
+        "Attention probabilities of the given query positions ([1,k,s] or [1,h,k,s]); cached per (dataset, sample, layer, heads, pos_ids).",
+        |m: ScriptModel, c: Cached, layer: INT, head: Dynamic, pos: Array| {
+            guard("get_attn_weights", || {
+                let pos = usize_list("pos_ids", &pos)?;
+                Ok(Tensor(m.0.attn_weights(&c.key(), layer_of(layer)?, &head_sel(&head)?, Some(&pos))?))
+            })
+        },
+    )
+    .func(
+        "get_logits",
+        "get_logits(model: Model, r: Cached) -> Tensor",
+        "Logits at every position, [1,s,v].",
+        |m: ScriptModel, c: Cached| guard("get_logits", || Ok(Tensor(m.0.logits(&c.key(), None)?))),
+    )
+    .func(
+        "get_logits",
+        "get_logits(model: Model, r: Cached, pos_ids: Array) -> Tensor",
+        "Logits at the given positions, [1,k,v].",
+        |m: ScriptModel, c: Cached, pos: Array| {
+            guard("get_logits", || {
+                let pos = usize_list("pos_ids", &pos)?;
+                Ok(Tensor(m.0.logits(&c.key(), Some(&pos))?))
+            })
+        },
+    );
+}

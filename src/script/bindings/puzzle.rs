@@ -1,0 +1,444 @@
+//! Puzzle bindings (spec §1): `gen_puzzle`, `gen_prompt`, `gen_dataset`, JSONL datasets,
+//! tokenizers, and the `Puzzle` and `Sample` script types with their getters.
+
+use super::{RResult, guard};
+use crate::puzzle::dataset::{read_jsonl, write_jsonl};
+use crate::puzzle::prompt::gen_prompt;
+use crate::puzzle::sample::DEFAULT_LAST_K;
+use crate::puzzle::{Frame, PromptOptions, Puzzle, PuzzleParams, Sample, Style, gen_puzzle};
+use crate::script::docs::Registrar;
+use crate::script::host::{HostState, lock};
+use crate::tokenizer::{fixture_tokenizer, load_tokenizer};
+use anyhow::{Result, anyhow, bail, ensure};
+use rhai::{Array, Dynamic, INT, Map};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// A puzzle as a script value (shared, immutable).
+#[derive(Clone)]
+pub struct ScriptPuzzle(pub Arc<Puzzle>);
+
+/// A sample as a script value (shared, immutable).
+#[derive(Clone)]
+pub struct ScriptSample(pub Arc<Sample>);
+
+/// A tokenizer as a script value.
+#[derive(Clone)]
+pub struct ScriptTokenizer(pub Arc<tokenizers::Tokenizer>);
+
+const PUZZLE_KEYS: [&str; 10] = [
+    "relations",
+    "n",
+    "m",
+    "frame",
+    "n_color",
+    "n_train",
+    "n_test",
+    "Q_train",
+    "Q_test",
+    "seed",
+];
+const PROMPT_KEYS: [&str; 4] = ["style", "transpose", "color_quote", "remove_instructions"];
+const DATASET_KEYS: [&str; 2] = ["seeds", "tokenizer"];
+
+fn get_usize(v: &Dynamic, key: &str) -> Result<usize> {
+    let i = v
+        .as_int()
+        .map_err(|t| anyhow!("{key} must be an int, got {t}"))?;
+    ensure!(i >= 0, "{key} must be >= 0, got {i}");
+    Ok(i as usize)
+}
+
+fn get_str(v: &Dynamic, key: &str) -> Result<String> {
+    v.clone()
+        .into_string()
+        .map_err(|t| anyhow!("{key} must be a string, got {t}"))
+}
+
+fn get_bool(v: &Dynamic, key: &str) -> Result<bool> {
+    v.as_bool()
+        .map_err(|t| anyhow!("{key} must be a bool, got {t}"))
+}
+
+/// Reject keys no group knows (typos must not be silently ignored).
+fn check_keys(map: &Map, groups: &[&[&str]]) -> Result<()> {
+    for k in map.keys() {
+        let known = groups.iter().any(|g| g.contains(&k.as_str()));
+        if !known {
+            let all: Vec<&str> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+            bail!("unknown parameter {k:?} (known: {})", all.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// Puzzle parameters from a script map (missing keys keep the W1 defaults).
+pub fn puzzle_params(map: &Map) -> Result<PuzzleParams> {
+    let mut p = PuzzleParams::default();
+    for (k, v) in map {
+        match k.as_str() {
+            "relations" => p.relations = get_str(v, k)?,
+            "n" => p.n = get_usize(v, k)?,
+            "m" => p.m = get_usize(v, k)?,
+            "frame" => p.frame = Frame::parse(&get_str(v, k)?)?,
+            "n_color" => p.n_color = get_usize(v, k)?,
+            "n_train" => p.n_train = get_usize(v, k)?,
+            "n_test" => p.n_test = get_usize(v, k)?,
+            "Q_train" => p.q_train = get_usize(v, k)?,
+            "Q_test" => p.q_test = get_usize(v, k)?,
+            "seed" => p.seed = get_usize(v, k)? as u64,
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// Prompt options from a script map (missing keys keep the defaults).
+pub fn prompt_options(map: &Map) -> Result<PromptOptions> {
+    let mut o = PromptOptions::default();
+    for (k, v) in map {
+        match k.as_str() {
+            "style" => o.style = Style::parse(&get_str(v, k)?)?,
+            "transpose" => o.transpose = get_bool(v, k)?,
+            "color_quote" => o.color_quote = get_str(v, k)?,
+            "remove_instructions" => o.remove_instructions = get_bool(v, k)?,
+            _ => {}
+        }
+    }
+    o.validate()?;
+    Ok(o)
+}
+
+/// Seeds: `"A..B"`, `"A..=B"`, `"A"` or `[A, B]` (half-open).
+fn seed_range(v: &Dynamic) -> Result<std::ops::Range<u64>> {
+    if let Some(s) = v.read_lock::<rhai::ImmutableString>() {
+        return crate::puzzle::cli::parse_seeds(s.as_str());
+    }
+    if let Some(arr) = v.read_lock::<Array>() {
+        ensure!(
+            arr.len() == 2,
+            "seeds as an array must be [start, end], got {} elements",
+            arr.len()
+        );
+        let (a, b) = (
+            get_usize(&arr[0], "seeds[0]")?,
+            get_usize(&arr[1], "seeds[1]")?,
+        );
+        ensure!(a < b, "seed range [{a}, {b}] is empty");
+        return Ok(a as u64..b as u64);
+    }
+    bail!(
+        "seeds must be a string like \"0..25\" or an array [start, end], got {}",
+        v.type_name()
+    )
+}
+
+/// Tokenizers by spec ("fixture" or a path), loaded once per session.
+type TokenizerCache = Mutex<HashMap<String, Arc<tokenizers::Tokenizer>>>;
+
+fn tokenizer_for(st: &HostState, spec: &str) -> Result<ScriptTokenizer> {
+    let cache = st.slot::<TokenizerCache>("puzzle.tokenizers", Default::default)?;
+    let key = if spec == "fixture" {
+        spec.to_string()
+    } else {
+        std::fs::canonicalize(spec)
+            .map_err(|e| anyhow!("tokenizer {spec}: {e}"))?
+            .display()
+            .to_string()
+    };
+    if let Some(t) = lock(&cache).get(&key) {
+        return Ok(ScriptTokenizer(t.clone()));
+    }
+    let tok = if spec == "fixture" {
+        fixture_tokenizer()?
+    } else {
+        load_tokenizer(Path::new(spec))?
+    };
+    let tok = Arc::new(tok);
+    lock(&cache).insert(key, tok.clone());
+    Ok(ScriptTokenizer(tok))
+}
+
+fn dataset_tokenizer(st: &HostState, map: &Map) -> Result<Option<ScriptTokenizer>> {
+    match map.get("tokenizer") {
+        None => Ok(None),
+        Some(v) if v.is_unit() => Ok(None),
+        Some(v) => {
+            if let Some(t) = v.read_lock::<ScriptTokenizer>() {
+                return Ok(Some(t.clone()));
+            }
+            let spec = get_str(v, "tokenizer")?;
+            Ok(Some(tokenizer_for(st, &spec)?))
+        }
+    }
+}
+
+/// Generate one sample per seed (the W1 dataset), with progress and interrupts.
+fn gen_dataset(st: &HostState, map: &Map) -> RResult<Array> {
+    let (params, opts, seeds, tok) = guard("gen_dataset", || {
+        check_keys(map, &[&PUZZLE_KEYS, &PROMPT_KEYS, &DATASET_KEYS])?;
+        let params = puzzle_params(map)?;
+        params.validate()?;
+        let opts = prompt_options(map)?;
+        let seeds = seed_range(map.get("seeds").unwrap_or(&Dynamic::from("0..25")))?;
+        let tok = dataset_tokenizer(st, map)?;
+        Ok((params, opts, seeds, tok))
+    })?;
+    let pb = st.progress(seeds.end - seeds.start, "gen_dataset");
+    let mut out = Array::new();
+    for (index, seed) in seeds.enumerate() {
+        st.check_interrupt()?;
+        let sample = guard("gen_dataset", || {
+            let p = PuzzleParams {
+                seed,
+                ..params.clone()
+            };
+            let puzzle = gen_puzzle(&p)?;
+            Sample::build(index, puzzle, &opts, tok.as_ref().map(|t| t.0.as_ref()))
+        })?;
+        out.push(Dynamic::from(ScriptSample(Arc::new(sample))));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+fn samples_of(arr: &Array) -> Result<Vec<Sample>> {
+    arr.iter()
+        .enumerate()
+        .map(|(k, v)| {
+            v.read_lock::<ScriptSample>()
+                .map(|s| (*s.0).clone())
+                .ok_or_else(|| anyhow!("element {k} is a {}, expected a Sample", v.type_name()))
+        })
+        .collect()
+}
+
+fn ints<T: Copy + TryInto<INT>>(v: &[T]) -> Array {
+    v.iter()
+        .map(|&x| Dynamic::from_int(x.try_into().unwrap_or(INT::MAX)))
+        .collect()
+}
+
+fn strings(v: &[String]) -> Array {
+    v.iter().map(|s| Dynamic::from(s.clone())).collect()
+}
+
+/// Register the puzzle domain.
+pub fn register(r: &mut Registrar, state: &Arc<HostState>) {
+    r.type_named::<ScriptPuzzle>(
+        "Puzzle",
+        "A generated puzzle: hidden relation, train and test examples.",
+    )
+    .type_named::<ScriptSample>(
+        "Sample",
+        "One verbalised puzzle with answers and token positions (the seed's Result record).",
+    )
+    .type_named::<ScriptTokenizer>("Tokenizer", "A Hugging Face tokenizer.");
+    register_generation(r, state);
+    register_sample_getters(r);
+    register_puzzle_getters(r);
+}
+
+fn register_generation(r: &mut Registrar, state: &Arc<HostState>) {
+    r.func(
+        "gen_puzzle",
+        "gen_puzzle(params: Map) -> Puzzle",
+        "Generate a puzzle (P5). Keys (defaults): relations (\"side+at\"), n, m (5), frame (\"corner\"), n_color (5), n_train (5), n_test (0), Q_train (4), Q_test (1), seed (0).",
+        |map: Map| {
+            guard("gen_puzzle", || {
+                check_keys(&map, &[&PUZZLE_KEYS])?;
+                Ok(ScriptPuzzle(Arc::new(gen_puzzle(&puzzle_params(&map)?)?)))
+            })
+        },
+    )
+    .func(
+        "gen_prompt",
+        "gen_prompt(puzzle: Puzzle) -> String",
+        "The full prompt of a puzzle with the default options (dict style).",
+        |p: ScriptPuzzle| {
+            guard("gen_prompt", || {
+                let mut puzzle = (*p.0).clone();
+                gen_prompt(&mut puzzle, &PromptOptions::default())
+            })
+        },
+    )
+    .func(
+        "gen_prompt",
+        "gen_prompt(puzzle: Puzzle, opts: Map) -> String",
+        "The full prompt (P9). Keys: style (\"dict\", \"list\", \"markdown\"), transpose (true), color_quote (\"\"), remove_instructions (false).",
+        |p: ScriptPuzzle, map: Map| {
+            guard("gen_prompt", || {
+                check_keys(&map, &[&PROMPT_KEYS])?;
+                let mut puzzle = (*p.0).clone();
+                gen_prompt(&mut puzzle, &prompt_options(&map)?)
+            })
+        },
+    );
+    let st = state.clone();
+    r.func(
+        "gen_dataset",
+        "gen_dataset(params: Map) -> Array",
+        "One Sample per seed (W1): the gen_puzzle and gen_prompt keys plus seeds (\"0..25\" or [start, end]) and tokenizer (\"fixture\", a tokenizer.json path or model folder, or a Tokenizer; without it samples have no token positions).",
+        move |map: Map| gen_dataset(&st, &map),
+    );
+    let st = state.clone();
+    r.func(
+        "load_tokenizer",
+        "load_tokenizer(spec: String) -> Tokenizer",
+        "\"fixture\" (the built-in test tokenizer) or a tokenizer.json file / model folder; loaded once per session.",
+        move |spec: &str| guard("load_tokenizer", || tokenizer_for(&st, spec)),
+    )
+    .func(
+        "save_dataset",
+        "save_dataset(samples: Array, path: String)",
+        "Write samples as JSONL (the `minarc puzzles` format).",
+        |samples: Array, path: &str| {
+            guard("save_dataset", || write_jsonl(Path::new(path), &samples_of(&samples)?))
+        },
+    )
+    .func(
+        "load_dataset",
+        "load_dataset(path: String) -> Array",
+        "Read samples from a JSONL file written by save_dataset or `minarc puzzles`.",
+        |path: &str| {
+            guard("load_dataset", || {
+                Ok(read_jsonl(Path::new(path))?
+                    .into_iter()
+                    .map(|s| Dynamic::from(ScriptSample(Arc::new(s))))
+                    .collect::<Array>())
+            })
+        },
+    );
+}
+
+fn register_sample_getters(r: &mut Registrar) {
+    r.getter("index", "s.index -> int", "Position of the sample in its dataset.", |s: &mut ScriptSample| {
+        s.0.index as INT
+    })
+    .getter("prompt", "s.prompt -> String", "The full teacher-forced prompt.", |s: &mut ScriptSample| {
+        s.0.prompt.clone()
+    })
+    .getter("answers", "s.answers -> Array", "Answer colour letters (all QAs of the last 2 train examples).", |s: &mut ScriptSample| {
+        strings(&s.0.answers)
+    })
+    .getter("answer_indices", "s.answer_indices -> Array", "Token position of each answer colour token.", |s: &mut ScriptSample| {
+        ints(&s.0.answer_indices)
+    })
+    .getter("labels", "s.labels -> Array", "Token id at each answer position.", |s: &mut ScriptSample| {
+        ints(&s.0.labels)
+    })
+    .getter("candidate_ids", "s.candidate_ids -> Array", "Answer-token ids of the first n_color colours.", |s: &mut ScriptSample| {
+        ints(&s.0.candidate_ids)
+    })
+    .getter("queries", "s.queries -> Array", "The selected queries as printed, e.g. (3,3):B.", |s: &mut ScriptSample| {
+        strings(&s.0.queries)
+    })
+    .getter("rel_fn", "s.rel_fn -> String", "Name of the hidden relation.", |s: &mut ScriptSample| {
+        s.0.rel_fn.clone()
+    })
+    .getter("n_tokens", "s.n_tokens -> int", "Prompt length in tokens, or () without a tokenizer.", |s: &mut ScriptSample| {
+        s.0.n_tokens.map(|n| Dynamic::from_int(n as INT)).unwrap_or(Dynamic::UNIT)
+    })
+    .getter("puzzle", "s.puzzle -> Puzzle", "The sample's puzzle.", |s: &mut ScriptSample| {
+        ScriptPuzzle(Arc::new(s.0.puzzle.clone()))
+    })
+    .func(
+        "positions",
+        "positions(s: Sample, span: String) -> Array",
+        "Token positions of a span (A9) over the last 2 train examples: A, V, QV or Qy, optionally followed by -, + or ^.",
+        |s: &mut ScriptSample, span: &str| {
+            guard("positions", || Ok(ints(&s.0.positions(span, DEFAULT_LAST_K)?)))
+        },
+    )
+    .func(
+        "positions",
+        "positions(s: Sample, span: String, last_k: int) -> Array",
+        "Token positions of a span over the last last_k train examples.",
+        |s: &mut ScriptSample, span: &str, last_k: INT| {
+            guard("positions", || {
+                ensure!(last_k >= 1, "last_k must be >= 1, got {last_k}");
+                Ok(ints(&s.0.positions(span, last_k as usize)?))
+            })
+        },
+    )
+    .func("to_string", "to_string(s: Sample) -> String", "One-line summary of a sample.", |s: &mut ScriptSample| {
+        sample_summary(&s.0)
+    })
+    .func("to_debug", "to_debug(s: Sample) -> String", "One-line summary of a sample.", |s: &mut ScriptSample| {
+        sample_summary(&s.0)
+    });
+}
+
+fn sample_summary(s: &Sample) -> String {
+    let tokens = s
+        .n_tokens
+        .map(|n| format!("{n} tokens"))
+        .unwrap_or_else(|| "untokenized".into());
+    format!(
+        "Sample#{} rel_fn={} answers={} ({tokens})",
+        s.index,
+        s.rel_fn,
+        s.answers.join("")
+    )
+}
+
+fn puzzle_summary(p: &Puzzle) -> String {
+    format!(
+        "Puzzle rel_fn={} {}x{} {} frame, {} colours, {} train / {} test examples, seed {}",
+        p.rel_fn.name(),
+        p.params.n,
+        p.params.m,
+        p.params.frame.name(),
+        p.params.n_color,
+        p.train.len(),
+        p.test.len(),
+        p.params.seed
+    )
+}
+
+fn register_puzzle_getters(r: &mut Registrar) {
+    r.getter(
+        "rel_fn",
+        "p.rel_fn -> String",
+        "Name of the puzzle's hidden relation.",
+        |p: &mut ScriptPuzzle| p.0.rel_fn.name().to_string(),
+    )
+    .getter(
+        "n_train",
+        "p.n_train -> int",
+        "Number of train examples.",
+        |p: &mut ScriptPuzzle| p.0.train.len() as INT,
+    )
+    .getter(
+        "n_test",
+        "p.n_test -> int",
+        "Number of test examples.",
+        |p: &mut ScriptPuzzle| p.0.test.len() as INT,
+    )
+    .func(
+        "to_string",
+        "to_string(p: Puzzle) -> String",
+        "One-line summary of a puzzle.",
+        |p: &mut ScriptPuzzle| puzzle_summary(&p.0),
+    )
+    .func(
+        "to_debug",
+        "to_debug(p: Puzzle) -> String",
+        "One-line summary of a puzzle.",
+        |p: &mut ScriptPuzzle| puzzle_summary(&p.0),
+    )
+    .func(
+        "to_string",
+        "to_string(t: Tokenizer) -> String",
+        "Vocabulary size of a tokenizer.",
+        |t: &mut ScriptTokenizer| format!("Tokenizer(vocab {})", t.0.get_vocab_size(true)),
+    )
+    .func(
+        "to_debug",
+        "to_debug(t: Tokenizer) -> String",
+        "Vocabulary size of a tokenizer.",
+        |t: &mut ScriptTokenizer| format!("Tokenizer(vocab {})", t.0.get_vocab_size(true)),
+    );
+}

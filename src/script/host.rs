@@ -1,0 +1,470 @@
+//! The long-lived script host: one [`Engine`], one persistent [`Scope`] and the shared
+//! [`HostState`] (loaded models, memoised values, the graph-registry slot, typed slots for
+//! other domains, the interrupt flag and the output sink).
+//!
+//! Everything expensive lives in `HostState` behind an `Arc`, so it survives script errors,
+//! re-runs in watch mode and `:reset` in the REPL.
+
+use crate::script::bindings;
+use crate::script::docs::{Docs, Registrar};
+use crate::script::errors::ScriptError;
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, Position, Scope};
+use std::any::Any;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Maximum depth of script function calls.
+pub const MAX_CALL_LEVELS: usize = 64;
+
+/// Lock a mutex, recovering the data if a panicking thread poisoned it (host state must
+/// survive a caught panic in a native call).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where script `print`/`debug` output goes: stdout, or an in-memory buffer (tests).
+#[derive(Clone)]
+pub struct Output(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Output {
+    /// Write to the process's stdout.
+    pub fn stdout() -> Self {
+        Output(Arc::new(Mutex::new(Box::new(std::io::stdout()))))
+    }
+
+    /// Write into a shared buffer; read it back with [`SharedBuf::contents`].
+    pub fn buffer() -> (Self, SharedBuf) {
+        let buf = SharedBuf::default();
+        (Output(Arc::new(Mutex::new(Box::new(buf.clone())))), buf)
+    }
+
+    /// Write one line.
+    pub fn line(&self, s: &str) {
+        let mut w = lock(&self.0);
+        // Output errors (closed pipe) must not abort a script.
+        let _ = writeln!(w, "{s}");
+        let _ = w.flush();
+    }
+}
+
+/// A cloneable in-memory writer.
+#[derive(Clone, Default)]
+pub struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    /// Everything written so far, as text.
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.0)).into_owned()
+    }
+
+    /// Forget what was written.
+    pub fn clear(&self) {
+        lock(&self.0).clear();
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+type AnyArc = Arc<dyn Any + Send + Sync>;
+
+/// State shared by all bindings and kept for the whole session.
+pub struct HostState {
+    interrupt: Arc<AtomicBool>,
+    models: Mutex<HashMap<PathBuf, AnyArc>>,
+    load_count: AtomicUsize,
+    memo: Mutex<HashMap<String, Dynamic>>,
+    graph: Mutex<Option<Dynamic>>,
+    slots: Mutex<HashMap<String, AnyArc>>,
+    output: Output,
+    show_progress: AtomicBool,
+}
+
+impl HostState {
+    /// Fresh state writing script output to `output`.
+    pub fn new(output: Output) -> Self {
+        Self {
+            interrupt: Arc::new(AtomicBool::new(false)),
+            models: Mutex::new(HashMap::new()),
+            load_count: AtomicUsize::new(0),
+            memo: Mutex::new(HashMap::new()),
+            graph: Mutex::new(None),
+            slots: Mutex::new(HashMap::new()),
+            output,
+            show_progress: AtomicBool::new(true),
+        }
+    }
+
+    /// The output sink used by `print`.
+    pub fn output(&self) -> &Output {
+        &self.output
+    }
+
+    /// The interrupt flag, for signal handlers and other threads.
+    pub fn interrupt_handle(&self) -> Arc<AtomicBool> {
+        self.interrupt.clone()
+    }
+
+    /// Request that the running evaluation stop.
+    pub fn interrupt(&self) {
+        self.interrupt.store(true, Ordering::SeqCst);
+    }
+
+    /// Has an interrupt been requested since the evaluation started?
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.load(Ordering::Relaxed)
+    }
+
+    /// Clear the interrupt flag (done at the start of each evaluation).
+    pub fn clear_interrupt(&self) {
+        self.interrupt.store(false, Ordering::SeqCst);
+    }
+
+    /// For long Rust loops inside native functions: `Err(interrupted)` once an interrupt was
+    /// requested. The error is the same one the engine raises, so scripts see "interrupted".
+    pub fn check_interrupt(&self) -> Result<(), Box<EvalAltResult>> {
+        if self.interrupted() {
+            Err(interrupted_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Load a model (or any resource keyed by a file path) once per canonical path: later
+    /// calls with the same path (even spelled differently) return the same `Arc`.
+    pub fn load_memo<T: Any + Send + Sync>(
+        &self,
+        path: &Path,
+        load: impl FnOnce(&Path) -> Result<T>,
+    ) -> Result<Arc<T>> {
+        let key = path
+            .canonicalize()
+            .with_context(|| format!("cannot resolve model path {}", path.display()))?;
+        let mut models = lock(&self.models);
+        if let Some(m) = models.get(&key) {
+            return m.clone().downcast::<T>().map_err(|_| {
+                anyhow::anyhow!(
+                    "{} is already loaded as a different kind of object",
+                    key.display()
+                )
+            });
+        }
+        let value = Arc::new(load(&key)?);
+        self.load_count.fetch_add(1, Ordering::SeqCst);
+        models.insert(key, value.clone());
+        Ok(value)
+    }
+
+    /// How many loads `load_memo` actually performed in this session.
+    pub fn load_count(&self) -> usize {
+        self.load_count.load(Ordering::SeqCst)
+    }
+
+    /// Canonical paths of the loaded models.
+    pub fn loaded_paths(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = lock(&self.models).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A memoised script value (see the `memo` script function).
+    pub fn memo_get(&self, name: &str) -> Option<Dynamic> {
+        lock(&self.memo).get(name).cloned()
+    }
+
+    /// Store a memoised script value.
+    pub fn memo_set(&self, name: &str, value: Dynamic) {
+        lock(&self.memo).insert(name.to_string(), value);
+    }
+
+    /// Drop a memoised value; returns whether it existed.
+    pub fn memo_forget(&self, name: &str) -> bool {
+        lock(&self.memo).remove(name).is_some()
+    }
+
+    /// Names of memoised values, sorted.
+    pub fn memo_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.memo).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Set the current graph (M4 graph registry).
+    pub fn set_graph(&self, g: Dynamic) {
+        *lock(&self.graph) = Some(g);
+    }
+
+    /// The current graph, if one was set.
+    pub fn graph(&self) -> Option<Dynamic> {
+        lock(&self.graph).clone()
+    }
+
+    /// A typed per-session slot (e.g. an activation cache) created on first use.
+    pub fn slot<T: Any + Send + Sync>(
+        &self,
+        key: &str,
+        init: impl FnOnce() -> T,
+    ) -> Result<Arc<T>> {
+        let mut slots = lock(&self.slots);
+        let entry = slots
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(init()) as AnyArc)
+            .clone();
+        entry
+            .downcast::<T>()
+            .map_err(|_| anyhow::anyhow!("slot {key} holds a different type"))
+    }
+
+    /// Show progress bars (on by default; they draw only on a terminal).
+    pub fn set_show_progress(&self, on: bool) {
+        self.show_progress.store(on, Ordering::Relaxed);
+    }
+
+    /// Are progress bars shown?
+    pub fn show_progress(&self) -> bool {
+        self.show_progress.load(Ordering::Relaxed)
+    }
+
+    /// A progress bar for a long loop of `len` steps.
+    pub fn progress(&self, len: u64, label: &str) -> ProgressBar {
+        if !self.show_progress.load(Ordering::Relaxed) {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::new(len);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+        {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_message(label.to_string());
+        pb
+    }
+}
+
+/// The error raised when an evaluation is interrupted.
+pub fn interrupted_error() -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorTerminated(
+        Dynamic::from("interrupted"),
+        Position::NONE,
+    ))
+}
+
+/// The script host: engine, persistent scope, shared state and the docs registry.
+pub struct Host {
+    engine: Engine,
+    scope: Scope<'static>,
+    base_len: usize,
+    fns: AST,
+    state: Arc<HostState>,
+    docs: Docs,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Host {
+    /// A host printing to stdout with every binding domain registered.
+    pub fn new() -> Self {
+        Self::with_output(Output::stdout())
+    }
+
+    /// A host printing to `output`.
+    pub fn with_output(output: Output) -> Self {
+        let state = Arc::new(HostState::new(output));
+        let mut engine = Engine::new();
+        configure_engine(&mut engine, &state);
+        let mut docs = Docs::default();
+        bindings::register_all(&mut engine, &mut docs, &state);
+        let mut host = Self {
+            engine,
+            scope: Scope::new(),
+            base_len: 0,
+            fns: AST::empty(),
+            state,
+            docs,
+        };
+        host.set_args(Vec::new());
+        host
+    }
+
+    /// Register more functions (another domain, or test helpers) with their docs.
+    pub fn register(
+        &mut self,
+        domain: &'static str,
+        f: impl FnOnce(&mut Registrar, &Arc<HostState>),
+    ) {
+        let mut reg = Registrar::new(&mut self.engine, &mut self.docs, domain);
+        f(&mut reg, &self.state);
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<HostState> {
+        &self.state
+    }
+
+    /// The docs registry.
+    pub fn docs(&self) -> &Docs {
+        &self.docs
+    }
+
+    /// The persistent scope.
+    pub fn scope(&self) -> &Scope<'static> {
+        &self.scope
+    }
+
+    /// Set the `ARGS` constant (an array of strings) and reset the scope to just the constants.
+    pub fn set_args(&mut self, args: Vec<String>) {
+        let arr: Array = args.into_iter().map(Dynamic::from).collect();
+        self.scope = Scope::new();
+        self.scope.push_constant("ARGS", arr);
+        self.base_len = self.scope.len();
+    }
+
+    /// Drop script variables and functions, keep constants and host state (REPL `:reset`).
+    pub fn reset(&mut self) {
+        self.scope.rewind(self.base_len);
+        self.fns = AST::empty();
+    }
+
+    /// Names of the variables currently in scope.
+    pub fn scope_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.scope.iter().map(|(n, _, _)| n.to_string()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Names of script-defined functions kept from earlier evaluations.
+    pub fn script_fn_names(&self) -> Vec<String> {
+        self.fns
+            .iter_functions()
+            .map(|f| f.name.to_string())
+            .collect()
+    }
+
+    /// Compile `src` against the persistent scope.
+    pub fn compile(&self, name: &str, src: &str) -> Result<AST, ScriptError> {
+        self.engine
+            .compile_with_scope(&self.scope, src)
+            .map_err(|e| ScriptError::from_parse(name, src, &e))
+    }
+
+    /// Evaluate source text in the persistent scope. With `keep_fns`, functions defined by
+    /// earlier evaluations are callable and the ones defined here are kept (REPL, `:load`).
+    pub fn eval_source(
+        &mut self,
+        name: &str,
+        src: &str,
+        keep_fns: bool,
+    ) -> Result<Dynamic, ScriptError> {
+        let ast = self.compile(name, src)?;
+        self.eval_ast(name, src, ast, keep_fns)
+    }
+
+    /// Evaluate a compiled script (see [`Host::eval_source`]).
+    pub fn eval_ast(
+        &mut self,
+        name: &str,
+        src: &str,
+        ast: AST,
+        keep_fns: bool,
+    ) -> Result<Dynamic, ScriptError> {
+        self.state.clear_interrupt();
+        let ast = if keep_fns { self.fns.merge(&ast) } else { ast };
+        let result = guarded_eval(&self.engine, &mut self.scope, &ast);
+        if keep_fns {
+            self.fns = ast.clone_functions_only();
+        }
+        result.map_err(|e| ScriptError::from_eval(name, src, &e))
+    }
+
+    /// Run a script file from the base scope (constants only): host state is kept, script
+    /// variables from earlier runs are dropped so every run starts the same way.
+    pub fn run_file(&mut self, path: &Path) -> Result<Dynamic, ScriptError> {
+        let name = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| ScriptError::io(&name, &e))?;
+        self.scope.rewind(self.base_len);
+        self.eval_source(&name, &src, false)
+    }
+
+    /// Render a value the way the engine's `to_debug` does (uses the registered
+    /// `to_debug` of custom types such as `Tensor`); empty for `()`.
+    pub fn display_value(&self, v: &Dynamic) -> String {
+        if v.is_unit() {
+            return String::new();
+        }
+        let mut scope = Scope::new();
+        scope.push("__value", v.clone());
+        self.engine
+            .eval_with_scope::<String>(&mut scope, "to_debug(__value)")
+            .unwrap_or_else(|_| format!("{v:?}"))
+    }
+}
+
+/// Evaluate with panics caught (a panic in a native call becomes a script error, the host
+/// keeps its state).
+fn guarded_eval(
+    engine: &Engine,
+    scope: &mut Scope<'static>,
+    ast: &AST,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engine.eval_ast_with_scope::<Dynamic>(scope, ast)
+    }))
+    .unwrap_or_else(|p| Err(format!("internal error (panic): {}", panic_message(&p)).into()))
+}
+
+/// The text of a caught panic payload.
+pub fn panic_message(p: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+fn configure_engine(engine: &mut Engine, state: &Arc<HostState>) {
+    engine.set_max_call_levels(MAX_CALL_LEVELS);
+    // No operation limit: long jobs are legitimate; the interrupt flag stops them instead.
+    let flag = state.interrupt_handle();
+    engine.on_progress(move |_ops| {
+        if flag.load(Ordering::Relaxed) {
+            Some(Dynamic::from("interrupted"))
+        } else {
+            None
+        }
+    });
+    let out = state.output().clone();
+    engine.on_print(move |s| out.line(s));
+    let out = state.output().clone();
+    engine.on_debug(move |s, src, pos| {
+        let at = match (src, pos.line()) {
+            (Some(src), Some(l)) => format!("{src}:{l}: "),
+            (None, Some(l)) => format!("line {l}: "),
+            _ => String::new(),
+        };
+        out.line(&format!("[debug] {at}{s}"));
+    });
+}
