@@ -2,12 +2,16 @@
 //! with SciPy-exact cluster numbering (V11), the printed clustering summary (V12), attention-pattern
 //! label matrices and scores (V1–V2) and multi-dimensional top-k (U1).
 //!
-//! Everything here works on plain data (`candle_core::Tensor`s keyed by `(layer, head)`, index
-//! lists, distance matrices), so it does not depend on a loaded model.
+//! Those work on plain data (`candle_core::Tensor`s keyed by `(layer, head)`, index lists,
+//! distance matrices), so they do not depend on a loaded model. The model-backed analyses run
+//! against any [`crate::model::Backend`]: [`lens`] (head matching scores V3, logit lens V4, head
+//! lens V6, circuit evaluation V7) and [`show_attn`] (V8).
 
 pub mod cluster;
 pub mod distance;
+pub mod lens;
 pub mod patterns;
+pub mod show_attn;
 pub mod summary;
 pub mod topk;
 
@@ -24,8 +28,16 @@ pub use cluster::{
     cluster_distance_matrix, cluster_heads, dendrogram_leaf_order, fcluster_distance, linkage,
 };
 pub use distance::{DistanceKind, DistanceMatrix, compute_cosine_matrix, compute_js_matrix};
+pub use lens::{
+    LENS_COLUMNS, LensNode, LogitLens, PatternScore, TopToken, eval_head_lens, eval_logit_lens,
+    eval_nodes, get_head_matching_scores, mean_bool, render_logit_lens,
+};
 pub use patterns::{
     PatternLabels, attn_pattern_labels, attn_pattern2labels, get_ap_scores, split_pattern,
+};
+pub use show_attn::{
+    ShowAttn, attn_attr_rows, attn_attr_rows_for, show_attn_ansi, show_attn_data,
+    write_show_attn_html,
 };
 pub use summary::cluster_summary;
 pub use topk::{TopK, topk_md};

@@ -132,6 +132,10 @@ pub trait Backend: Send + Sync {
     ) -> Result<Tensor>;
     /// Logits `[1,k,v]` (stored ones, else lm_head(hidden_states\[L\])).
     fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor>;
+    /// Logit lens: `lm_head(final_norm(x))` for an arbitrary residual x `[b,k,e]` → `[b,k,v]`,
+    /// with the final norm's variance computed afresh from x (never a cached one). Used by the
+    /// logit and head lenses (V4, V6, V7).
+    fn lens_logits(&self, x: &Tensor) -> Result<Tensor>;
     /// The SampleInput given at forward time.
     fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput>;
     /// A13: one node's backward (path-averaged, residual-space gradient; attn_a: weights and
@@ -592,6 +596,11 @@ impl Backend for Local {
             .hidden_state(self.config().num_hidden_layers, pos_ids)
             .context("logits were not captured, and neither was hidden_states[L]")?;
         to_host(self.model.lm_head(&h)?)
+    }
+
+    fn lens_logits(&self, x: &Tensor) -> Result<Tensor> {
+        let xn = self.model.rms_norm(Norm::Final, x, None)?; // [b,k,e]
+        to_host(self.model.lm_head(&xn)?) // [b,k,v]
     }
 
     fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput> {

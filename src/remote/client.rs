@@ -14,7 +14,7 @@ use super::wire::{
     self, BatchForwardRequest, BatchForwardResponse, CaptureWire, DatasetInfo, ErrorBody,
     ForwardRequest, ForwardResponse, GetRequest, Getter, LoadModelRequest, SampleInfo, Status,
 };
-use super::wire::{NodeForwardWire, NodeGradWire, ResidualGradMeta, ResidualWire};
+use super::wire::{LensLogitsWire, NodeForwardWire, NodeGradWire, ResidualGradMeta, ResidualWire};
 use crate::attribution::{NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
 use crate::model::{Backend, CaptureSpec, HeadSel, ModelConfig, SampleInput, SampleKey};
 
@@ -547,6 +547,13 @@ impl Backend for Remote {
             &all,
             pos_ids,
         )
+    }
+
+    fn lens_logits(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let (mut ts, _) = self.post_tensors("/lens_logits", &LensLogitsWire {}, &[("x", &x)])?;
+        ts.remove(wire::TENSOR)
+            .ok_or_else(|| anyhow!("server at {} sent no tensor", self.url()))
     }
 
     fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput> {

@@ -854,6 +854,25 @@ async fn node_forward(State(st): State<Shared>, RawBody(body): RawBody) -> ApiRe
     tensor_response(&[(wire::TENSOR, &t)], meta)
 }
 
+async fn lens_logits(State(st): State<Shared>, RawBody(body): RawBody) -> ApiResult<Response> {
+    let (_, mut ts) = tensor_request::<wire::LensLogitsWire>(&body, |n| n == "x")?;
+    let x = ts
+        .remove("x")
+        .ok_or_else(|| ApiError::bad("missing tensor \"x\" (the residual [b,k,e])"))?;
+    let local = st.local();
+    let e = local.config().hidden_size;
+    match x.dims() {
+        [b, k, h] if *b > 0 && *k > 0 && *h == e => {}
+        d => {
+            return Err(ApiError::bad(format!(
+                "tensor \"x\" must be [b,k,{e}] with b, k > 0, got {d:?}"
+            )));
+        }
+    }
+    let t = blocking(move || local.lens_logits(&x).map_err(ApiError::unprocessable)).await?;
+    tensor_response(&[(wire::TENSOR, &t)], HashMap::new())
+}
+
 async fn attribute_residual(
     State(st): State<Shared>,
     RawBody(body): RawBody,
@@ -980,6 +999,7 @@ pub fn router(state: Shared) -> Router {
         .route("/node_gradient", post(node_gradient))
         .route("/node_forward", post(node_forward))
         .route("/attribute_residual", post(attribute_residual))
+        .route("/lens_logits", post(lens_logits))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))

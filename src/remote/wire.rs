@@ -341,6 +341,13 @@ pub struct NodeForwardWire {
     pub request: NodeForwardRequest,
 }
 
+/// Request of `POST /lens_logits` (V4 logit lens): a safetensors body whose tensor `x`
+/// `[b,k,e]` is any residual; `__metadata__.request` is this (empty) JSON object. Response:
+/// tensor `tensor` `[b,k,v]` = lm_head(final_norm(x)), the norm's variance computed from x.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LensLogitsWire {}
+
 /// One downstream gradient of [`ResidualWire`] without its tensor (sent as `grad.{i}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

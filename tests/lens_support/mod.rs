@@ -1,0 +1,125 @@
+//! Shared helpers of the lens tests: the `tiny` fixture model (written once per test binary),
+//! puzzle samples forwarded into a local backend, and the final norm + lm_head computed by hand
+//! from the checkpoint.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{D, DType, Device, Tensor};
+use minarc::model::fixture::{Preset, init_model};
+use minarc::model::{Backend, CaptureSpec, Local, SampleInput, SampleKey};
+use minarc::puzzle::{PromptOptions, PuzzleParams, Sample, gen_puzzle};
+
+/// Layers L and heads H of the `tiny` preset (checked in [`model_dir`]).
+pub const L: usize = 2;
+pub const H: usize = 4;
+/// Dataset name of the cached samples.
+pub const DATASET: &str = "lens";
+
+/// The fixture model folder.
+pub fn model_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("minarc-lens-fixture")
+            .tempdir()
+            .unwrap()
+            .keep();
+        init_model(Preset::Tiny, 7, &dir, 1).unwrap();
+        let cfg = minarc::model::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        assert_eq!((cfg.num_hidden_layers, cfg.num_attention_heads), (L, H));
+        dir
+    })
+}
+
+/// A fresh local backend on the fixture model.
+pub fn local() -> Local {
+    Local::load(model_dir(), DType::F32, &Device::Cpu).unwrap()
+}
+
+/// A puzzle sample (Q_train 4, answers over the last 2 of `n_train` examples), tokenized with
+/// the backend's tokenizer.
+pub fn puzzle_sample(b: &dyn Backend, index: usize, seed: u64, n_train: usize) -> Sample {
+    let params = PuzzleParams {
+        n_train,
+        seed,
+        ..Default::default()
+    };
+    Sample::build(
+        index,
+        gen_puzzle(&params).unwrap(),
+        &PromptOptions::default(),
+        Some(b.tokenizer()),
+    )
+    .unwrap()
+}
+
+/// Forwards `sample` (full capture) under (DATASET, sample.index) and returns its key.
+pub fn cache(b: &dyn Backend, sample: &Sample) -> SampleKey {
+    let input = SampleInput {
+        index: sample.index,
+        prompt: sample.prompt.clone(),
+        labels: sample.labels.clone(),
+        candidate_ids: sample.candidate_ids.clone(),
+        answer_indices: sample.answer_indices.clone(),
+    };
+    let n = b
+        .forward_sample(DATASET, &input, &CaptureSpec::full(), true)
+        .unwrap();
+    assert_eq!(Some(n), sample.n_tokens);
+    SampleKey::new(DATASET, sample.index)
+}
+
+/// The checkpoint's final norm weight `[e]` and lm_head weight `[v,e]`.
+pub fn head_weights() -> (Tensor, Tensor) {
+    let w = candle_core::safetensors::load(model_dir().join("model.safetensors"), &Device::Cpu)
+        .unwrap();
+    (
+        w["model.norm.weight"].to_dtype(DType::F32).unwrap(),
+        w["lm_head.weight"].to_dtype(DType::F32).unwrap(),
+    )
+}
+
+/// By hand: `(w ⊙ x / sqrt(mean(x²) + eps)) · W_lmᵀ` for x `[1,k,e]` → `[1,k,v]`.
+pub fn hand_lens(x: &Tensor) -> Tensor {
+    let (norm_w, lm_w) = head_weights();
+    let eps = 1e-6;
+    let var = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    let y = x
+        .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&norm_w)
+        .unwrap();
+    y.squeeze(0)
+        .unwrap()
+        .matmul(&lm_w.t().unwrap())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
+
+/// Per-row argmax of `[1,k,v]`.
+pub fn argmax_rows(t: &Tensor) -> Vec<u32> {
+    t.squeeze(0)
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+}
+
+/// Largest absolute difference; the shapes must match.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    a.sub(b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
