@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod attribution;
 pub mod graph_ops;
+pub mod lens;
 pub mod model;
 pub mod puzzle;
 pub mod tensor;
@@ -30,6 +31,7 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     attribution::register(&mut Registrar::new(engine, docs, "attribution"), state);
     graph_ops::register(&mut Registrar::new(engine, docs, "attribution"));
     vis::register(&mut Registrar::new(engine, docs, "vis"));
+    lens::register(&mut Registrar::new(engine, docs, "lens"));
 }
 
 /// Run a native function body: errors become Rhai errors prefixed with the function name,
