@@ -63,7 +63,10 @@ fn heads_mlps_and_embedding_sum_to_lm_heads_grad_times_input() {
     let (mut h, _) = host();
     // Plain gradient, then Gauss-Legendre: both must satisfy the identity (the residual at L is
     // the embedding plus every head and MLP output; the frozen-variance norm is linear).
-    for rule in ["set_ig_rule(g, \"seed\", 0);", "set_ig_rule(g, \"gauss\", 6);"] {
+    for rule in [
+        "set_ig_rule(g, \"seed\", 0);",
+        "set_ig_rule(g, \"gauss\", 6);",
+    ] {
         let rel = eval_f64(
             &mut h,
             &format!(
@@ -151,9 +154,15 @@ fn ig_settings_are_applied_and_adaptive_reaches_its_tolerance() {
          0",
     );
     let out = buf.contents();
-    assert!(out.contains("ig_n: 3") || out.contains("\"ig_n\": 3"), "{out}");
+    assert!(
+        out.contains("ig_n: 3") || out.contains("\"ig_n\": 3"),
+        "{out}"
+    );
     assert!(out.contains("midpoint") && out.contains("zero"), "{out}");
-    assert!(out.contains("[\"midpoint\", 3]\ntrue\ntrue\ntrue\n"), "{out}");
+    assert!(
+        out.contains("[\"midpoint\", 3]\ntrue\ntrue\ntrue\n"),
+        "{out}"
+    );
     for (body, needle) in [
         ("set_ig_rule(g, \"simpson\", 4)", "unknown IG rule"),
         ("set_ig_rule(g, \"gauss\", 0)", "n >= 1"),
@@ -260,7 +269,10 @@ fn graph_views_export_html_dot_json_and_merge_by_gqa_group() {
     let html = std::fs::read_to_string(dir.path().join("g.html")).unwrap();
     assert!(html.contains("<svg") && !html.contains("http://") && !html.contains("https://"));
     let dot = std::fs::read_to_string(dir.path().join("g.dot")).unwrap();
-    assert!(dot.starts_with("digraph") && dot.matches(" -> ").count() == 4, "{dot}");
+    assert!(
+        dot.starts_with("digraph") && dot.matches(" -> ").count() == 4,
+        "{dot}"
+    );
     let json = minarc::vis::graph::read_json(&dir.path().join("g.json")).unwrap();
     assert_eq!((json.nodes.len(), json.edges.len()), (5, 4));
     assert!(dir.path().join("m.html").exists());
@@ -307,6 +319,9 @@ fn lens_bindings_agree_with_the_models_own_output() {
     assert!(d < 1e-9, "{d}");
     let e = eval_err(&mut h, "eval_head_lens(model, r, 5, 0)");
     assert!(e.contains("layer"), "{e}");
-    let e = eval_err(&mut h, "get_head_matching_scores(model, r, [\"A-->V\"], 0, 9)");
+    let e = eval_err(
+        &mut h,
+        "get_head_matching_scores(model, r, [\"A-->V\"], 0, 9)",
+    );
     assert!(e.contains("head"), "{e}");
 }

@@ -78,7 +78,9 @@ fn run_script(path: &Path, model: &str, out: &Path) -> Run {
 }
 
 fn map(v: &Dynamic) -> Map {
-    v.clone().try_cast::<Map>().expect("the script returns a map")
+    v.clone()
+        .try_cast::<Map>()
+        .expect("the script returns a map")
 }
 
 fn num(v: &Dynamic) -> f64 {
@@ -118,7 +120,11 @@ fn check_files(name: &str, files: &Array) {
             Some("png") => assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", p.display()),
             Some("html") => {
                 let t = String::from_utf8(bytes).unwrap();
-                assert!(t.contains("<html") || t.contains("<!DOCTYPE"), "{}", p.display());
+                assert!(
+                    t.contains("<html") || t.contains("<!DOCTYPE"),
+                    "{}",
+                    p.display()
+                );
                 assert!(
                     !t.contains("http://") && !t.contains("https://"),
                     "{} references the network",
@@ -143,11 +149,7 @@ fn check_top_heads(name: &str, top: &Array, max_layer: usize) -> Vec<(usize, usi
         .iter()
         .map(|t| {
             let t = array(t);
-            (
-                num(&t[0]) as usize,
-                num(&t[1]) as usize,
-                num(&t[2]),
-            )
+            (num(&t[0]) as usize, num(&t[1]) as usize, num(&t[2]))
         })
         .collect();
     let mut seen = std::collections::HashSet::new();
@@ -160,13 +162,12 @@ fn check_top_heads(name: &str, top: &Array, max_layer: usize) -> Vec<(usize, usi
 }
 
 fn check_top_heads_run(r: &Run, out: &Path) {
-    for h in [
-        "TOP HEADS",
-        "CLUSTERING SUMMARY",
-        "SUMMARY",
-        "rank head",
-    ] {
-        assert!(r.out.contains(h), "top_heads output lacks {h:?}:\n{}", r.out);
+    for h in ["TOP HEADS", "CLUSTERING SUMMARY", "SUMMARY", "rank head"] {
+        assert!(
+            r.out.contains(h),
+            "top_heads output lacks {h:?}:\n{}",
+            r.out
+        );
     }
     let m = map(&r.value);
     let acc = num(&m["accuracy"]);
@@ -320,7 +321,11 @@ fn top_heads_gives_the_same_heads_and_scores_locally_and_remotely() {
     .unwrap();
     let out2 = tempfile::tempdir().unwrap();
     let remote = run_script(&script, &srv.url(), out2.path());
-    assert!(remote.out.contains("remote"), "not served remotely:\n{}", remote.out);
+    assert!(
+        remote.out.contains("remote"),
+        "not served remotely:\n{}",
+        remote.out
+    );
     let (a, b) = (map(&local.value), map(&remote.value));
     let ta = check_top_heads("local", &array(&a["top_heads"]), L);
     let tb = check_top_heads("remote", &array(&b["top_heads"]), L);
@@ -339,6 +344,7 @@ fn top_heads_gives_the_same_heads_and_scores_locally_and_remotely() {
     for k in ["accuracy", "logprob"] {
         max_diff = max_diff.max((num(&a[k]) - num(&b[k])).abs());
     }
+    eprintln!("top_heads local vs remote: max |diff| = {max_diff:e}");
     assert!(max_diff <= 1e-6, "local vs remote max |diff| = {max_diff}");
     srv.shutdown().unwrap();
 }
@@ -359,7 +365,11 @@ fn load_model_without_a_path_uses_the_default_model_folder() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The small preset: 4 layers, 8 heads, hidden 256; both calls give the same model.
     assert_eq!(stdout, "4 8 256\n1\n");
     assert!(home.path().join("models/small-s0/config.json").exists());

@@ -36,7 +36,10 @@ fn residual(
     opts: &Map,
 ) -> Result<Tensor> {
     let ids = node_ids(nodes)?;
-    ensure!(!ids.is_empty(), "attribute_residual needs at least one node");
+    ensure!(
+        !ids.is_empty(),
+        "attribute_residual needs at least one node"
+    );
     let mut req = residual_request(&lock(&g.0), &ids, c.sample.0.index)
         .context("run attribute_step (or backward) on these nodes first")?;
     for (k, v) in opts {

@@ -50,10 +50,16 @@ fn logit_lens(m: &ScriptModel, c: &Cached, opts: &Map) -> Result<Map> {
     let key = sample_ref(c).key;
     let lens = eval_logit_lens(m.0.as_ref(), &key, &c.sample.0, from, to, topk)?;
     let mut out = Map::new();
-    out.insert("from_layer".into(), Dynamic::from_int(lens.from_layer as INT));
+    out.insert(
+        "from_layer".into(),
+        Dynamic::from_int(lens.from_layer as INT),
+    );
     out.insert("acc".into(), Dynamic::from(table(&lens.acc)?));
     out.insert("logprobs".into(), Dynamic::from(table(&lens.logprobs)?));
-    out.insert("positions".into(), Dynamic::from_array(int_array(&lens.positions)));
+    out.insert(
+        "positions".into(),
+        Dynamic::from_array(int_array(&lens.positions)),
+    );
     out.insert("text".into(), Dynamic::from(render_logit_lens(&lens)));
     Ok(out)
 }
@@ -108,7 +114,12 @@ fn matching(m: &ScriptModel, c: &Cached, patterns: &Array, layer: INT, head: INT
         e.insert("mean".into(), Dynamic::from_float(s.mean() as FLOAT));
         e.insert(
             "scores".into(),
-            Dynamic::from_array(s.scores.iter().map(|&x| Dynamic::from_float(x as FLOAT)).collect()),
+            Dynamic::from_array(
+                s.scores
+                    .iter()
+                    .map(|&x| Dynamic::from_float(x as FLOAT))
+                    .collect(),
+            ),
         );
         out.insert(s.pattern.as_str().into(), Dynamic::from_map(e));
     }
@@ -117,7 +128,13 @@ fn matching(m: &ScriptModel, c: &Cached, patterns: &Array, layer: INT, head: INT
 
 /// show_attn options: aa (Tensor [k,s]), graph + downstreams (computes aa via A21), last_k,
 /// start, stop, title (HTML).
-fn show(m: &ScriptModel, c: &Cached, layer: INT, head: INT, opts: &Map) -> Result<(ShowAttn, Option<String>)> {
+fn show(
+    m: &ScriptModel,
+    c: &Cached,
+    layer: INT,
+    head: INT,
+    opts: &Map,
+) -> Result<(ShowAttn, Option<String>)> {
     let (layer, head) = (nonneg("layer", layer)?, nonneg("head", head)?);
     let mut aa: Option<candle_core::Tensor> = None;
     let mut graph: Option<ScriptGraph> = None;
@@ -164,13 +181,33 @@ fn show(m: &ScriptModel, c: &Cached, layer: INT, head: INT, opts: &Map) -> Resul
     let r = sample_ref(c);
     match (graph, downs) {
         (Some(g), Some(d)) => {
-            ensure!(aa.is_none(), "give either aa or graph + downstreams, not both");
-            aa = Some(attn_attr_rows_for(&lock(&g.0), m.0.as_ref(), &r, layer, head, &node_ids(&d)?)?);
+            ensure!(
+                aa.is_none(),
+                "give either aa or graph + downstreams, not both"
+            );
+            aa = Some(attn_attr_rows_for(
+                &lock(&g.0),
+                m.0.as_ref(),
+                &r,
+                layer,
+                head,
+                &node_ids(&d)?,
+            )?);
         }
         (None, None) => {}
         _ => bail!("graph and downstreams go together"),
     }
-    let v = show_attn_data(m.0.as_ref(), &r.key, &c.sample.0, layer, head, aa.as_ref(), last_k, start, stop)?;
+    let v = show_attn_data(
+        m.0.as_ref(),
+        &r.key,
+        &c.sample.0,
+        layer,
+        head,
+        aa.as_ref(),
+        last_k,
+        start,
+        stop,
+    )?;
     Ok((v, title))
 }
 

@@ -227,7 +227,9 @@ fn forward_options(map: &Map) -> Result<ForwardOptions> {
             }
             "logits" => o.logits = bool_opt(k, v)?,
             "force" => o.force = bool_opt(k, v)?,
-            other => bail!("unknown option {other:?} (known: layers, positions, dtype, logits, force)"),
+            other => {
+                bail!("unknown option {other:?} (known: layers, positions, dtype, logits, force)")
+            }
         }
     }
     Ok(o)

@@ -8,9 +8,7 @@ use crate::script::docs::Registrar;
 use crate::script::host::lock;
 use crate::script::tensor::Tensor;
 use crate::vis::GqaConfig;
-use crate::vis::graph::{
-    GraphView, from_attribution, merge_gqa_groups, render_dot, to_json,
-};
+use crate::vis::graph::{GraphView, from_attribution, merge_gqa_groups, render_dot, to_json};
 use crate::vis::html::{HtmlOptions, write_html};
 use crate::vis::layout::minimize_crossings;
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -48,10 +46,7 @@ fn merge(v: &ScriptView, heads: INT, kv_heads: INT) -> Result<ScriptView> {
 
 fn model_heads(m: &ScriptModel) -> (INT, INT) {
     let c = m.0.config();
-    (
-        c.num_attention_heads as INT,
-        c.num_kv_heads() as INT,
-    )
+    (c.num_attention_heads as INT, c.num_kv_heads() as INT)
 }
 
 /// Writes the view by the file extension: .html (self-contained page), .dot, .json.
