@@ -108,6 +108,8 @@ pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
         .map(|i| 3 + ((i as u64 * 2_654_435_761) % (cfg.vocab_size as u64 - 3)) as u32)
         .collect();
     model.forward(&ids)?; // warm-up
+    // CUDA kernels run asynchronously: wait for them so the timings cover the work (no-op on CPU).
+    device.synchronize()?;
     let spec = CaptureSpec::full();
     let mut plain = Vec::new();
     let mut capture = Vec::new();
@@ -115,6 +117,7 @@ pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
     for _ in 0..a.reps {
         let t = Instant::now();
         let h = model.forward(&ids)?;
+        device.synchronize()?;
         drop(h);
         plain.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
