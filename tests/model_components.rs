@@ -78,6 +78,24 @@ fn attention_reproduces_forward_for_all_heads_each_head_and_query_subsets() {
     }
 }
 
+/// The fast forward processes queries in blocks over their causal key prefix; a sequence
+/// spanning several blocks (and ending mid-block) must match the unblocked component attention.
+#[test]
+fn blocked_fast_attention_matches_components_on_long_sequences() {
+    let s = 301;
+    let (_d, m, out) = setup(s, 12);
+    let pos: Vec<usize> = (0..s).collect();
+    for l in 0..m.config().num_hidden_layers {
+        let x = xn(&m, &out, l);
+        let want = m.attention(l, &AttnInputs::new(&x, &x, &x, &pos)).unwrap();
+        let got = m
+            .heads_output_sum(l, &out.attn_out(l, None).unwrap(), None)
+            .unwrap();
+        let diff = max_diff(&got, &want);
+        assert!(diff < 1e-5, "layer {l}: fast vs component attention {diff}");
+    }
+}
+
 #[test]
 fn mlp_and_lm_head_reproduce_forward() {
     let s = 10;

@@ -156,11 +156,12 @@ fn tensor_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, f32, f32)> {
     let nd = cfg.num_attention_heads * cfg.head_dim();
     let kvd = cfg.num_kv_heads() * cfg.head_dim();
     let inv = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+    // std 1/√e: with a tied lm_head the logits then have unit scale, as with the untied head
     let mut v = vec![(
         "model.embed_tokens.weight".to_string(),
         vec![cfg.vocab_size, e],
         0.0,
-        1.0,
+        inv(e),
     )];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");

@@ -261,16 +261,28 @@ impl Qwen2 {
             .reshape((b, s, kvh, d))?
             .transpose(1, 2)?
             .contiguous()?; // [b,kvh,s,d]
-        let qg = q.reshape((b, kvh, g * s, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = (qg.matmul(&k.t()?)? * scale)?
-            .to_dtype(DType::F32)?
-            .reshape((b, n, s, s))?
-            .broadcast_add(mask)?;
-        let w = candle_nn::ops::softmax_last_dim(&scores)?
-            .to_dtype(self.dtype)?
-            .reshape((b, kvh, g * s, s))?;
-        let o = w.matmul(&v)?.reshape((b, n, s, d))?; // [b,n,s,d]
+        // the scale is folded into q; queries go in blocks that only see their causal key
+        // prefix (half the work of the full square, and the block stays in cache)
+        let q5 = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, kvh, g, s, d))?;
+        let mut blocks = Vec::with_capacity(s.div_ceil(QUERY_BLOCK));
+        for a in (0..s).step_by(QUERY_BLOCK) {
+            let c = QUERY_BLOCK.min(s - a);
+            let j = a + c; // keys 0..j
+            let qc = q5
+                .narrow(3, a, c)?
+                .contiguous()?
+                .reshape((b, kvh, g * c, d))?;
+            let scores = qc
+                .matmul(&k.narrow(2, 0, j)?.t()?)? // [b,kvh,g·c,j]
+                .to_dtype(DType::F32)?
+                .reshape((b, kvh, g, c, j))?
+                .broadcast_add(&mask.narrow(0, a, c)?.narrow(1, 0, j)?)?;
+            let w = candle_nn::ops::softmax_last_dim(&scores)?
+                .to_dtype(self.dtype)?
+                .reshape((b, kvh, g * c, j))?;
+            blocks.push(w.matmul(&v.narrow(2, 0, j)?)?.reshape((b, n, c, d))?);
+        }
+        let o = Tensor::cat(&blocks, 2)?; // [b,n,s,d]
         Ok(o.transpose(1, 2)?.contiguous()?) // [b,s,n,d]
     }
 
@@ -284,6 +296,10 @@ impl Qwen2 {
         ))
     }
 }
+
+/// Queries per block in the fast attention (measured: 128 is ~3× faster than the full
+/// square at 2.6k tokens on 2 cores; 32–256 are within 10 %).
+const QUERY_BLOCK: usize = 128;
 
 /// Additive causal mask `[s,s]` f32: 0 where key t ≤ query p, NEG_MASK elsewhere.
 pub(crate) fn causal_mask(s: usize, dev: &Device) -> Result<Tensor> {
