@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use anyhow::{Context, Result, bail, ensure};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
-use super::patterns::{PatternLabels, attn_pattern2labels, get_ap_scores, split_pattern};
+use super::patterns::{get_ap_scores_rows, split_pattern};
 use crate::attribution::{NodeId, NodeType};
 use crate::model::{Backend, HeadSel, SampleKey};
 use crate::puzzle::Sample;
@@ -489,9 +489,9 @@ fn sum_nodes(
 // ---------------------------------------------------------------- V3 head matching scores
 
 /// V3 `get_head_matching_scores`: how much head (layer, head) attends as each `DST->SRC` pattern
-/// expects, over the QAs of the last `last_k` train examples. For an attention head: the label
-/// matrix of V1 ([`attn_pattern2labels`]) and the head's attention weights scored by V2
-/// ([`get_ap_scores`]); only the labelled query rows are computed. For the MLP pseudo-head
+/// expects, over the QAs of the last `last_k` train examples. For an attention head: V2
+/// ([`get_ap_scores`](super::patterns::get_ap_scores)) with the V1 labels, computed on the
+/// labelled query rows only ([`get_ap_scores_rows`]: no `[s,s]` matrices). For the MLP pseudo-head
 /// (head == H): 1.0 per pair if SRC == DST, else 0.0.
 pub fn get_head_matching_scores(
     backend: &dyn Backend,
@@ -521,11 +521,11 @@ pub fn get_head_matching_scores(
             })
             .collect();
     }
-    let labels: Vec<PatternLabels> = patterns
+    let pairs: Vec<Vec<(usize, usize)>> = patterns
         .iter()
-        .map(|p| attn_pattern2labels(sample, p, last_k))
+        .map(|p| pattern_pairs(sample, p, last_k))
         .collect::<Result<_>>()?;
-    let mut rows: Vec<usize> = labels.iter().flat_map(|l| l.ranges_q.clone()).collect();
+    let mut rows: Vec<usize> = pairs.iter().flatten().map(|&(dst, _)| dst).collect();
     rows.sort_unstable();
     rows.dedup();
     let aw = backend
@@ -537,27 +537,31 @@ pub fn get_head_matching_scores(
         aw.dims(),
         rows.len()
     );
-    // scatter the computed rows into [s,s] (other rows stay 0; V2 reads labelled rows only)
-    let idx = Tensor::from_vec(
-        rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
-        rows.len(),
-        &Device::Cpu,
-    )?;
-    let full = Tensor::zeros((s, s), DType::F32, &Device::Cpu)?.index_add(
-        &idx,
-        &aw.squeeze(0)?.to_dtype(DType::F32)?,
-        0,
-    )?; // [s,s]
+    let aw = aw.squeeze(0)?; // [r,s]: only the labelled rows, no [s,s] matrices
     patterns
         .iter()
-        .zip(&labels)
-        .map(|(p, l)| {
+        .zip(&pairs)
+        .map(|(p, pp)| {
             Ok(PatternScore {
                 pattern: p.to_string(),
-                scores: get_ap_scores(&full, l)?.to_vec1::<f32>()?,
+                scores: get_ap_scores_rows(&aw, &rows, pp)?,
             })
         })
         .collect()
+}
+
+/// The (DST, SRC) position pairs of a pattern over the last `last_k` train examples (V1).
+fn pattern_pairs(sample: &Sample, pattern: &str, last_k: usize) -> Result<Vec<(usize, usize)>> {
+    let (dst, src) = split_pattern(pattern)?;
+    let d = sample.positions(dst, last_k)?;
+    let s = sample.positions(src, last_k)?;
+    ensure!(
+        d.len() == s.len(),
+        "pattern {pattern:?}: {} DST positions but {} SRC positions",
+        d.len(),
+        s.len()
+    );
+    Ok(d.into_iter().zip(s).collect())
 }
 
 #[cfg(test)]

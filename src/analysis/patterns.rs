@@ -125,6 +125,50 @@ pub fn get_ap_scores(aw: &Tensor, labels: &PatternLabels) -> Result<Tensor> {
     Ok(sel.broadcast_mul(&lab)?.sum(D::Minus1)?)
 }
 
+/// V2 on selected rows, without materialising the `[s,s]` label matrix: `aw` `[r,s]` holds the
+/// attention rows at positions `rows`, and the result equals [`get_ap_scores`] on the full
+/// matrix with the labels of `pairs` (ascending DST order; each DST row has exactly one source,
+/// so its label is 1/(1+ε)).
+pub fn get_ap_scores_rows(
+    aw: &Tensor,
+    rows: &[usize],
+    pairs: &[(usize, usize)],
+) -> Result<Vec<f32>> {
+    let (r, s) = aw.dims2()?;
+    ensure!(
+        r == rows.len(),
+        "{r} attention rows for {} positions",
+        rows.len()
+    );
+    ensure!(!pairs.is_empty(), "no (dst, src) pairs given");
+    let aw = aw.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    ensure!(
+        aw.iter().flatten().all(|&x| x >= 0.0),
+        "attention weights must be non-negative"
+    );
+    let mut sorted = pairs.to_vec();
+    sorted.sort_unstable();
+    ensure!(
+        sorted.windows(2).all(|w| w[0].0 != w[1].0),
+        "{} DST positions share rows (two pairs share a DST row?)",
+        pairs.len()
+    );
+    sorted
+        .iter()
+        .map(|&(dst, src)| {
+            ensure!(
+                src < s,
+                "source {src} is outside the sequence of {s} tokens"
+            );
+            let i = rows
+                .iter()
+                .position(|&p| p == dst)
+                .with_context(|| format!("no attention row for DST position {dst}"))?;
+            Ok(aw[i][src] / (1.0 + LABEL_EPS))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +259,41 @@ mod tests {
         );
         let wrong = Tensor::ones((4, 4), DType::F32, &Device::Cpu).unwrap();
         assert!(get_ap_scores(&wrong, &l).is_err());
+    }
+
+    #[test]
+    fn row_scores_equal_dense_scores() {
+        // a non-negative [s,s] matrix with distinct entries; pairs in arbitrary order
+        let s = 9;
+        let full: Vec<f32> = (0..s * s)
+            .map(|i| ((i * 37) % 101) as f32 / 101.0)
+            .collect();
+        let aw = Tensor::from_vec(full.clone(), (s, s), &Device::Cpu).unwrap();
+        let pairs = [(7, 2), (3, 3), (8, 0), (5, 4)];
+        let dense = get_ap_scores(&aw, &attn_pattern_labels(s, &pairs).unwrap())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let rows = [3, 5, 7, 8];
+        let idx = Tensor::new(&[3u32, 5, 7, 8], &Device::Cpu).unwrap();
+        let sel = aw.index_select(&idx, 0).unwrap();
+        let sparse = get_ap_scores_rows(&sel, &rows, &pairs).unwrap();
+        assert_eq!(dense.len(), sparse.len());
+        for (a, b) in dense.iter().zip(&sparse) {
+            assert!((a - b).abs() < 1e-7, "{dense:?} vs {sparse:?}");
+        }
+        // by hand: ascending DST order 3, 5, 7, 8
+        let want = [
+            full[3 * s + 3],
+            full[5 * s + 4],
+            full[7 * s + 2],
+            full[8 * s],
+        ];
+        for (a, b) in sparse.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        // shared DST rows and missing rows are errors
+        assert!(get_ap_scores_rows(&sel, &rows, &[(3, 1), (3, 2)]).is_err());
+        assert!(get_ap_scores_rows(&sel, &rows, &[(4, 1)]).is_err());
     }
 }
