@@ -15,7 +15,7 @@ use std::fmt::Write;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Tensor};
 
-use super::patterns::{get_ap_scores_rows, split_pattern};
+use super::patterns::{get_ap_scores_rows, pattern_pairs, split_pattern};
 use crate::attribution::{NodeId, NodeType};
 use crate::model::{Backend, HeadSel, SampleKey};
 use crate::puzzle::Sample;
@@ -548,20 +548,6 @@ pub fn get_head_matching_scores(
             })
         })
         .collect()
-}
-
-/// The (DST, SRC) position pairs of a pattern over the last `last_k` train examples (V1).
-fn pattern_pairs(sample: &Sample, pattern: &str, last_k: usize) -> Result<Vec<(usize, usize)>> {
-    let (dst, src) = split_pattern(pattern)?;
-    let d = sample.positions(dst, last_k)?;
-    let s = sample.positions(src, last_k)?;
-    ensure!(
-        d.len() == s.len(),
-        "pattern {pattern:?}: {} DST positions but {} SRC positions",
-        d.len(),
-        s.len()
-    );
-    Ok(d.into_iter().zip(s).collect())
 }
 
 #[cfg(test)]

@@ -33,7 +33,8 @@ pub use lens::{
     eval_nodes, get_head_matching_scores, mean_bool, render_logit_lens,
 };
 pub use patterns::{
-    PatternLabels, attn_pattern_labels, attn_pattern2labels, get_ap_scores, split_pattern,
+    PatternLabels, attn_pattern_labels, attn_pattern2labels, get_ap_scores, get_ap_scores_rows,
+    pattern_pairs, split_pattern,
 };
 pub use show_attn::{
     ShowAttn, attn_attr_rows, attn_attr_rows_for, show_attn_ansi, show_attn_data,

@@ -62,6 +62,16 @@ pub fn split_pattern(pattern: &str) -> Result<(&str, &str)> {
 /// V1 `attn_pattern2labels` on a sample: DST and SRC positions of `pattern` over the last
 /// `last_k` train examples, paired per QA, as a `[s, s]` label matrix (`s` = the prompt's tokens).
 pub fn attn_pattern2labels(sample: &Sample, pattern: &str, last_k: usize) -> Result<PatternLabels> {
+    let pairs = pattern_pairs(sample, pattern, last_k)?;
+    let n = sample
+        .n_tokens
+        .context("the sample has no token positions (built without a tokenizer)")?;
+    attn_pattern_labels(n, &pairs)
+}
+
+/// The (DST, SRC) token-position pairs of a pattern `"DST->SRC"`, one per QA of the last
+/// `last_k` train examples (A9 spans on both sides).
+pub fn pattern_pairs(sample: &Sample, pattern: &str, last_k: usize) -> Result<Vec<(usize, usize)>> {
     let (dst, src) = split_pattern(pattern)?;
     let d = sample.positions(dst, last_k)?;
     let s = sample.positions(src, last_k)?;
@@ -71,11 +81,7 @@ pub fn attn_pattern2labels(sample: &Sample, pattern: &str, last_k: usize) -> Res
         d.len(),
         s.len()
     );
-    let n = sample
-        .n_tokens
-        .context("the sample has no token positions (built without a tokenizer)")?;
-    let pairs: Vec<(usize, usize)> = d.into_iter().zip(s).collect();
-    attn_pattern_labels(n, &pairs)
+    Ok(d.into_iter().zip(s).collect())
 }
 
 /// V2 `get_ap_scores`: for every labelled row (ascending position order), the attention mass

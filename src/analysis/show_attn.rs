@@ -16,7 +16,7 @@ use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Tensor};
 
 use super::lens::{check_sample, eval_head_lens, lens_positions, token_text};
-use crate::attribution::{Graph, NodeId, SampleRef, attribute_attn_weights};
+use crate::attribution::{Graph, NodeId, SampleRef, attention_attribution, attribute_attn_weights};
 use crate::model::{Backend, HeadSel, SampleKey};
 use crate::puzzle::Sample;
 use crate::puzzle::sample::DEFAULT_LAST_K;
@@ -59,10 +59,7 @@ pub fn attn_attr_rows(aw: &Tensor, grad_aw: &Tensor) -> Result<Tensor> {
         }
         .to_dtype(DType::F32)?)
     };
-    let aa = (two_d(aw)? * two_d(grad_aw)?.abs()?)?; // [k,s]
-    let sum = aa.sum_keepdim(1)?; // [k,1]
-    let sum = sum.maximum(&sum.ones_like()?.affine(1e-30, 0.0)?)?;
-    Ok(aa.broadcast_div(&sum)?)
+    attention_attribution(&two_d(aw)?, &two_d(grad_aw)?, true) // [k,s]
 }
 
 /// `aa` rows `[k,s]` of head (layer, head) toward `downstreams` computed through the

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail, ensure};
-use candle_core::{Device, Tensor};
+use candle_core::{D, Device, Tensor};
 
 use super::graph::Graph;
 use super::node::{NodeId, NodeType};
@@ -371,13 +371,20 @@ pub fn get_attn_attrs_on_dataset(
     }
     let aw = Tensor::cat(&aws, 0)?;
     let ag = Tensor::cat(&ags, 0)?;
-    let mut aa = (&aw * ag.abs()?)?;
-    if normalize {
-        let s = aa.sum_keepdim(2)?;
-        let s = s.maximum(&s.ones_like()?.affine(1e-30, 0.0)?)?;
-        aa = aa.broadcast_div(&s)?;
-    }
+    let aa = attention_attribution(&aw, &ag, normalize)?;
     Ok((aw, aa))
+}
+
+/// A22's attention attribution `aa = aw ⊙ |grad_aw|` (any shape `[.., s]`); with `normalize`
+/// each row is divided by its sum over s (all-zero rows stay zero).
+pub fn attention_attribution(aw: &Tensor, grad_aw: &Tensor, normalize: bool) -> Result<Tensor> {
+    let aa = (aw * grad_aw.abs()?)?;
+    if !normalize {
+        return Ok(aa);
+    }
+    let s = aa.sum_keepdim(D::Minus1)?;
+    let s = s.maximum(&s.ones_like()?.affine(1e-30, 0.0)?)?;
+    Ok(aa.broadcast_div(&s)?)
 }
 
 /// A23: the top heads of `attr [L',H+1,g]`: scan topk_md(attr) entries in order, drop the MLP
