@@ -13,8 +13,8 @@ pub fn assignment(n_samples: usize, n_backends: usize) -> Vec<usize> {
 }
 
 /// Runs `f(backend, item)` for every item on its assigned backend (one thread per backend) and
-/// returns the results in item order. Errors name the item's position and the backend.
-fn spread_map<I: Sync, T: Send>(
+/// returns the results in item order. Errors name the backend (and whatever `f` adds).
+pub fn spread_map<I: Sync, T: Send>(
     backends: &[&dyn Backend],
     items: &[I],
     f: &(dyn Fn(&dyn Backend, &I) -> Result<T> + Sync),

@@ -363,7 +363,7 @@ fn register_steps(r: &mut Registrar) {
             guard("attribute_step", || {
                 let ids = node_ids(&nodes)?;
                 let mut g = lock(&g.0);
-                Ok(Tensor(attribute_step(&mut g, m.0.as_ref(), &sample_ref(&c), &ids)?))
+                Ok(Tensor(attribute_step(&mut g, c.backend(&m), &sample_ref(&c), &ids)?))
             })
         },
     )
@@ -461,7 +461,7 @@ fn register_dataset_steps(r: &mut Registrar) {
         "forward(g: Graph, r: Cached, model: Model) -> float",
         "Circuit evaluation (A17, the seed's graph.forward): lm_head's mean answer log-prob when only the graph's paths feed the residual.",
         |g: ScriptGraph, c: Cached, m: ScriptModel| {
-            guard("forward", || Ok(graph_forward(&mut lock(&g.0), m.0.as_ref(), &sample_ref(&c), None)? as rhai::FLOAT))
+            guard("forward", || Ok(graph_forward(&mut lock(&g.0), c.backend(&m), &sample_ref(&c), None)? as rhai::FLOAT))
         },
     )
     .func(
@@ -471,7 +471,7 @@ fn register_dataset_steps(r: &mut Registrar) {
         |g: ScriptGraph, c: Cached, m: ScriptModel, leaves: Array| {
             guard("forward", || {
                 let leaves = node_ids(&leaves)?;
-                Ok(graph_forward(&mut lock(&g.0), m.0.as_ref(), &sample_ref(&c), Some(&leaves))? as rhai::FLOAT)
+                Ok(graph_forward(&mut lock(&g.0), c.backend(&m), &sample_ref(&c), Some(&leaves))? as rhai::FLOAT)
             })
         },
     );

@@ -52,7 +52,9 @@ fn residual(
             other => bail!("unknown option {other:?} (known: from_layer, to_layer)"),
         }
     }
-    Ok(Tensor(m.0.attribute_residual(&sample_ref(c).key, &req)?))
+    Ok(Tensor(
+        c.backend(m).attribute_residual(&sample_ref(c).key, &req)?,
+    ))
 }
 
 fn register_residual(r: &mut Registrar) {
@@ -80,7 +82,7 @@ fn register_residual(r: &mut Registrar) {
             guard("attribute_attn_weights", || {
                 let (aw, gaw) = attribute_attn_weights(
                     &lock(&g.0),
-                    m.0.as_ref(),
+                    c.backend(&m),
                     &sample_ref(&c),
                     nonneg("layer", layer)?,
                     nonneg("head", head)?,
@@ -99,7 +101,7 @@ fn register_residual(r: &mut Registrar) {
         "The embedding's share of A18, one number per node: heads + MLPs + embedding = grad · residual (run attribute_step first).",
         |g: ScriptGraph, m: ScriptModel, c: Cached, nodes: Array| {
             guard("embed_attribution", || {
-                let v = embed_attribution(&lock(&g.0), m.0.as_ref(), &sample_ref(&c), &node_ids(&nodes)?)?;
+                let v = embed_attribution(&lock(&g.0), c.backend(&m), &sample_ref(&c), &node_ids(&nodes)?)?;
                 Ok(v.into_iter().map(|x| Dynamic::from_float(x as FLOAT)).collect::<Array>())
             })
         },
@@ -126,7 +128,7 @@ fn register_positions(r: &mut Registrar) {
         "set_pos_ids(g: Graph, model: Model, r: Cached, node: Node)",
         "A11: set the node's positions for sample r from its downstreams (lm_head: A- = answer_indices - 1); attn_v/attn_k take their source positions from the pattern.",
         |g: ScriptGraph, m: ScriptModel, c: Cached, n: ScriptNode| {
-            guard("set_pos_ids", || set_pos_ids(&mut lock(&g.0), m.0.as_ref(), n.0, &sample_ref(&c)))
+            guard("set_pos_ids", || set_pos_ids(&mut lock(&g.0), c.backend(&m), n.0, &sample_ref(&c)))
         },
     )
     .func(

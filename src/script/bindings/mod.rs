@@ -7,6 +7,7 @@ pub mod graph_ops;
 pub mod lens;
 pub mod model;
 pub mod puzzle;
+pub mod spread;
 pub mod tensor;
 pub mod tensor_io;
 pub mod util;
@@ -28,6 +29,8 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     puzzle::register(&mut Registrar::new(engine, docs, "puzzle"), state);
     analysis::register(&mut Registrar::new(engine, docs, "analysis"));
     model::register(&mut Registrar::new(engine, docs, "model"), state);
+    spread::register_forward(&mut Registrar::new(engine, docs, "model"), state);
+    spread::register_mr(&mut Registrar::new(engine, docs, "util"), state);
     attribution::register(&mut Registrar::new(engine, docs, "attribution"), state);
     graph_ops::register(&mut Registrar::new(engine, docs, "attribution"));
     vis::register(&mut Registrar::new(engine, docs, "vis"));

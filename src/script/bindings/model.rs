@@ -30,15 +30,24 @@ pub struct Cached {
     pub sample: ScriptSample,
     /// Whether the call that returned this handle ran the forward (false: it was cached).
     pub fresh: bool,
+    /// The model holding the activations, for handles from `forward(models: Array, ...)`:
+    /// getters and attribution on such a handle read from it whatever model is passed.
+    pub home: Option<ScriptModel>,
 }
 
 impl Cached {
     fn key(&self) -> SampleKey {
         SampleKey::new(self.dataset.clone(), self.sample.0.index)
     }
+
+    /// The backend to read this handle's activations from: its home model when it has one
+    /// (a spread forward), else the model passed by the script.
+    pub fn backend<'a>(&'a self, passed: &'a ScriptModel) -> &'a dyn Backend {
+        self.home.as_ref().unwrap_or(passed).0.as_ref()
+    }
 }
 
-fn sample_input(s: &ScriptSample) -> SampleInput {
+pub(super) fn sample_input(s: &ScriptSample) -> SampleInput {
     SampleInput {
         index: s.0.index,
         prompt: s.0.prompt.clone(),
@@ -152,7 +161,7 @@ fn connect(st: &HostState, url: &str, token: Option<&str>) -> Result<ScriptModel
     Ok(ScriptModel(remote))
 }
 
-fn samples_of(arr: &Array) -> Result<Vec<ScriptSample>> {
+pub(super) fn samples_of(arr: &Array) -> Result<Vec<ScriptSample>> {
     arr.iter()
         .enumerate()
         .map(|(k, v)| {
@@ -171,12 +180,12 @@ enum CapturePositions {
 }
 
 /// Capture options of `forward(model, dataset, samples, opts)`.
-struct ForwardOptions {
+pub(super) struct ForwardOptions {
     layers: Option<Vec<usize>>,
     positions: CapturePositions,
     dtype: DType,
     logits: bool,
-    force: bool,
+    pub(super) force: bool,
 }
 
 impl Default for ForwardOptions {
@@ -196,7 +205,7 @@ fn bool_opt(k: &str, v: &Dynamic) -> Result<bool> {
         .map_err(|t| anyhow!("{k} must be a bool, got {t}"))
 }
 
-fn forward_options(map: &Map) -> Result<ForwardOptions> {
+pub(super) fn forward_options(map: &Map) -> Result<ForwardOptions> {
     let mut o = ForwardOptions::default();
     for (k, v) in map {
         match k.as_str() {
@@ -237,7 +246,7 @@ fn forward_options(map: &Map) -> Result<ForwardOptions> {
 
 impl ForwardOptions {
     /// The capture spec for one sample (a span is resolved on the sample's own tokens).
-    fn spec(&self, s: &ScriptSample) -> Result<CaptureSpec> {
+    pub(super) fn spec(&self, s: &ScriptSample) -> Result<CaptureSpec> {
         let positions = match &self.positions {
             CapturePositions::All => None,
             CapturePositions::Fixed(p) => Some(p.clone()),
@@ -282,19 +291,7 @@ fn forward_with(
         let fresh = opts.force || !m.0.has_sample(&key);
         if fresh {
             guard("forward", || {
-                if let Some(n) = s.0.n_tokens {
-                    let enc =
-                        m.0.tokenizer()
-                            .encode(s.0.prompt.as_str(), true)
-                            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
-                    ensure!(
-                        enc.len() == n,
-                        "sample {} has {n} tokens but the model's tokenizer gives {}: \
-                         generate the dataset with tokenizer: tokenizer(model)",
-                        s.0.index,
-                        enc.len()
-                    );
-                }
+                check_tokens(m.0.as_ref(), &s)?;
                 let spec = opts.spec(&s)?;
                 m.0.forward_sample(dataset, &sample_input(&s), &spec, opts.force)?;
                 Ok(())
@@ -304,11 +301,30 @@ fn forward_with(
             dataset: dataset.to_string(),
             sample: s,
             fresh,
+            home: None,
         }));
         pb.inc(1);
     }
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// A sample generated with a tokenizer must tokenize to the same length on this model.
+pub(super) fn check_tokens(b: &dyn Backend, s: &ScriptSample) -> Result<()> {
+    if let Some(n) = s.0.n_tokens {
+        let enc = b
+            .tokenizer()
+            .encode(s.0.prompt.as_str(), true)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        ensure!(
+            enc.len() == n,
+            "sample {} has {n} tokens but the model's tokenizer gives {}: \
+             generate the dataset with tokenizer: tokenizer(model)",
+            s.0.index,
+            enc.len()
+        );
+    }
+    Ok(())
 }
 
 /// Token texts of a cached sample's prompt (each id decoded alone).
@@ -363,7 +379,7 @@ fn register_layer_getter(r: &mut Registrar, name: &'static str, what: &str, f: L
         &format!("{what} at every position, [1,s,e]."),
         move |m: ScriptModel, c: Cached, layer: INT| {
             guard(name, || {
-                Ok(Tensor(f(m.0.as_ref(), &c.key(), layer_of(layer)?, None)?))
+                Ok(Tensor(f(c.backend(&m), &c.key(), layer_of(layer)?, None)?))
             })
         },
     );
@@ -376,7 +392,7 @@ fn register_layer_getter(r: &mut Registrar, name: &'static str, what: &str, f: L
             guard(name, || {
                 let pos = usize_list("pos_ids", &pos)?;
                 Ok(Tensor(f(
-                    m.0.as_ref(),
+                    c.backend(&m),
                     &c.key(),
                     layer_of(layer)?,
                     Some(&pos),
@@ -518,7 +534,7 @@ fn register_model_info(r: &mut Registrar) {
         "tokens",
         "tokens(model: Model, r: Cached) -> Array",
         "The text of every token of the forwarded sample's prompt, as the model's tokenizer decodes each one alone.",
-        |m: ScriptModel, c: Cached| guard("tokens", || token_texts(m.0.as_ref(), &c)),
+        |m: ScriptModel, c: Cached| guard("tokens", || token_texts(c.backend(&m), &c)),
     )
     .func(
         "datasets",
@@ -629,7 +645,7 @@ fn register_head_getters(r: &mut Registrar) {
         "get_head_output(model: Model, r: Cached, layer: int, head: int|Array|()) -> Tensor",
         "Per-head residual contribution at every position: one head [1,s,e] (head H = the MLP output), the sum of a list of heads [1,s,e], or () for all heads [1,s,n,e].",
         |m: ScriptModel, c: Cached, layer: INT, head: Dynamic| {
-            guard("get_head_output", || Ok(Tensor(m.0.head_output(&c.key(), layer_of(layer)?, &head_sel(&head)?, None)?)))
+            guard("get_head_output", || Ok(Tensor(c.backend(&m).head_output(&c.key(), layer_of(layer)?, &head_sel(&head)?, None)?)))
         },
     )
     .func(
@@ -639,7 +655,7 @@ fn register_head_getters(r: &mut Registrar) {
         |m: ScriptModel, c: Cached, layer: INT, head: Dynamic, pos: Array| {
             guard("get_head_output", || {
                 let pos = usize_list("pos_ids", &pos)?;
-                Ok(Tensor(m.0.head_output(&c.key(), layer_of(layer)?, &head_sel(&head)?, Some(&pos))?))
+                Ok(Tensor(c.backend(&m).head_output(&c.key(), layer_of(layer)?, &head_sel(&head)?, Some(&pos))?))
             })
         },
     )
@@ -648,7 +664,7 @@ fn register_head_getters(r: &mut Registrar) {
         "get_attn_weights(model: Model, r: Cached, layer: int, head: int|Array|()) -> Tensor",
         "Attention probabilities of every query position: one head [1,s,s], several or () for all [1,h,s,s].",
         |m: ScriptModel, c: Cached, layer: INT, head: Dynamic| {
-            guard("get_attn_weights", || Ok(Tensor(m.0.attn_weights(&c.key(), layer_of(layer)?, &head_sel(&head)?, None)?)))
+            guard("get_attn_weights", || Ok(Tensor(c.backend(&m).attn_weights(&c.key(), layer_of(layer)?, &head_sel(&head)?, None)?)))
         },
     )
     .func(
@@ -658,7 +674,7 @@ fn register_head_getters(r: &mut Registrar) {
         |m: ScriptModel, c: Cached, layer: INT, head: Dynamic, pos: Array| {
             guard("get_attn_weights", || {
                 let pos = usize_list("pos_ids", &pos)?;
-                Ok(Tensor(m.0.attn_weights(&c.key(), layer_of(layer)?, &head_sel(&head)?, Some(&pos))?))
+                Ok(Tensor(c.backend(&m).attn_weights(&c.key(), layer_of(layer)?, &head_sel(&head)?, Some(&pos))?))
             })
         },
     )
@@ -666,7 +682,7 @@ fn register_head_getters(r: &mut Registrar) {
         "get_logits",
         "get_logits(model: Model, r: Cached) -> Tensor",
         "Logits at every position, [1,s,v].",
-        |m: ScriptModel, c: Cached| guard("get_logits", || Ok(Tensor(m.0.logits(&c.key(), None)?))),
+        |m: ScriptModel, c: Cached| guard("get_logits", || Ok(Tensor(c.backend(&m).logits(&c.key(), None)?))),
     )
     .func(
         "get_logits",
@@ -675,7 +691,7 @@ fn register_head_getters(r: &mut Registrar) {
         |m: ScriptModel, c: Cached, pos: Array| {
             guard("get_logits", || {
                 let pos = usize_list("pos_ids", &pos)?;
-                Ok(Tensor(m.0.logits(&c.key(), Some(&pos))?))
+                Ok(Tensor(c.backend(&m).logits(&c.key(), Some(&pos))?))
             })
         },
     );

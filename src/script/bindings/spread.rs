@@ -1,0 +1,245 @@
+//! Work spread over several models (issue 7, `mr` over a list of models): `forward(models,
+//! dataset, samples)` sends sample `j` to `models[j % n]` (one thread per model) and returns
+//! `Cached` handles bound to the model that holds them; `mr(models, items, f)` calls
+//! `f(item, model)` with each item's model, one thread per model, and averages in item order.
+
+use super::model::{
+    Cached, ForwardOptions, ScriptModel, check_tokens, forward_options, sample_input, samples_of,
+};
+use super::util::mean_of;
+use super::{RResult, guard};
+use crate::model::{Backend, SampleKey};
+use crate::remote::spread::spread_map;
+use crate::script::docs::Registrar;
+use crate::script::host::{HostState, panic_message};
+use anyhow::{Result, anyhow, bail, ensure};
+use rhai::{Array, Dynamic, EvalAltResult, FnPtr, Map, NativeCallContext};
+use std::sync::Arc;
+
+/// The models of a script array (at least one).
+fn models_of(arr: &Array) -> Result<Vec<ScriptModel>> {
+    ensure!(!arr.is_empty(), "the list of models is empty");
+    arr.iter()
+        .enumerate()
+        .map(|(k, v)| {
+            v.read_lock::<ScriptModel>()
+                .map(|m| m.clone())
+                .ok_or_else(|| anyhow!("models[{k}] is a {}, expected a Model", v.type_name()))
+        })
+        .collect()
+}
+
+/// `forward(models, dataset, samples[, opts])`: sample `j` on `models[j % n]`, in parallel.
+fn forward_spread(
+    st: &HostState,
+    models: &Array,
+    dataset: &str,
+    samples: &Array,
+    opts: &ForwardOptions,
+) -> RResult<Array> {
+    let (models, samples) = guard("forward", || {
+        ensure!(!dataset.is_empty(), "the dataset name must not be empty");
+        Ok((models_of(models)?, samples_of(samples)?))
+    })?;
+    let backends: Vec<&dyn Backend> = models.iter().map(|m| m.0.as_ref()).collect();
+    let pb = st.progress(samples.len() as u64, &format!("forward {dataset}"));
+    let fresh = guard("forward", || {
+        spread_map(&backends, &samples, &|b, s| {
+            if st.interrupted() {
+                bail!("interrupted");
+            }
+            let fresh = opts.force || !b.has_sample(&SampleKey::new(dataset, s.0.index));
+            if fresh {
+                check_tokens(b, s)?;
+                b.forward_sample(dataset, &sample_input(s), &opts.spec(s)?, opts.force)
+                    .map_err(|e| {
+                        anyhow!("forward of sample {} of {dataset:?}: {e:#}", s.0.index)
+                    })?;
+            }
+            pb.inc(1);
+            Ok(fresh)
+        })
+    });
+    pb.finish_and_clear();
+    st.check_interrupt()?;
+    let fresh = fresh?;
+    let n = models.len();
+    Ok(samples
+        .into_iter()
+        .zip(fresh)
+        .enumerate()
+        .map(|(j, (sample, fresh))| {
+            Dynamic::from(Cached {
+                dataset: dataset.to_string(),
+                sample,
+                fresh,
+                home: Some(models[j % n].clone()),
+            })
+        })
+        .collect())
+}
+
+/// Item `j`'s model: the home model of a bound `Cached` handle, else `models[j % n]`.
+fn item_models(models: &[ScriptModel], items: &Array) -> Vec<ScriptModel> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, it)| {
+            it.read_lock::<Cached>()
+                .and_then(|c| c.home.clone())
+                .unwrap_or_else(|| models[j % models.len()].clone())
+        })
+        .collect()
+}
+
+/// Groups item positions by model (the same `Arc`), in first-seen order.
+fn groups(item_models: &[ScriptModel]) -> Vec<Vec<usize>> {
+    let mut keys: Vec<*const ()> = Vec::new();
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (j, m) in item_models.iter().enumerate() {
+        let key = Arc::as_ptr(&m.0) as *const ();
+        match keys.iter().position(|&k| k == key) {
+            Some(g) => out[g].push(j),
+            None => {
+                keys.push(key);
+                out.push(vec![j]);
+            }
+        }
+    }
+    out
+}
+
+type Slot = (usize, RResult<Dynamic>);
+
+/// Calls `f(item, model)` for one model's share, in order, stopping at the first error.
+fn run_share(
+    st: &HostState,
+    ctx: &NativeCallContext,
+    f: &FnPtr,
+    items: &Array,
+    item_models: &[ScriptModel],
+    share: &[usize],
+    pb: &indicatif::ProgressBar,
+) -> Vec<Slot> {
+    let mut out = Vec::with_capacity(share.len());
+    for &j in share {
+        if let Err(e) = st.check_interrupt() {
+            out.push((j, Err(e)));
+            break;
+        }
+        let m = &item_models[j];
+        let args = [items[j].clone(), Dynamic::from(m.clone())];
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call_raw(ctx, None, args)))
+                .unwrap_or_else(|p| {
+                    Err(format!("internal error (panic): {}", panic_message(&p)).into())
+                })
+                .map_err(|e| name_item(e, j, m));
+        let failed = r.is_err();
+        out.push((j, r));
+        if failed {
+            break;
+        }
+        pb.inc(1);
+    }
+    out
+}
+
+/// Prefix an error with the item and its model (interrupts pass through unchanged).
+fn name_item(e: Box<EvalAltResult>, j: usize, m: &ScriptModel) -> Box<EvalAltResult> {
+    if matches!(*e, EvalAltResult::ErrorTerminated(..)) {
+        return e;
+    }
+    format!("mr(): item {j} on {}: {e}", m.0.describe()).into()
+}
+
+/// `mr(models, items, f)`: each model's share on its own thread, mean in item order.
+fn mr_spread(
+    st: &HostState,
+    ctx: &NativeCallContext,
+    models: &Array,
+    items: &Array,
+    f: &FnPtr,
+) -> RResult<Dynamic> {
+    let models = guard("mr", || {
+        ensure!(!items.is_empty(), "map-reduce over an empty list of items");
+        models_of(models)
+    })?;
+    let item_models = item_models(&models, items);
+    let shares = groups(&item_models);
+    let pb = st.progress(items.len() as u64, "mr");
+    let slots: Vec<Slot> = std::thread::scope(|s| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                let (item_models, pb) = (&item_models, &pb);
+                s.spawn(move || run_share(st, ctx, f, items, item_models, share, pb))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![(0, Err("mr(): a worker thread panicked".into()))])
+            })
+            .collect()
+    });
+    pb.finish_and_clear();
+    st.check_interrupt()?;
+    let mut vals: Vec<Option<Dynamic>> = vec![None; items.len()];
+    let mut first_err: Option<(usize, Box<EvalAltResult>)> = None;
+    for (j, r) in slots {
+        match r {
+            Ok(v) => vals[j] = Some(v),
+            Err(e) if first_err.as_ref().is_none_or(|(k, _)| j < *k) => first_err = Some((j, e)),
+            Err(_) => {}
+        }
+    }
+    if let Some((_, e)) = first_err {
+        return Err(e);
+    }
+    guard("mr", || {
+        let vals = vals
+            .into_iter()
+            .enumerate()
+            .map(|(j, v)| v.ok_or_else(|| anyhow!("no result for item {j}")))
+            .collect::<Result<Vec<_>>>()?;
+        mean_of(&vals)
+    })
+}
+
+/// Register `forward(models: Array, ...)` (model domain).
+pub fn register_forward(r: &mut Registrar, state: &Arc<HostState>) {
+    let st = state.clone();
+    r.func(
+        "forward",
+        "forward(models: Array, dataset: String, samples: Array) -> Array",
+        "Spread a forward over several models (e.g. connected servers): sample j goes to models[j % n], one thread per model; returns Cached handles bound to the model holding them (getters and attribution on a bound handle read from that model, whatever model is passed).",
+        move |models: Array, dataset: &str, samples: Array| {
+            forward_spread(&st, &models, dataset, &samples, &ForwardOptions::default())
+        },
+    );
+    let st = state.clone();
+    r.func(
+        "forward",
+        "forward(models: Array, dataset: String, samples: Array, opts: Map) -> Array",
+        "Spread forward with the capture options of forward(model, dataset, samples, opts).",
+        move |models: Array, dataset: &str, samples: Array, opts: Map| {
+            let o = guard("forward", || forward_options(&opts))?;
+            forward_spread(&st, &models, dataset, &samples, &o)
+        },
+    );
+}
+
+/// Register `mr(models: Array, items: Array, f)` (util domain).
+pub fn register_mr(r: &mut Registrar, state: &Arc<HostState>) {
+    let st = state.clone();
+    r.func(
+        "mr",
+        "mr(models: Array, items: Array, f: Fn(item, model) -> any) -> any",
+        "Map-reduce over several models: f(item, model) with item j's model (the model a Cached handle from forward(models, ...) is bound to, else models[j % n]), each model's share on its own thread; elementwise mean in item order, as mr(items, f).",
+        move |ctx: NativeCallContext, models: Array, items: Array, f: FnPtr| {
+            mr_spread(&st, &ctx, &models, &items, &f)
+        },
+    );
+}
