@@ -163,6 +163,27 @@ fn request_bodies_over_the_limit_are_refused() {
     assert_eq!(code, 200);
 }
 
+/// A plain forward needs only the index and the prompt: labels, candidates and answer
+/// positions default to none.
+#[test]
+fn forward_accepts_a_sample_with_only_index_and_prompt() {
+    let srv = server(opts());
+    let url = srv.url();
+    let body =
+        serde_json::json!({"dataset": "plain", "sample": {"index": 3, "prompt": "grid = {"}});
+    let (code, bytes) = raw(
+        "POST",
+        &format!("{url}/forward"),
+        None,
+        JSON,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&bytes));
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["index"], 3);
+    assert!(v["seq_len"].as_u64().unwrap() > 0);
+}
+
 #[test]
 fn bearer_token_is_checked_on_every_request() {
     let srv = server(ServeOptions {

@@ -46,11 +46,14 @@ pub struct SampleInput {
     pub index: usize,
     /// The prompt text (tokenized by the backend's tokenizer).
     pub prompt: String,
-    /// Answer token ids, one per answer position.
+    /// Answer token ids, one per answer position (may be omitted on the wire: none).
+    #[serde(default)]
     pub labels: Vec<u32>,
-    /// Candidate answer token ids (logits mask, A3).
+    /// Candidate answer token ids (logits mask, A3; omitted: none).
+    #[serde(default)]
     pub candidate_ids: Vec<u32>,
-    /// Positions whose next-token prediction is the answer (one per label).
+    /// Positions whose next-token prediction is the answer (one per label; omitted: none).
+    #[serde(default)]
     pub answer_indices: Vec<usize>,
 }
 
