@@ -7,6 +7,7 @@
 //! ([`prompt::gen_prompt`]) fills every [`Track`] with the byte span of the text it stands for;
 //! tokenization ([`prompt::resolve_tokens`]) then fills the token positions.
 
+pub mod aggregate;
 pub mod cli;
 pub mod color;
 pub mod dataset;
