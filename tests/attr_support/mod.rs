@@ -1,7 +1,12 @@
 //! Shared test helpers: a tiny random Qwen2 built in memory, a cached sample, finite differences.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+#[allow(unused_imports)] // not every test binary reads it
+pub use common::vals;
 use minarc::model::{CaptureSpec, LayerWeights, Local, ModelConfig, Qwen2, SampleInput, Weights};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -124,16 +129,6 @@ pub fn local_with_samples(
             .unwrap();
     }
     local
-}
-
-/// Flattened f32 values.
-pub fn vals(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Central finite differences of a scalar function of x (all entries), step h, in f64.

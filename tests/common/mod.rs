@@ -1,10 +1,11 @@
 //! Shared helpers for the model tests: fixture folders in temp dirs, deterministic inputs.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
-use minarc::model::fixture::{Preset, write_model};
+use minarc::model::fixture::{Preset, init_model, write_model};
 use minarc::model::{ModelConfig, Qwen2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -19,6 +20,29 @@ pub fn fixture(preset: Preset, seed: u64, shards: usize) -> tempfile::TempDir {
 /// Loads a fixture folder in f32 on the CPU.
 pub fn load(dir: &Path) -> Qwen2 {
     Qwen2::load(dir, DType::F32, &Device::Cpu).expect("load model")
+}
+
+/// Layers L and heads H of the `tiny` preset (checked in [`tiny_model_dir`]).
+pub const TINY_L: usize = 2;
+pub const TINY_H: usize = 4;
+
+/// A complete `tiny` fixture folder (seed 7, with tokenizer), written once per test binary.
+pub fn tiny_model_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("minarc-tiny-fixture")
+            .tempdir()
+            .unwrap()
+            .keep();
+        init_model(Preset::Tiny, 7, &dir, 1).unwrap();
+        let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        assert_eq!(
+            (cfg.num_hidden_layers, cfg.num_attention_heads),
+            (TINY_L, TINY_H)
+        );
+        dir
+    })
 }
 
 /// Tiny model (seed 0) and its folder.

@@ -2,32 +2,21 @@
 //! binary, a local backend on it, and a server on an ephemeral loopback port.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use minarc::model::fixture::{Preset, init_model};
 use minarc::model::{Backend, CaptureSpec, Local, SampleInput};
 use minarc::remote::{RunningServer, ServeOptions};
 
-/// Layers L and heads H of the `tiny` fixture preset (checked in [`model_dir`]).
-pub const L: usize = 2;
-pub const H: usize = 4;
+#[path = "../common/mod.rs"]
+mod common;
+
+#[allow(unused_imports)] // not every test binary reads them
+pub use common::{TINY_H as H, TINY_L as L};
 
 /// The fixture model folder (written once per test binary).
 pub fn model_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("minarc-remote-fixture")
-            .tempdir()
-            .unwrap()
-            .keep();
-        init_model(Preset::Tiny, 7, &dir, 1).unwrap();
-        let cfg = minarc::model::ModelConfig::from_file(&dir.join("config.json")).unwrap();
-        assert_eq!((cfg.num_hidden_layers, cfg.num_attention_heads), (L, H));
-        dir
-    })
+    common::tiny_model_dir()
 }
 
 /// A fresh local backend on the fixture model.
