@@ -755,6 +755,31 @@ fn mean_tensors(ts: Vec<Tensor>) -> Result<Tensor> {
     <Tensor as crate::attribution::Mean>::mean_of(ts)
 }
 
+/// Runs `op` on every sample as heavy work and answers with the mean tensor (metadata
+/// `averaged_over` when the request named no sample).
+async fn mean_tensor_response(
+    st: &AppState,
+    keys: Vec<SampleKey>,
+    averaged: bool,
+    op: impl Fn(&SampleKey) -> Result<Tensor> + Send + 'static,
+) -> ApiResult<Response> {
+    let n = keys.len();
+    let t = heavy(st, move || {
+        let out = keys
+            .iter()
+            .map(&op)
+            .collect::<Result<Vec<_>>>()
+            .map_err(ApiError::unprocessable)?;
+        mean_tensors(out).map_err(ApiError::unprocessable)
+    })
+    .await?;
+    let mut meta = HashMap::new();
+    if averaged {
+        meta.insert("averaged_over".to_string(), n.to_string());
+    }
+    tensor_response(&[(wire::TENSOR, &t)], meta)
+}
+
 fn mean_opt(ts: Vec<Option<Tensor>>) -> Result<Option<Tensor>> {
     if ts.iter().all(Option::is_none) {
         return Ok(None);
@@ -837,21 +862,10 @@ async fn node_forward(State(st): State<Shared>, RawBody(body): RawBody) -> ApiRe
     let local = st.local();
     check_node(&local, req.node_type, req.layer, req.head)?;
     let keys = request_samples(&local, &w.dataset, w.sample)?;
-    let n = keys.len();
-    let t = heavy(&st, move || {
-        let out = keys
-            .iter()
-            .map(|k| local.node_forward(k, &req))
-            .collect::<Result<Vec<_>>>()
-            .map_err(ApiError::unprocessable)?;
-        mean_tensors(out).map_err(ApiError::unprocessable)
+    mean_tensor_response(&st, keys, w.sample.is_none(), move |k| {
+        local.node_forward(k, &req)
     })
-    .await?;
-    let mut meta = HashMap::new();
-    if w.sample.is_none() {
-        meta.insert("averaged_over".to_string(), n.to_string());
-    }
-    tensor_response(&[(wire::TENSOR, &t)], meta)
+    .await
 }
 
 async fn lens_logits(State(st): State<Shared>, RawBody(body): RawBody) -> ApiResult<Response> {
@@ -914,21 +928,10 @@ async fn attribute_residual(
     };
     let local = st.local();
     let keys = request_samples(&local, &w.dataset, w.sample)?;
-    let n = keys.len();
-    let t = heavy(&st, move || {
-        let out = keys
-            .iter()
-            .map(|k| local.attribute_residual(k, &req))
-            .collect::<Result<Vec<_>>>()
-            .map_err(ApiError::unprocessable)?;
-        mean_tensors(out).map_err(ApiError::unprocessable)
+    mean_tensor_response(&st, keys, w.sample.is_none(), move |k| {
+        local.attribute_residual(k, &req)
     })
-    .await?;
-    let mut meta = HashMap::new();
-    if w.sample.is_none() {
-        meta.insert("averaged_over".to_string(), n.to_string());
-    }
-    tensor_response(&[(wire::TENSOR, &t)], meta)
+    .await
 }
 
 // ---------------------------------------------------------------- middleware
