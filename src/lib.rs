@@ -2,6 +2,8 @@
 
 pub mod analysis;
 pub mod attribution;
+pub mod cancel;
+pub mod limits;
 pub mod model;
 pub mod puzzle;
 pub mod remote;

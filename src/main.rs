@@ -10,6 +10,10 @@ use minarc::script::cli as script_cli;
     about = "Mechanistic interpretability workbench for Qwen2 models on ARC-style puzzles"
 )]
 struct Cli {
+    /// Show error backtraces (also MINARC_DEBUG=1). Without it, errors are one clear message
+    /// even when RUST_BACKTRACE is set.
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,8 +49,30 @@ enum BenchCommand {
     Attribution(minarc::attribution::bench::BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
+    let debug = cli.debug || minarc::limits::env_flag("MINARC_DEBUG");
+    // Library errors (anyhow, candle) capture a backtrace when RUST_BACKTRACE is set and print
+    // it inside ordinary messages; RUST_LIB_BACKTRACE=0 turns that capture off (panics keep
+    // RUST_BACKTRACE). Set before any thread exists or any error is built.
+    // SAFETY: single-threaded here; nothing reads the environment concurrently.
+    unsafe {
+        std::env::set_var("RUST_LIB_BACKTRACE", if debug { "1" } else { "0" });
+    }
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            if debug {
+                eprintln!("error: {e:?}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
     let code = match cli.command {
         Command::Run(a) => script_cli::run(a)?,
         Command::Watch(a) => script_cli::watch(a)?,
@@ -63,5 +89,5 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => minarc::remote::cli::run(&args).map(|_| 0)?,
     };
-    std::process::exit(code);
+    Ok(code)
 }

@@ -509,3 +509,46 @@ fn bad_backend_requests_are_errors() {
     };
     assert!(local.attribute_residual(key, &rr).is_err());
 }
+
+#[test]
+fn rank_heads_orders_by_magnitude_signed_score_or_the_seed_rule() {
+    use minarc::attribution::{HeadRanking, rank_heads};
+    // [L=2, H+1=3, g=2]: head scores Σ_g: (0,0) = -5, (0,1) = 1, (1,0) = 3, (1,1) = 0.5 (entries
+    // 2 and -1.5: |.| sum 3.5); the MLP column (h = 2) holds the largest values and is dropped.
+    let v: Vec<f32> = vec![
+        -2.0, -3.0, 0.5, 0.5, 9.0, 9.0, //
+        1.0, 2.0, 2.0, -1.5, 8.0, 8.0,
+    ];
+    let attr = candle_core::Tensor::from_vec(v, (2, 3, 2), &candle_core::Device::Cpu).unwrap();
+    let order = |by| -> Vec<(usize, usize, f32, f32)> {
+        rank_heads(&attr, 4, 2, by)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.layer, s.head, s.score, s.abs))
+            .collect()
+    };
+    assert_eq!(
+        order(HeadRanking::Abs),
+        vec![
+            (0, 0, -5.0, 5.0),
+            (1, 1, 0.5, 3.5),
+            (1, 0, 3.0, 3.0),
+            (0, 1, 1.0, 1.0)
+        ]
+    );
+    assert_eq!(
+        order(HeadRanking::Signed),
+        vec![
+            (1, 0, 3.0, 3.0),
+            (0, 1, 1.0, 1.0),
+            (1, 1, 0.5, 3.5),
+            (0, 0, -5.0, 5.0)
+        ]
+    );
+    // the seed's rule: top signed entries (2.0 at (1,0,1) and (1,1,0), then 1.0, 0.5 ...)
+    let seed = order(HeadRanking::Seed);
+    assert_eq!((seed[0].0, seed[0].1), (1, 0));
+    assert_eq!((seed[1].0, seed[1].1), (1, 1));
+    assert_eq!(seed.len(), 4);
+    assert_eq!(rank_heads(&attr, 2, 2, HeadRanking::Abs).unwrap().len(), 2);
+}

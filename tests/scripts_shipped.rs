@@ -45,7 +45,9 @@ fn rhai_files(dir: &str) -> Vec<PathBuf> {
 /// Script-specific arguments on top of `--model DIR --out DIR`.
 fn extra_args(name: &str) -> Vec<String> {
     let v: &[&str] = match name {
-        "top_heads.rhai" | "expand.rhai" => &["--n", "2"],
+        // k = 5 of the tiny model's 8 heads: the ranking must keep the 5 largest magnitudes
+        "top_heads.rhai" => &["--n", "2", "--k", "5"],
+        "expand.rhai" => &["--n", "2"],
         _ => &[],
     };
     v.iter().map(|s| s.to_string()).collect()
@@ -58,6 +60,11 @@ struct Run {
 
 /// Runs a script in a fresh host with `--model model --out out` plus its extra arguments.
 fn run_script(path: &Path, model: &str, out: &Path) -> Run {
+    run_script_with(path, model, out, &[])
+}
+
+/// As [`run_script`] with more arguments.
+fn run_script_with(path: &Path, model: &str, out: &Path, more: &[&str]) -> Run {
     let (output, buf): (Output, SharedBuf) = Output::buffer();
     let mut host = Host::with_output(output);
     host.state().set_show_progress(false);
@@ -69,6 +76,7 @@ fn run_script(path: &Path, model: &str, out: &Path) -> Run {
         out.display().to_string(),
     ];
     args.extend(extra_args(name));
+    args.extend(more.iter().map(|s| s.to_string()));
     let value = minarc::script::runner::run(&mut host, path, args)
         .unwrap_or_else(|e| panic!("{name} failed:\n{e}\noutput:\n{}", buf.contents()));
     Run {
@@ -142,14 +150,25 @@ fn check_files(name: &str, files: &Array) {
     }
 }
 
-/// [layer, head, score] rows: valid heads, finite non-negative scores, no duplicates.
+/// [layer, head, Σ|attr|] rows (or rank_heads' [layer, head, score, abs] rows, returned as
+/// (layer, head, abs)): valid heads, finite non-negative magnitudes (|score| ≤ abs), no
+/// duplicates.
 fn check_top_heads(name: &str, top: &Array, max_layer: usize) -> Vec<(usize, usize, f64)> {
     assert!(!top.is_empty(), "{name}: no top heads");
     let rows: Vec<(usize, usize, f64)> = top
         .iter()
         .map(|t| {
             let t = array(t);
-            (num(&t[0]) as usize, num(&t[1]) as usize, num(&t[2]))
+            if t.len() == 4 {
+                let (score, abs) = (num(&t[2]), num(&t[3]));
+                assert!(
+                    score.is_finite() && score.abs() <= abs + 1e-9,
+                    "{name}: {score} {abs}"
+                );
+                (num(&t[0]) as usize, num(&t[1]) as usize, abs)
+            } else {
+                (num(&t[0]) as usize, num(&t[1]) as usize, num(&t[2]))
+            }
         })
         .collect();
     let mut seen = std::collections::HashSet::new();
@@ -174,37 +193,51 @@ fn check_top_heads_run(r: &Run, out: &Path) {
     let lp = num(&m["logprob"]);
     assert!((0.0..=1.0).contains(&acc), "accuracy {acc}");
     assert!(lp.is_finite() && lp <= 0.0, "log-prob {lp}");
-    // k = 30 is capped at all heads of the model (until_k keeps scanning).
+    // --k 5 of the 8 heads, ranked by magnitude (the default --rank abs).
     let top = check_top_heads("top_heads", &array(&m["top_heads"]), L);
-    assert_eq!(top.len(), L * H);
-    // Independent check against the saved attribution [L, H+1, 1]: each score is Σ|attr| of its
-    // head, and the first head is the largest attribution among head columns (MLP excluded).
+    assert_eq!(top.len(), 5);
+    // Independent check against the saved attribution [L, H+1, 1]: the rows are the 5 heads of
+    // largest |attr| in decreasing order (none of the large ones missing), each with its signed
+    // score attr[l][h] and magnitude |attr[l][h]|.
     let t = candle_core::safetensors::load(out.join("attr.safetensors"), &candle_core::Device::Cpu)
         .unwrap();
     let attr = t["tensor"].clone();
     assert_eq!(attr.dims(), &[L, H + 1, 1]);
     let a = attr.squeeze(2).unwrap().to_vec2::<f32>().unwrap();
-    for &(l, h, s) in &top {
-        assert!((s - a[l][h].abs() as f64).abs() < 1e-6, "score of {l}-{h}");
+    let mut by_mag: Vec<(usize, usize)> =
+        (0..L).flat_map(|l| (0..H).map(move |h| (l, h))).collect();
+    by_mag.sort_by(|x, y| a[y.0][y.1].abs().total_cmp(&a[x.0][x.1].abs()));
+    let rows = array(&m["top_heads"]);
+    for (i, row) in rows.iter().enumerate() {
+        let row = array(row);
+        let (l, h) = (num(&row[0]) as usize, num(&row[1]) as usize);
+        assert_eq!((l, h), by_mag[i], "rank {i}");
+        assert!(
+            (num(&row[2]) - a[l][h] as f64).abs() < 1e-6,
+            "signed score of {l}-{h}"
+        );
+        assert!(
+            (num(&row[3]) - a[l][h].abs() as f64).abs() < 1e-6,
+            "|score| of {l}-{h}"
+        );
     }
-    let mut best = (0, 0);
-    for (l, row) in a.iter().enumerate() {
-        for (h, &v) in row.iter().take(H).enumerate() {
-            if v > a[best.0][best.1] {
-                best = (l, h);
-            }
-        }
-    }
-    assert_eq!((top[0].0, top[0].1), best);
-    // The printed table has one row per head with the head's score.
-    for (i, &(l, h, s)) in top.iter().enumerate() {
+    assert!(r.out.contains("ranked by |score|"), "{}", r.out);
+    // The printed table has one row per head with its signed score and its magnitude.
+    for (i, row) in rows.iter().enumerate() {
+        let row = array(row);
+        let (l, h) = (num(&row[0]) as usize, num(&row[1]) as usize);
         let line = r
             .out
             .lines()
             .find(|x| x.starts_with(&format!("{:<5}{:<7}", i + 1, format!("{l}-{h}"))))
             .unwrap_or_else(|| panic!("no table row for {l}-{h}:\n{}", r.out));
-        let printed: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-        assert!((printed - s).abs() < 1e-4, "{line}");
+        let col = |k: usize| -> f64 { line.split_whitespace().nth(k).unwrap().parse().unwrap() };
+        let (score, abs) = (num(&row[2]), num(&row[3]));
+        assert!(
+            (col(2) - score).abs() <= 1e-4 * score.abs().max(1.0),
+            "{line}"
+        );
+        assert!((col(3) - abs).abs() <= 1e-4 * abs.max(1.0), "{line}");
     }
     // W5 columns are fractions / attention masses.
     for row in array(&m["rows"]) {
@@ -222,6 +255,8 @@ fn check_top_heads_run(r: &Run, out: &Path) {
 fn check_expand_run(r: &Run) {
     let m = map(&r.value);
     assert!(r.out.contains("TREE") && r.out.contains("CLUSTERING SUMMARY"));
+    // Small non-zero scores are printed in scientific notation, never as 0.0000.
+    assert!(!r.out.contains(" 0.0000"), "{}", r.out);
     let picked = check_top_heads("expand picked", &array(&m["picked"]), L);
     // Level-1 heads sit below the highest picked node's layer.
     let max_picked = picked.iter().map(|p| p.0).max().unwrap();
@@ -311,16 +346,18 @@ fn top_heads_gives_the_same_heads_and_scores_locally_and_remotely() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
+    // a server with a bearer token, reached with the script's --token option
     let srv = minarc::remote::RunningServer::start(
         backend,
         minarc::remote::ServeOptions {
             port: 0,
+            token: Some("tok-123".into()),
             ..Default::default()
         },
     )
     .unwrap();
     let out2 = tempfile::tempdir().unwrap();
-    let remote = run_script(&script, &srv.url(), out2.path());
+    let remote = run_script_with(&script, &srv.url(), out2.path(), &["--token", "tok-123"]);
     assert!(
         remote.out.contains("remote"),
         "not served remotely:\n{}",

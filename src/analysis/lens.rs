@@ -224,6 +224,7 @@ fn row_stats(row: &[f32], label: u32, topk: usize) -> Result<RowStats> {
     }
     let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
     let lse = max as f64 + sum.ln();
+    let topk = topk.min(v);
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(topk + 1);
     for (i, &x) in row.iter().enumerate() {
         if top.len() == topk && top.last().is_some_and(|t| row[t.0 as usize] >= x) {

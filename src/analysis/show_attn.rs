@@ -312,9 +312,10 @@ fn header(
     ))
 }
 
-/// Terminal view: the header, then [`crate::vis::tokens::render_tokens_ansi`] of the rows.
+/// Terminal view: the header, then [`crate::vis::tokens::render_tokens_term`] of the rows
+/// (colours only on a terminal without `NO_COLOR`).
 pub fn show_attn_ansi(v: &ShowAttn) -> Result<String> {
-    let body = crate::vis::tokens::render_tokens_ansi(&v.tokens, &v.rows, &v.labels)?;
+    let body = crate::vis::tokens::render_tokens_term(&v.tokens, &v.rows, &v.labels)?;
     Ok(format!("{}\n{body}", v.header))
 }
 

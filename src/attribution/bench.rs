@@ -63,8 +63,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cfg.vocab_size,
     );
     let s = args.tokens;
-    if s < 20 || args.nodes == 0 {
-        bail!("need --tokens ≥ 20 and --nodes ≥ 1");
+    if s < 20 || !(1..=crate::model::cli::MAX_REPS).contains(&args.nodes) {
+        bail!(
+            "need --tokens ≥ 20 and --nodes in 1..={}",
+            crate::model::cli::MAX_REPS
+        );
     }
     // deterministic pseudo-random tokens; 8 answers near the end
     let ids: Vec<u32> = (0..s).map(|i| ((i * 7919 + 13) % v) as u32).collect();

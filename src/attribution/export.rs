@@ -26,6 +26,10 @@ pub fn save_safetensors(tensors: &[(&str, &Tensor)], path: &Path) -> Result<()> 
 
 /// Loads every tensor of a safetensors file.
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    // the whole file is read: refuse devices, pipes and files larger than the free memory
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "{} is not a regular file", path.display());
+    crate::limits::check_alloc(meta.len() as u128, &format!("reading {}", path.display()))?;
     candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("reading {}", path.display()))
 }

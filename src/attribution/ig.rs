@@ -39,8 +39,25 @@ impl IgRule {
     /// The plain gradient at α = 1.
     pub const PLAIN: IgRule = IgRule::Seed { steps: 0 };
 
-    /// (α, weight) pairs; weights sum to 1.
+    /// Checks the resolution: n ≥ 1 for Gauss–Legendre and midpoint, and steps / n at most
+    /// [`crate::limits::IG_RESOLUTION`] (a rule over the limit would allocate and loop without
+    /// bound).
+    pub fn validate(&self) -> Result<()> {
+        let (name, r) = match *self {
+            IgRule::Seed { steps } => ("seed steps", steps),
+            IgRule::GaussLegendre { n } => ("gauss_legendre n", n),
+            IgRule::RiemannMidpoint { n } => ("riemann_midpoint n", n),
+        };
+        if r == 0 && !matches!(self, IgRule::Seed { .. }) {
+            bail!("{} needs n >= 1", name.trim_end_matches(" n"));
+        }
+        crate::limits::IG_RESOLUTION.check(r, name)?;
+        Ok(())
+    }
+
+    /// (α, weight) pairs; weights sum to 1. Fails for a rule that [`IgRule::validate`] refuses.
     pub fn points(&self) -> Result<Vec<(f64, f64)>> {
+        self.validate()?;
         match *self {
             IgRule::Seed { steps: 0 } => Ok(vec![(1.0, 1.0)]),
             IgRule::Seed { steps } => {
@@ -162,6 +179,24 @@ pub struct Adaptive {
     pub tol: f64,
     /// Largest steps / n tried (default 256).
     pub max_resolution: usize,
+}
+
+impl Adaptive {
+    /// Checks `tol` (finite, > 0) and `max_resolution` (≥ 1, at most
+    /// [`crate::limits::IG_RESOLUTION`]).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.tol.is_finite() && self.tol > 0.0) {
+            bail!(
+                "adaptive tol must be a positive finite number, got {}",
+                self.tol
+            );
+        }
+        if self.max_resolution == 0 {
+            bail!("adaptive max_resolution must be ≥ 1");
+        }
+        crate::limits::IG_RESOLUTION.check(self.max_resolution, "adaptive max_resolution")?;
+        Ok(())
+    }
 }
 
 impl Default for Adaptive {

@@ -37,9 +37,9 @@ pub use primitives::{
     NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualGrad, ResidualRequest, SinkMode,
 };
 pub use step::{
-    accum_output_grad, add_edges, attention_attribution, attribute_attn_weights, attribute_step,
-    backward, embed_attribution, forward, get_attn_attrs_on_dataset, get_top_heads,
-    set_all_pos_ids, set_pos_ids,
+    HeadRanking, HeadScore, accum_output_grad, add_edges, attention_attribution,
+    attribute_attn_weights, attribute_step, backward, embed_attribution, forward,
+    get_attn_attrs_on_dataset, get_top_heads, rank_heads, set_all_pos_ids, set_pos_ids,
 };
 pub use topk::{TopK, topk_md};
 pub use tree::{AttrData, AttrTree, TreeOptions, add_tree_node, data2str};

@@ -309,19 +309,39 @@ fn normed_fresh(m: &Qwen2, norm: Norm, x: &Tensor) -> Result<Tensor> {
     f32t(&m.rms_norm(norm, x, None)?, m.device())
 }
 
-/// (α-scaled batch `[b,..]` as a Var, per-point weights `[b]`).
-fn scaled(x: &Tensor, rule: &IgRule) -> Result<(Var, Tensor)> {
+/// IG points per backward pass: the path is processed in chunks of this many points, so memory
+/// is bounded by the chunk and cancellation ([`crate::cancel`]) is checked between chunks.
+const IG_CHUNK: usize = 16;
+
+/// Path-averaged gradient Σ_b w_b ∂/∂x_b Σ(y(x_b) ⊙ gy) with x_b = α_b·x over the rule's points,
+/// in chunks of [`IG_CHUNK`]: x `[1,..]`, `y_of` maps the scaled batch `[b,..]` (a Var) to
+/// y `[b,k,e]`, gy `[1,k,e]` → `[1,..]`.
+fn ig_path_grad(
+    x: &Tensor,
+    rule: &IgRule,
+    gy: &Tensor,
+    y_of: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let pts = rule.points()?;
-    let xs: Vec<Tensor> = pts
-        .iter()
-        .map(|(a, _)| x.affine(*a, 0.0))
-        .collect::<candle_core::Result<_>>()?;
-    let w: Vec<f32> = pts.iter().map(|(_, w)| *w as f32).collect();
-    let n = w.len();
-    Ok((
-        Var::from_tensor(&Tensor::cat(&xs, 0)?)?,
-        Tensor::from_vec(w, n, x.device())?,
-    ))
+    let mut total: Option<Tensor> = None;
+    for chunk in pts.chunks(IG_CHUNK) {
+        crate::cancel::check()?;
+        let xs: Vec<Tensor> = chunk
+            .iter()
+            .map(|(a, _)| x.affine(*a, 0.0))
+            .collect::<candle_core::Result<_>>()?;
+        let w: Vec<f32> = chunk.iter().map(|(_, w)| *w as f32).collect();
+        let n = w.len();
+        let xs = Var::from_tensor(&Tensor::cat(&xs, 0)?)?;
+        let w = Tensor::from_vec(w, n, x.device())?;
+        let y = y_of(xs.as_tensor())?;
+        let g = path_grad(&xs, &y, &w, gy)?;
+        total = Some(match total {
+            None => g,
+            Some(t) => (t + g)?,
+        });
+    }
+    total.context("the IG rule has no points")
 }
 
 /// ∂/∂xs of Σ_b w_b Σ (y_b ⊙ gy), summed over b → `[1,..]`. y `[b,k,e]`, gy `[1,k,e]`.
@@ -375,6 +395,10 @@ pub fn node_gradient(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest) -> Resu
         );
     }
     let rule = req.ig.unwrap_or_else(|| default_rule(t));
+    rule.validate()?;
+    if let Some(ad) = &req.adaptive {
+        ad.validate()?;
+    }
     if req.adaptive.is_some() && t != NodeType::LmHead {
         bail!("adaptive IG needs a scalar objective (lm_head node), not {t}");
     }
@@ -458,30 +482,43 @@ fn lm_head_path_grad(
     let v = m.config().vocab_size;
     let dev = x.device();
     let pts = rule.points()?;
-    let b = pts.len();
-    let xs: Vec<Tensor> = pts
-        .iter()
-        .map(|(a, _)| x.affine(*a, 0.0))
-        .collect::<candle_core::Result<_>>()?;
-    let mut z = f32t(&m.lm_head(&Tensor::cat(&xs, 0)?)?, dev)?; // [b,k,v]
+    let mut mask = None;
     if !cands.is_empty() {
-        let mut mask = vec![-1e4f32; v];
+        let mut mv = vec![-1e4f32; v];
         for &c in cands {
-            mask[c as usize] = 0.0;
+            mv[c as usize] = 0.0;
         }
-        z = z.broadcast_add(&Tensor::from_vec(mask, v, dev)?)?;
+        mask = Some(Tensor::from_vec(mv, v, dev)?);
     }
-    let p = softmax_last(&z)?;
     let mut onehot = vec![0f32; k * v];
     for (i, &l) in labels.iter().enumerate() {
         onehot[i * v + l as usize] = 1.0;
     }
     let onehot = Tensor::from_vec(onehot, (1, k, v), dev)?;
-    let w: Vec<f32> = pts.iter().map(|(_, w)| *w as f32).collect();
-    let w = Tensor::from_vec(w, (b, 1, 1), dev)?;
-    let dz = (onehot.broadcast_sub(&p)? / k as f64)?
-        .broadcast_mul(&w)?
-        .sum(0)?; // [k,v]
+    let mut dz: Option<Tensor> = None; // [k,v]
+    for chunk in pts.chunks(IG_CHUNK) {
+        crate::cancel::check()?;
+        let b = chunk.len();
+        let xs: Vec<Tensor> = chunk
+            .iter()
+            .map(|(a, _)| x.affine(*a, 0.0))
+            .collect::<candle_core::Result<_>>()?;
+        let mut z = f32t(&m.lm_head(&Tensor::cat(&xs, 0)?)?, dev)?; // [b,k,v]
+        if let Some(mask) = &mask {
+            z = z.broadcast_add(mask)?;
+        }
+        let p = softmax_last(&z)?;
+        let w: Vec<f32> = chunk.iter().map(|(_, w)| *w as f32).collect();
+        let w = Tensor::from_vec(w, (b, 1, 1), dev)?;
+        let part = (onehot.broadcast_sub(&p)? / k as f64)?
+            .broadcast_mul(&w)?
+            .sum(0)?;
+        dz = Some(match dz {
+            None => part,
+            Some(d) => (d + part)?,
+        });
+    }
+    let dz = dz.context("the IG rule has no points")?;
     let wlm = f32t(&m.weights().lm_head_t, dev)?; // [e,v]
     Ok(dz.matmul(&wlm.t()?)?.reshape((1, k, e))?)
 }
@@ -505,13 +542,12 @@ fn mlp_grad(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest, rule: IgRule) ->
         &mid_residual(m, s, l, pos)?,
         &var,
     )?;
-    let (xs, w) = scaled(&x, &rule)?;
-    let y = match req.node_type {
-        NodeType::Mlp => m.mlp(l, xs.as_tensor(), None)?,
-        NodeType::MlpI => m.mlp(l, xs.as_tensor(), Some(&x))?,
-        _ => m.mlp(l, &x, Some(xs.as_tensor()))?,
-    };
-    let g = path_grad(&xs, &y, &w, &gy)?;
+    let t = req.node_type;
+    let g = ig_path_grad(&x, &rule, &gy, |xs| match t {
+        NodeType::Mlp => m.mlp(l, xs, None),
+        NodeType::MlpI => m.mlp(l, xs, Some(&x)),
+        _ => m.mlp(l, &x, Some(xs)),
+    })?;
     let grad = ln_back(m, Norm::PostAttention(l), &g, &var)?;
     plain_grad(grad, rule)
 }
@@ -562,23 +598,21 @@ fn attn_grad(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest, rule: IgRule) -
         NoSink::Off
     };
     let g = match t {
-        NodeType::AttnQ | NodeType::AttnQns => {
-            let (xs, w) = scaled(&xq, &rule)?;
-            let a = head_probs(m, &p, xs.as_tensor(), &xkv, pos, no_sink)?;
-            path_grad(&xs, &head_apply(&p, &a, &xkv)?, &w, &gy)?
-        }
+        NodeType::AttnQ | NodeType::AttnQns => ig_path_grad(&xq, &rule, &gy, |xs| {
+            let a = head_probs(m, &p, xs, &xkv, pos, no_sink)?;
+            head_apply(&p, &a, &xkv)
+        })?,
         NodeType::AttnK => {
-            let (xs, w) = scaled(&xkv, &rule)?;
-            let a = head_probs(m, &p, &xq, xs.as_tensor(), pos, no_sink)?;
-            select_rows(&path_grad(&xs, &head_apply(&p, &a, &xkv)?, &w, &gy)?, src)?
+            let g = ig_path_grad(&xkv, &rule, &gy, |xs| {
+                let a = head_probs(m, &p, &xq, xs, pos, no_sink)?;
+                head_apply(&p, &a, &xkv)
+            })?;
+            select_rows(&g, src)?
         }
         _ => {
-            let (xs, w) = scaled(&xkv, &rule)?;
             let a = head_probs(m, &p, &xq, &xkv, pos, no_sink)?.detach();
-            select_rows(
-                &path_grad(&xs, &head_apply(&p, &a, xs.as_tensor())?, &w, &gy)?,
-                src,
-            )?
+            let g = ig_path_grad(&xkv, &rule, &gy, |xs| head_apply(&p, &a, xs))?;
+            select_rows(&g, src)?
         }
     };
     let gpos = if t.uses_src_positions() { src } else { pos };
@@ -601,9 +635,10 @@ fn attn_a_grad(
     let (xkv, _) = attn_inputs(m, s, l)?;
     let xq = select_rows(&xkv, pos)?;
     let aw = head_probs(m, &p, &xq, &xkv, pos, NoSink::Off)?.detach(); // [1,1,k,s]
-    let (xs, w) = scaled(&aw.squeeze(1)?, &rule)?; // [b,k,s]
-    let y = head_apply(&p, &xs.as_tensor().unsqueeze(1)?, &xkv)?;
-    let g = path_grad(&xs, &y, &w, &gy)?;
+    // the scaled batch is [b,k,s]
+    let g = ig_path_grad(&aw.squeeze(1)?, &rule, &gy, |xs| {
+        head_apply(&p, &xs.unsqueeze(1)?, &xkv)
+    })?;
     Ok(NodeGrad {
         grad: None,
         aw: Some(aw.squeeze(1)?.to_device(&Device::Cpu)?),

@@ -421,6 +421,91 @@ pub fn get_top_heads(
     Ok(out)
 }
 
+/// How [`rank_heads`] orders heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadRanking {
+    /// By magnitude Σ_g |attr[l,h,g]|, largest first: heads that push the objective down rank
+    /// as high as heads that push it up.
+    Abs,
+    /// By the signed score Σ_g attr[l,h,g], largest first.
+    Signed,
+    /// The seed's A23 order ([`get_top_heads`] with until_k): top-k of the signed entries.
+    Seed,
+}
+
+impl std::str::FromStr for HeadRanking {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "abs" => Ok(Self::Abs),
+            "signed" => Ok(Self::Signed),
+            "seed" => Ok(Self::Seed),
+            other => anyhow::bail!("unknown head ranking {other:?} (abs, signed, seed)"),
+        }
+    }
+}
+
+/// One ranked head of [`rank_heads`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeadScore {
+    /// Layer.
+    pub layer: usize,
+    /// Query head.
+    pub head: usize,
+    /// Signed score Σ_g attr[l,h,g] over the downstream nodes g.
+    pub score: f32,
+    /// Magnitude Σ_g |attr[l,h,g]| (the seed's A23 value).
+    pub abs: f32,
+}
+
+/// The top `k` heads (MLP column dropped) of attr `[L',H+1,g]` in the order `by`, each with its
+/// signed score and its magnitude. [`HeadRanking::Abs`] and [`HeadRanking::Signed`] consider
+/// every head (NaN scores last, ties in (layer, head) order); [`HeadRanking::Seed`] is A23.
+pub fn rank_heads(
+    attr: &Tensor,
+    k: usize,
+    num_heads: usize,
+    by: HeadRanking,
+) -> Result<Vec<HeadScore>> {
+    let (_, hc, _) = attr.dims3().context("attr must be [L',H+1,g]")?;
+    ensure!(
+        hc == num_heads + 1,
+        "attr has {hc} head columns, expected H+1 = {}",
+        num_heads + 1
+    );
+    let attr = attr.to_dtype(candle_core::DType::F32)?;
+    let sums = attr.sum(2)?.to_vec2::<f32>()?;
+    let abs = attr.abs()?.sum(2)?.to_vec2::<f32>()?;
+    let score = |l: usize, h: usize| HeadScore {
+        layer: l,
+        head: h,
+        score: sums[l][h],
+        abs: abs[l][h],
+    };
+    if by == HeadRanking::Seed {
+        return Ok(get_top_heads(&attr, k, num_heads, true)?
+            .into_iter()
+            .map(|((l, h), _)| score(l, h))
+            .collect());
+    }
+    let mut all: Vec<HeadScore> = (0..sums.len())
+        .flat_map(|l| (0..num_heads).map(move |h| (l, h)))
+        .map(|(l, h)| score(l, h))
+        .collect();
+    let key = |s: &HeadScore| {
+        let v = if by == HeadRanking::Abs {
+            s.abs
+        } else {
+            s.score
+        };
+        if v.is_nan() { f32::NEG_INFINITY } else { v }
+    };
+    // stable: equal keys keep (layer, head) order
+    all.sort_by(|a, b| key(b).total_cmp(&key(a)));
+    all.truncate(k);
+    Ok(all)
+}
+
 /// Nodes with a path to an lm_head node (lm_head nodes included).
 fn feeding_lm_head(g: &Graph) -> BTreeSet<NodeId> {
     let mut seen: BTreeSet<NodeId> = g

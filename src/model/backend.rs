@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::components::{AttnInputs, Norm};
 use super::config::ModelConfig;
+use super::loader::LoadOptions;
 use super::lru::{CacheStats, Evicted, Lru};
 use super::outputs::{CaptureSpec, Outputs};
 use super::qwen2::Qwen2;
@@ -191,7 +192,17 @@ fn to_host(t: Tensor) -> Result<Tensor> {
 impl Local {
     /// Loads a HF folder: model (see [`Qwen2::load`]) and `tokenizer.json`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let model = Qwen2::load(dir, dtype, device)?;
+        Self::load_with(dir, dtype, device, &LoadOptions::default())
+    }
+
+    /// As [`Local::load`] with explicit [`LoadOptions`].
+    pub fn load_with(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let model = Qwen2::load_with(dir, dtype, device, opts)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tok_path.display()))?;
@@ -326,6 +337,7 @@ impl Local {
             );
         }
         super::ops::check_positions(&input.answer_indices, ids.len(), "answer")?;
+        check_label_ids(input, self.model.config().vocab_size)?;
         let outputs = self
             .model
             .forward_capture(ids, capture)
@@ -367,13 +379,32 @@ impl Local {
         Ok(seq_len)
     }
 
-    /// Tokenizes a prompt (special tokens as the tokenizer's post-processor adds them).
+    /// Tokenizes a prompt (special tokens as the tokenizer's post-processor adds them). A prompt
+    /// longer than `max_position_embeddings ×` [`crate::limits::PROMPT_BYTES_PER_POSITION`]
+    /// bytes cannot fit the model and is refused before it is tokenized.
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.check_prompt(prompt)?;
         let enc = self
             .tokenizer
             .encode(prompt, true)
             .map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Refuses a prompt too long to fit the model (see [`Local::encode`]) without tokenizing it.
+    pub fn check_prompt(&self, prompt: &str) -> Result<()> {
+        let max_pos = self.model.config().max_position_embeddings;
+        let per = crate::limits::PROMPT_BYTES_PER_POSITION.get();
+        let max_bytes = max_pos.saturating_mul(per);
+        if prompt.len() > max_bytes {
+            bail!(
+                "prompt of {} bytes is too long for this model: at most {max_bytes} bytes \
+                 (max_position_embeddings {max_pos} × {per} bytes; {} sets the factor)",
+                prompt.len(),
+                crate::limits::PROMPT_BYTES_PER_POSITION.env
+            );
+        }
+        Ok(())
     }
 
     /// Empties the attention-weights cache.
@@ -411,6 +442,36 @@ impl Local {
         self.model.config().check_heads(&list)?;
         Ok(list)
     }
+}
+
+/// Labels and candidate ids must be token ids of the model, and with candidates given every
+/// label must be one of them (otherwise the masked objective is silently −10⁴).
+fn check_label_ids(input: &SampleInput, vocab: usize) -> Result<()> {
+    for (what, ids) in [
+        ("label", &input.labels),
+        ("candidate id", &input.candidate_ids),
+    ] {
+        if let Some(&t) = ids.iter().find(|&&t| t as usize >= vocab) {
+            bail!(
+                "sample {}: {what} {t} is not a token id (vocab size {vocab})",
+                input.index
+            );
+        }
+    }
+    if !input.candidate_ids.is_empty()
+        && let Some(l) = input
+            .labels
+            .iter()
+            .find(|l| !input.candidate_ids.contains(l))
+    {
+        bail!(
+            "sample {}: label {l} is not among the candidate_ids {:?} (the candidate-masked \
+             objective could never predict it)",
+            input.index,
+            input.candidate_ids
+        );
+    }
+    Ok(())
 }
 
 impl Backend for Local {
@@ -569,6 +630,7 @@ impl Backend for Local {
         let hs = out.hidden_state(layer, None)?; // [1,s,e]
         let var = out.input_norm_var(layer, None)?;
         let xn = self.model.rms_norm(Norm::Input(layer), &hs, Some(&var))?;
+        super::ops::check_pos_ids(pos_ids, out.seq_len)?;
         let all: Vec<usize> = (0..out.seq_len).collect();
         let q_pos = pos_ids.unwrap_or(&all);
         super::ops::check_positions(q_pos, out.seq_len, "query")?;
@@ -591,6 +653,7 @@ impl Backend for Local {
 
     fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor> {
         let s = self.sample(key)?;
+        super::ops::check_pos_ids(pos_ids, s.outputs.seq_len)?;
         if s.outputs.logits.is_some() {
             return s.outputs.logits(pos_ids);
         }

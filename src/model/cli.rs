@@ -42,6 +42,9 @@ pub fn run_init_model(args: &InitModelArgs) -> Result<()> {
 }
 
 /// `minarc bench forward` options.
+/// Largest `--reps` of a benchmark.
+pub const MAX_REPS: usize = 10_000;
+
 #[derive(Debug, Args)]
 pub struct BenchForwardArgs {
     /// Fixture preset to build in a temp dir (ignored with --model).
@@ -79,7 +82,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
-    anyhow::ensure!(a.reps > 0, "--reps must be at least 1");
+    anyhow::ensure!(
+        (1..=MAX_REPS).contains(&a.reps),
+        "--reps must be in 1..={MAX_REPS}, got {}",
+        a.reps
+    );
     anyhow::ensure!(a.tokens > 0, "--tokens must be at least 1");
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype)?;

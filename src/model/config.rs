@@ -19,6 +19,23 @@ fn default_eps() -> f64 {
     1e-6
 }
 
+/// Largest accepted `vocab_size` (2^24; real vocabularies are below 2^18).
+pub const MAX_VOCAB: usize = 1 << 24;
+/// Largest accepted `hidden_size`.
+pub const MAX_HIDDEN: usize = 1 << 16;
+/// Largest accepted `intermediate_size`.
+pub const MAX_INTERMEDIATE: usize = 1 << 20;
+/// Largest accepted `num_hidden_layers`.
+pub const MAX_LAYERS: usize = 1024;
+/// Largest accepted `num_attention_heads` / `num_key_value_heads`.
+pub const MAX_HEADS: usize = 1024;
+/// Largest accepted `max_position_embeddings` (2^24 positions).
+pub const MAX_POSITIONS: usize = 1 << 24;
+/// Accepted `rms_norm_eps` (inclusive).
+pub const RMS_EPS_RANGE: (f64, f64) = (1e-12, 1e-2);
+/// Accepted `rope_theta` (inclusive).
+pub const ROPE_THETA_RANGE: (f64, f64) = (1.0, 1e12);
+
 /// Qwen2 configuration, deserialised from (and serialisable to) a HF `config.json`.
 ///
 /// Unknown keys are ignored. `num_key_value_heads` defaults to `num_attention_heads`.
@@ -97,7 +114,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and validates `config.json`; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::limits::read_text_file(path)
             .with_context(|| format!("cannot read model config {}", path.display()))?;
         let cfg: ModelConfig = serde_json::from_str(&text)
             .with_context(|| format!("malformed model config {}", path.display()))?;
@@ -124,6 +141,27 @@ impl ModelConfig {
         ] {
             if v == 0 {
                 bail!("{name} must be positive");
+            }
+        }
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                MAX_INTERMEDIATE,
+            ),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_kv_heads(), MAX_HEADS),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+        ] {
+            if v > max {
+                bail!("{name} = {v} is out of range (at most {max})");
             }
         }
         if self.hidden_act != "silu" {
@@ -163,11 +201,21 @@ impl ModelConfig {
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             bail!("rope_scaling is not supported");
         }
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            bail!("rms_norm_eps must be positive");
+        if !(RMS_EPS_RANGE.0..=RMS_EPS_RANGE.1).contains(&self.rms_norm_eps) {
+            bail!(
+                "rms_norm_eps = {} is out of range ({:e}..={:e}; real models use 1e-6 or 1e-5)",
+                self.rms_norm_eps,
+                RMS_EPS_RANGE.0,
+                RMS_EPS_RANGE.1
+            );
         }
-        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
-            bail!("rope_theta must be positive");
+        if !(ROPE_THETA_RANGE.0..=ROPE_THETA_RANGE.1).contains(&self.rope_theta) {
+            bail!(
+                "rope_theta = {} is out of range ({:e}..={:e})",
+                self.rope_theta,
+                ROPE_THETA_RANGE.0,
+                ROPE_THETA_RANGE.1
+            );
         }
         self.storage_dtype()?;
         Ok(())

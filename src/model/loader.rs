@@ -13,10 +13,64 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// File name of the shard index of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// How a checkpoint is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Scan every weight for NaN/inf on load (an error names the file, the tensor and the first
+    /// bad element). On by default; `MINARC_SKIP_WEIGHT_CHECK=1` turns the default off.
+    pub check_finite: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            check_finite: !crate::limits::env_flag("MINARC_SKIP_WEIGHT_CHECK"),
+        }
+    }
+}
+
 /// The safetensors files of a checkpoint folder, memory-mapped, with a tensor → file routing.
 pub struct WeightFiles {
     files: Vec<(PathBuf, MmapedSafetensors)>,
     routing: HashMap<String, usize>,
+    check_finite: bool,
+}
+
+/// A shard file name from an index must be a plain relative path inside the model folder.
+fn check_shard_name(index: &Path, name: &str) -> Result<()> {
+    use std::path::Component;
+    let p = Path::new(name);
+    let plain = !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        bail!(
+            "{}: shard file name {name:?} must be a relative path inside the model folder \
+             (no \"..\", no absolute path)",
+            index.display()
+        );
+    }
+    Ok(())
+}
+
+/// Index of the first NaN/inf element in raw little-endian float bytes, by exponent bits.
+fn first_non_finite(dtype: safetensors::Dtype, data: &[u8]) -> Option<usize> {
+    use safetensors::Dtype as D;
+    match dtype {
+        D::F32 => data.chunks_exact(4).position(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        D::F16 => data
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+        D::BF16 => data
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        D::F64 => data.chunks_exact(8).position(|b| {
+            u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+                & 0x7ff0_0000_0000_0000
+                == 0x7ff0_0000_0000_0000
+        }),
+        _ => None,
+    }
 }
 
 impl WeightFiles {
@@ -37,7 +91,7 @@ impl WeightFiles {
     }
 
     fn open_sharded(dir: &Path, index: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index)
+        let text = crate::limits::read_text_file(index)
             .with_context(|| format!("cannot read {}", index.display()))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("malformed shard index {}", index.display()))?;
@@ -50,6 +104,7 @@ impl WeightFiles {
             let file = file.as_str().ok_or_else(|| {
                 anyhow!("{}: weight_map[{name:?}] is not a string", index.display())
             })?;
+            check_shard_name(index, file)?;
             if !shards.iter().any(|s| s == file) {
                 shards.push(file.to_string());
             }
@@ -89,7 +144,17 @@ impl WeightFiles {
             }
             files.push((path, st));
         }
-        Ok(Self { files, routing })
+        Ok(Self {
+            files,
+            routing,
+            check_finite: LoadOptions::default().check_finite,
+        })
+    }
+
+    /// Sets how tensors are read (see [`LoadOptions`]).
+    pub fn with_options(mut self, opts: &LoadOptions) -> Self {
+        self.check_finite = opts.check_finite;
+        self
     }
 
     /// Whether the checkpoint contains `name`.
@@ -153,6 +218,16 @@ impl WeightFiles {
                 "tensor {name:?} in {} has shape {:?}, expected {shape:?}",
                 path.display(),
                 view.shape()
+            );
+        }
+        if self.check_finite
+            && let Some(i) = first_non_finite(st_dtype, view.data())
+        {
+            bail!(
+                "tensor {name:?} in {} has a NaN or infinite value at element {i} (of {}); \
+                 the checkpoint is damaged (set MINARC_SKIP_WEIGHT_CHECK=1 to load it anyway)",
+                path.display(),
+                view.shape().iter().product::<usize>()
             );
         }
         let t = view

@@ -19,6 +19,7 @@ pub mod weights;
 pub use backend::{Backend, CachedSample, HeadSel, Local, SampleInput, SampleKey};
 pub use components::{AttnInputs, NoSink, Norm};
 pub use config::{ModelConfig, parse_device, parse_dtype};
+pub use loader::LoadOptions;
 pub use lru::CacheStats;
 pub use outputs::{CaptureSpec, Outputs};
 pub use qwen2::Qwen2;

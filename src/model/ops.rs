@@ -101,6 +101,18 @@ pub fn check_positions(pos: &[usize], len: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A caller's position list: `None` (every position) or a non-empty list of positions below
+/// `seq_len`. Local and remote backends refuse the same lists.
+pub fn check_pos_ids(pos_ids: Option<&[usize]>, seq_len: usize) -> Result<()> {
+    if let Some(p) = pos_ids {
+        if p.is_empty() {
+            bail!("pos_ids is an empty list; pass none (null, ()) for all positions");
+        }
+        check_positions(p, seq_len, "pos_ids")?;
+    }
+    Ok(())
+}
+
 /// Makes glibc malloc keep freed tensor buffers for reuse instead of returning them to the OS
 /// (and page-faulting them back in on the next op): mmap threshold 32 MiB (the maximum), trim
 /// threshold 1 GiB. Without this, a forward that *retains* its captured activations runs

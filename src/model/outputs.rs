@@ -120,7 +120,7 @@ impl Outputs {
         let Some(pos) = pos_ids else {
             return Ok(None);
         };
-        super::ops::check_positions(pos, self.seq_len, "requested")?;
+        super::ops::check_pos_ids(pos_ids, self.seq_len)?;
         match &self.positions {
             None => Ok(Some(pos.to_vec())),
             Some(stored) => pos

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
-use super::loader::WeightFiles;
+use super::loader::{LoadOptions, WeightFiles};
 use super::ops::{NEG_MASK, linear, rms_apply, rms_variance};
 use super::outputs::{CaptureSpec, Outputs, store};
 use super::weights::{LayerWeights, Weights};
@@ -16,9 +16,10 @@ use super::weights::{LayerWeights, Weights};
 pub struct Qwen2 {
     pub(crate) cfg: ModelConfig,
     pub(crate) w: Weights,
-    /// RoPE tables `[max_pos, d/2]` in the compute dtype.
-    pub(crate) cos: Tensor,
-    pub(crate) sin: Tensor,
+    /// RoPE inverse frequencies θ^(−2i/d) `[d/2]` (f32, as HF computes them); the cos/sin
+    /// rows are computed for the positions a call needs, so nothing is sized from
+    /// `max_position_embeddings`.
+    inv_freq: Vec<f32>,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
     path: Option<PathBuf>,
@@ -33,14 +34,33 @@ struct LayerOut {
 }
 
 impl Qwen2 {
-    /// Loads a HF folder (config.json + model.safetensors or shards) in compute `dtype` on `device`.
+    /// Loads a HF folder (config.json + model.safetensors or shards) in compute `dtype` on `device`
+    /// with the default [`LoadOptions`] (weights scanned for NaN/inf).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with(dir, dtype, device, &LoadOptions::default())
+    }
+
+    /// As [`Qwen2::load`] with explicit [`LoadOptions`].
+    pub fn load_with(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             bail!("compute dtype {dtype:?} not supported (f32, f16 or bf16)");
         }
         super::ops::tune_allocator();
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-        let files = WeightFiles::open(dir)?;
+        crate::limits::check_alloc(
+            cfg.num_params() as u128 * dtype.size_in_bytes() as u128,
+            &format!(
+                "loading {} ({} parameters)",
+                dir.display(),
+                cfg.num_params()
+            ),
+        )?;
+        let files = WeightFiles::open(dir)?.with_options(opts);
         let w = Weights::load(&files, &cfg, dtype, device)
             .with_context(|| format!("loading model weights from {}", dir.display()))?;
         let mut m = Self::from_weights(cfg, w, dtype, device)?;
@@ -56,12 +76,11 @@ impl Qwen2 {
         device: &Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        let (cos, sin) = rope_tables(&cfg, dtype, device)?;
+        let inv_freq = rope_inv_freq(&cfg);
         Ok(Self {
             cfg,
             w,
-            cos,
-            sin,
+            inv_freq,
             dtype,
             device: device.clone(),
             path: None,
@@ -144,6 +163,7 @@ impl Qwen2 {
         let mut x = self.embed(ids)?;
         let mask = causal_mask(s, &self.device)?;
         for lw in &self.w.layers {
+            crate::cancel::check()?;
             let (h, _) = self.layer_forward(lw, &x, &mask)?;
             x = h;
         }
@@ -183,6 +203,7 @@ impl Qwen2 {
         let mut x = self.embed(ids)?;
         let mask = causal_mask(s, &self.device)?;
         for (l, lw) in self.w.layers.iter().enumerate() {
+            crate::cancel::check()?;
             let (h, lo) = self.layer_forward(lw, &x, &mask)?;
             if spec.has_layer(l) {
                 out.hidden_states[l] = Some(store(&x, rows, dt)?);
@@ -249,8 +270,8 @@ impl Qwen2 {
         let kvh = self.cfg.num_kv_heads();
         let d = self.cfg.head_dim();
         let g = n / kvh;
-        let cos = self.cos.narrow(0, 0, s)?;
-        let sin = self.sin.narrow(0, 0, s)?;
+        let all: Vec<usize> = (0..s).collect();
+        let (cos, sin) = self.rope_at(&all)?;
         let heads = |t: Tensor, h: usize| -> Result<Tensor> {
             let t = t.reshape((b, s, h, d))?.transpose(1, 2)?.contiguous()?;
             Ok(candle_nn::rotary_emb::rope(&t, &cos, &sin)?)
@@ -289,10 +310,20 @@ impl Qwen2 {
     /// RoPE cos/sin rows `[i, d/2]` for absolute positions.
     pub(crate) fn rope_at(&self, pos: &[usize]) -> Result<(Tensor, Tensor)> {
         super::ops::check_positions(pos, self.cfg.max_position_embeddings, "RoPE")?;
-        let idx = super::ops::index_tensor(pos, &self.device)?;
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(pos.len() * half);
+        let mut sin = Vec::with_capacity(pos.len() * half);
+        for &p in pos {
+            for &f in &self.inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let shape = (pos.len(), half);
         Ok((
-            self.cos.index_select(&idx, 0)?,
-            self.sin.index_select(&idx, 0)?,
+            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
         ))
     }
 }
@@ -326,25 +357,11 @@ pub(crate) fn query_mask(
     Ok(Tensor::from_vec(m, (q_pos.len(), j), dev)?)
 }
 
-/// RoPE tables as HF computes them: inv_freq = θ^(−2i/d) (f32), angle = pos·inv_freq,
-/// cos/sin in f32, then cast to the compute dtype. `[max_pos, d/2]`.
-fn rope_tables(cfg: &ModelConfig, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+/// RoPE inverse frequencies as HF computes them: inv_freq = θ^(−2i/d) in f32; the angle of
+/// position p is p·inv_freq (f32), cos/sin in f32, then cast to the compute dtype.
+fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     let d = cfg.head_dim();
-    let half = d / 2;
-    let max = cfg.max_position_embeddings;
-    let inv: Vec<f32> = (0..half)
+    (0..d / 2)
         .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32)
-        .collect();
-    let mut cos = Vec::with_capacity(max * half);
-    let mut sin = Vec::with_capacity(max * half);
-    for p in 0..max {
-        for &f in &inv {
-            let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
-    }
-    let cos = Tensor::from_vec(cos, (max, half), dev)?.to_dtype(dtype)?;
-    let sin = Tensor::from_vec(sin, (max, half), dev)?.to_dtype(dtype)?;
-    Ok((cos, sin))
+        .collect()
 }

@@ -101,7 +101,15 @@ pub fn parse_seeds(s: &str) -> Result<std::ops::Range<u64>> {
     if range.is_empty() {
         bail!("seed range {s:?} is empty");
     }
+    check_seed_count(&range)?;
     Ok(range)
+}
+
+/// A seed range makes one sample per seed: at most [`crate::limits::BATCH_SAMPLES`].
+pub fn check_seed_count(range: &std::ops::Range<u64>) -> Result<()> {
+    let n = range.end.saturating_sub(range.start);
+    crate::limits::BATCH_SAMPLES.check(usize::try_from(n).unwrap_or(usize::MAX), "seeds")?;
+    Ok(())
 }
 
 /// Validated settings.

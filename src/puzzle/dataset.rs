@@ -24,6 +24,12 @@ pub fn write_jsonl(path: &Path, samples: &[Sample]) -> Result<()> {
 
 /// Reads samples from a JSONL file (blank lines are skipped); errors name the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Sample>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("opening {}", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "{} is not a regular file", path.display());
+    crate::limits::check_alloc(
+        meta.len() as u128 * 4,
+        &format!("reading {}", path.display()),
+    )?;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {

@@ -62,6 +62,11 @@ impl Default for PuzzleParams {
     }
 }
 
+/// Largest grid side `n` / `m` (ARC grids are at most 30×30).
+pub const MAX_GRID_SIDE: usize = 64;
+/// Largest number of examples (train + test) of one puzzle.
+pub const MAX_EXAMPLES: usize = 256;
+
 impl PuzzleParams {
     /// Checks the parameters and resolves the relation set. Every error here is a bad parameter
     /// (the CLI exits with code 2); `gen_puzzle` can then only fail by running out of attempts.
@@ -76,6 +81,19 @@ impl PuzzleParams {
         }
         if self.n_train == 0 {
             bail!("n_train must be at least 1 (answers are read from the train examples)");
+        }
+        if self.n > MAX_GRID_SIDE || self.m > MAX_GRID_SIDE {
+            bail!(
+                "grid {}×{} is too large (sides at most {MAX_GRID_SIDE})",
+                self.n,
+                self.m
+            );
+        }
+        if self.n_train.saturating_add(self.n_test) > MAX_EXAMPLES {
+            bail!(
+                "n_train + n_test = {} is too many examples (at most {MAX_EXAMPLES})",
+                self.n_train.saturating_add(self.n_test)
+            );
         }
         let shape = Grid::new(self.frame, vec![vec![0; self.m]; self.n])?;
         for (section, count, q) in [

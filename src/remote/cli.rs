@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::server::{ServeOptions, serve_blocking};
-use crate::model::{Local, parse_device, parse_dtype};
+use crate::model::{LoadOptions, Local, parse_device, parse_dtype};
 
 /// Arguments of `minarc serve`.
 #[derive(Args, Debug, Clone)]
@@ -25,10 +25,14 @@ pub struct ServeArgs {
     /// Bearer token required on every request (or env MINARC_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
-    /// Activation-cache budget in bytes (least recently used samples are evicted and
-    /// recomputed on demand). Default: unlimited.
+    /// Activation-cache budget: bytes (suffixes K, M, G allowed) or `unlimited`. Least recently
+    /// used samples are evicted and recomputed on demand. Default: a quarter of the machine's
+    /// memory.
     #[arg(long = "cache-bytes")]
-    pub cache_bytes: Option<usize>,
+    pub cache_bytes: Option<String>,
+    /// Do not scan the checkpoint's weights for NaN/inf on load.
+    #[arg(long = "skip-weight-check")]
+    pub skip_weight_check: bool,
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -54,13 +58,36 @@ impl ServeArgs {
                 .clone()
                 .or_else(|| std::env::var("MINARC_TOKEN").ok())
                 .filter(|t| !t.is_empty()),
-            cache_bytes: self.cache_bytes,
+            cache_bytes: match &self.cache_bytes {
+                None => Some(super::server::default_cache_bytes()),
+                Some(v) => parse_cache_bytes(v)?,
+            },
             body_limit: self.body_limit_mb.saturating_mul(1 << 20),
             timeout: Duration::from_secs(self.timeout_s.max(1)),
             dtype: parse_dtype(&self.dtype)?,
             device: parse_device(&self.device)?,
         })
     }
+}
+
+/// `--cache-bytes`: `unlimited`, or a byte count with an optional K/M/G (binary) suffix.
+pub fn parse_cache_bytes(v: &str) -> Result<Option<usize>> {
+    let t = v.trim();
+    if t.eq_ignore_ascii_case("unlimited") || t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1usize << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: usize = num.trim().parse().with_context(|| {
+        format!("--cache-bytes {v:?} is not a byte count (e.g. 4G, 512M, 1000000 or unlimited)")
+    })?;
+    n.checked_mul(mult)
+        .map(Some)
+        .with_context(|| format!("--cache-bytes {v:?} is too large"))
 }
 
 /// Runs `minarc serve` until SIGINT/SIGTERM.
@@ -73,7 +100,17 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     } else {
         PathBuf::from(&args.model)
     };
-    let local = Local::load(&dir, opts.dtype, &opts.device)
+    let load = LoadOptions {
+        check_finite: !args.skip_weight_check && LoadOptions::default().check_finite,
+    };
+    let local = Local::load_with(&dir, opts.dtype, &opts.device, &load)
         .with_context(|| format!("loading model {}", dir.display()))?;
+    match opts.cache_bytes {
+        Some(b) => eprintln!(
+            "minarc serve: activation cache budget {} (--cache-bytes to change)",
+            crate::limits::fmt_bytes(b as u128)
+        ),
+        None => eprintln!("minarc serve: activation cache unlimited"),
+    }
     serve_blocking(local, opts)
 }

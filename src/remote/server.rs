@@ -42,9 +42,11 @@ pub struct ServeOptions {
     pub port: u16,
     /// Bearer token required on every request (required for a non-loopback bind).
     pub token: Option<String>,
-    /// Activation-cache byte budget (LRU eviction); None = unlimited.
+    /// Activation-cache byte budget (LRU eviction); None = unlimited. `minarc serve` defaults
+    /// to [`default_cache_bytes`].
     pub cache_bytes: Option<usize>,
-    /// Largest accepted request body in bytes.
+    /// Largest accepted request body in bytes (the tensor-carrying routes; the JSON routes have
+    /// smaller limits, see [`JSON_SMALL_LIMIT`], [`FORWARD_LIMIT`], [`BATCH_FORWARD_LIMIT`]).
     pub body_limit: usize,
     /// Per-request time limit.
     pub timeout: Duration,
@@ -67,6 +69,21 @@ impl Default for ServeOptions {
             device: Device::Cpu,
         }
     }
+}
+
+/// Body limit of the small JSON routes (getters, `/load_model`): 1 MiB.
+pub const JSON_SMALL_LIMIT: usize = 1 << 20;
+/// Body limit of `/forward` (one prompt plus its metadata): 16 MiB.
+pub const FORWARD_LIMIT: usize = 16 << 20;
+/// Body limit of `/batch_forward`: 64 MiB.
+pub const BATCH_FORWARD_LIMIT: usize = 64 << 20;
+
+/// The default activation-cache budget of `minarc serve`: a quarter of the machine's memory
+/// (8 GiB where the total is unknown).
+pub fn default_cache_bytes() -> usize {
+    crate::limits::total_memory()
+        .map(|t| (t / 4) as usize)
+        .unwrap_or(8 << 30)
 }
 
 /// Shared server state: the backend (swappable by `/load_model`) and the heavy-work lock.
@@ -230,16 +247,20 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// Runs heavy model work on the blocking pool while holding the heavy-work lock (the guard
-/// moves into the worker, so a timed-out request still keeps the work serialised).
+/// Runs heavy model work on the blocking pool while holding the heavy-work lock. The guard
+/// moves into the worker, so the work stays serialised; when the request is dropped (its time
+/// limit passed or the client went away) the work is cancelled at its next check
+/// ([`crate::cancel`]: between IG chunks, decoder layers and samples), which frees the lock.
 async fn heavy<T: Send + 'static>(
     st: &AppState,
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     let guard = st.heavy.clone().lock_owned().await;
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _cancel_on_drop = crate::cancel::CancelOnDrop(flag.clone());
     blocking(move || {
         let _guard = guard;
-        f()
+        crate::cancel::with_flag(flag, f)
     })
     .await
 }
@@ -271,6 +292,15 @@ fn check_sample(local: &Local, key: &SampleKey) -> ApiResult<usize> {
 fn check_get(local: &Local, g: Getter, req: &GetRequest, seq_len: usize) -> ApiResult<()> {
     let cfg = local.config();
     let (n_layers, n_heads) = (cfg.num_hidden_layers, cfg.num_attention_heads);
+    if !g.uses_heads() && req.heads.is_some() {
+        return Err(ApiError::bad(format!(
+            "{} takes no heads (only /head_output and /attn_weights do)",
+            g.path()
+        )));
+    }
+    if !g.needs_layer() && req.layer.is_some() {
+        return Err(ApiError::bad(format!("{} takes no layer", g.path())));
+    }
     if g.needs_layer() {
         let Some(layer) = req.layer else {
             return Err(ApiError::bad(format!("{} needs a layer", g.path())));
@@ -454,6 +484,9 @@ async fn forward(
         .to_spec()
         .map_err(|e| ApiError::bad(format!("{e:#}")))?;
     let local = st.local();
+    local
+        .check_prompt(&req.sample.prompt)
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{e:#}")))?;
     let r = heavy(&st, move || {
         forward_one(&local, &req.dataset, &req.sample, &capture, req.force)
     })
@@ -470,6 +503,9 @@ async fn batch_forward(
         .capture
         .to_spec()
         .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    crate::limits::BATCH_SAMPLES
+        .check(req.samples.len(), "samples in /batch_forward")
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let mut seen = std::collections::HashSet::new();
     if let Some(s) = req.samples.iter().find(|s| !seen.insert(s.index)) {
         return Err(ApiError::bad(format!(
@@ -478,10 +514,21 @@ async fn batch_forward(
         )));
     }
     let local = st.local();
+    for s in &req.samples {
+        local.check_prompt(&s.prompt).map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("sample {}: {e:#}", s.index),
+            )
+        })?;
+    }
     let results = heavy(&st, move || {
         req.samples
             .iter()
-            .map(|s| forward_one(&local, &req.dataset, s, &capture, req.force))
+            .map(|s| {
+                crate::cancel::check().map_err(|e| ApiError::unprocessable(e.into()))?;
+                forward_one(&local, &req.dataset, s, &capture, req.force)
+            })
             .collect::<ApiResult<Vec<_>>>()
             .map(|results| BatchForwardResponse {
                 dataset: req.dataset.clone(),
@@ -767,7 +814,10 @@ async fn mean_tensor_response(
     let t = heavy(st, move || {
         let out = keys
             .iter()
-            .map(&op)
+            .map(|k| {
+                crate::cancel::check()?;
+                op(k)
+            })
             .collect::<Result<Vec<_>>>()
             .map_err(ApiError::unprocessable)?;
         mean_tensors(out).map_err(ApiError::unprocessable)
@@ -798,6 +848,14 @@ async fn node_gradient(State(st): State<Shared>, RawBody(body): RawBody) -> ApiR
         ));
     }
     req.output_grad = ts.remove("output_grad");
+    if let Some(rule) = &req.ig {
+        rule.validate()
+            .map_err(|e| ApiError::bad(format!("ig: {e:#}")))?;
+    }
+    if let Some(ad) = &req.adaptive {
+        ad.validate()
+            .map_err(|e| ApiError::bad(format!("adaptive: {e:#}")))?;
+    }
     let local = st.local();
     check_node(&local, req.node_type, req.layer, req.head)?;
     let keys = request_samples(&local, &w.dataset, w.sample)?;
@@ -982,18 +1040,22 @@ async fn time_limit(State(st): State<Shared>, req: Request, next: Next) -> Respo
 /// The router with every endpoint and the auth, timeout and body-limit layers.
 pub fn router(state: Shared) -> Router {
     let limit = state.opts.body_limit;
+    // JSON routes get limits that fit their content (never above the server's body limit)
+    let small = DefaultBodyLimit::max(JSON_SMALL_LIMIT.min(limit));
+    let fwd = DefaultBodyLimit::max(FORWARD_LIMIT.min(limit));
+    let batch = DefaultBodyLimit::max(BATCH_FORWARD_LIMIT.min(limit));
     Router::new()
         .route("/status", get(status))
         .route("/tokenizer", get(tokenizer))
-        .route("/load_model", post(load_model))
-        .route("/forward", post(forward))
-        .route("/batch_forward", post(batch_forward))
-        .route("/hidden_states", post(hidden_states))
-        .route("/attn_output", post(attn_output))
-        .route("/mlp_output", post(mlp_output))
-        .route("/head_output", post(head_output))
-        .route("/attn_weights", post(attn_weights))
-        .route("/logits", post(logits))
+        .route("/load_model", post(load_model).layer(small))
+        .route("/forward", post(forward).layer(fwd))
+        .route("/batch_forward", post(batch_forward).layer(batch))
+        .route("/hidden_states", post(hidden_states).layer(small))
+        .route("/attn_output", post(attn_output).layer(small))
+        .route("/mlp_output", post(mlp_output).layer(small))
+        .route("/head_output", post(head_output).layer(small))
+        .route("/attn_weights", post(attn_weights).layer(small))
+        .route("/logits", post(logits).layer(small))
         .route("/datasets", get(list_datasets).delete(delete_all))
         .route("/datasets/{id}", delete(delete_dataset))
         .route("/datasets/{id}/samples", get(list_samples))

@@ -74,6 +74,7 @@ pub struct Status {
 
 /// `POST /load_model`: replaces the model (all datasets are dropped).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoadModelRequest {
     /// A Hugging Face folder on the server (config.json, safetensors, tokenizer.json).
     pub model_path: String,

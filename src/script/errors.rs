@@ -33,7 +33,8 @@ impl std::ops::Deref for ScriptError {
 pub struct ErrorDetails {
     /// Parse, runtime, interrupted or I/O.
     pub kind: ErrorKind,
-    /// Source name (usually the file path as given on the command line).
+    /// Source name of the file the error is in: the script as given on the command line, or
+    /// an imported module's path as reached from it (e.g. `scripts/lib/common.rhai`).
     pub source_name: String,
     /// 1-based line, when known.
     pub line: Option<usize>,
@@ -43,8 +44,35 @@ pub struct ErrorDetails {
     pub message: String,
     /// The offending source line, when the position is known.
     pub source_line: Option<String>,
-    /// Enclosing script-function calls, innermost first: (function name, line, col).
-    pub call_stack: Vec<(String, Option<usize>, Option<usize>)>,
+    /// Enclosing script-function calls and module imports, innermost first.
+    pub call_stack: Vec<Frame>,
+}
+
+/// One enclosing call or import of a located error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// `function 'f'` or `module 'lib/x'`.
+    pub what: String,
+    /// The file holding the call or the `import` statement.
+    pub source_name: String,
+    /// 1-based line of the call, when known.
+    pub line: Option<usize>,
+    /// 1-based column of the call, when known.
+    pub col: Option<usize>,
+}
+
+impl Frame {
+    fn location(&self) -> String {
+        location(&self.source_name, self.line, self.col)
+    }
+}
+
+fn location(source: &str, line: Option<usize>, col: Option<usize>) -> String {
+    match (line, col) {
+        (Some(l), Some(c)) => format!("{source}:{l}:{c}"),
+        (Some(l), None) => format!("{source}:{l}"),
+        _ => source.to_string(),
+    }
 }
 
 /// Message of a single error level without position suffix and without the generic
@@ -64,30 +92,67 @@ fn line_col(pos: Position) -> (Option<usize>, Option<usize>) {
 }
 
 impl ScriptError {
-    /// Build from a runtime (or wrapped parse) error of a script named `source_name` with text `source`.
+    /// Build from a runtime (or wrapped parse) error of a script named `source_name` with text
+    /// `source`. Errors inside imported modules are located in the module's own file (its
+    /// source name is its path, which is read for the source line); every enclosing function
+    /// call and import is a [`Frame`] located in the file that holds it.
     pub fn from_eval(source_name: &str, source: &str, err: &EvalAltResult) -> Self {
-        let mut call_stack = Vec::new();
+        let mut frames = Vec::new();
+        let mut ctx = source_name.to_string();
         let mut cur = err;
-        while let EvalAltResult::ErrorInFunctionCall(name, _src, inner, pos) = cur {
-            let (l, c) = line_col(*pos);
-            call_stack.push((name.clone(), l, c));
+        loop {
+            let (what, inner_src, inner, pos) = match cur {
+                EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
+                    // a function from another file (an imported module) names its file
+                    let from = if !src.is_empty() && *src != ctx {
+                        format!(" (defined in {src})")
+                    } else {
+                        String::new()
+                    };
+                    (
+                        format!("function '{name}'{from}"),
+                        src.as_str(),
+                        inner,
+                        *pos,
+                    )
+                }
+                EvalAltResult::ErrorInModule(path, inner, pos) => {
+                    (format!("module '{path}'"), path.as_str(), inner, *pos)
+                }
+                _ => break,
+            };
+            let (line, col) = line_col(pos);
+            frames.push(Frame {
+                what,
+                source_name: ctx.clone(),
+                line,
+                col,
+            });
+            if !inner_src.is_empty() {
+                ctx = inner_src.to_string();
+            }
             cur = inner;
         }
-        call_stack.reverse();
+        frames.reverse();
         let kind = match cur {
             EvalAltResult::ErrorParsing(..) => ErrorKind::Parse,
             EvalAltResult::ErrorTerminated(..) => ErrorKind::Interrupted,
             _ => ErrorKind::Runtime,
         };
         let (line, col) = line_col(cur.position());
+        let text = if ctx == source_name {
+            Some(source.to_string())
+        } else {
+            std::fs::read_to_string(&ctx).ok()
+        };
         Self::located(
             kind,
-            source_name,
-            source,
+            &ctx,
+            text.as_deref().unwrap_or(""),
             line,
             col,
             bare_message(cur),
-            call_stack,
+            frames,
         )
     }
 
@@ -126,7 +191,7 @@ impl ScriptError {
         line: Option<usize>,
         col: Option<usize>,
         message: String,
-        call_stack: Vec<(String, Option<usize>, Option<usize>)>,
+        call_stack: Vec<Frame>,
     ) -> Self {
         let source_line = line
             .and_then(|l| source.lines().nth(l.saturating_sub(1)))
@@ -144,11 +209,7 @@ impl ScriptError {
 
     /// `file:line:col` (or `file` when unknown).
     pub fn location(&self) -> String {
-        match (self.line, self.col) {
-            (Some(l), Some(c)) => format!("{}:{l}:{c}", self.source_name),
-            (Some(l), None) => format!("{}:{l}", self.source_name),
-            _ => self.source_name.clone(),
-        }
+        location(&self.source_name, self.line, self.col)
     }
 }
 
@@ -168,12 +229,13 @@ impl fmt::Display for ScriptError {
                 write!(f, "\n {} | {pad}^", " ".repeat(gutter.len()))?;
             }
         }
-        for (name, l, c) in &self.call_stack {
-            let at = match (l, c) {
-                (Some(l), Some(c)) => format!("{}:{l}:{c}", self.source_name),
-                _ => self.source_name.clone(),
+        for fr in &self.call_stack {
+            let verb = if fr.what.starts_with("module") {
+                "in import of"
+            } else {
+                "in call to"
             };
-            write!(f, "\n  in call to function '{name}' at {at}")?;
+            write!(f, "\n  {verb} {} at {}", fr.what, fr.location())?;
         }
         Ok(())
     }
@@ -209,8 +271,8 @@ mod tests {
         assert_eq!(e.line, Some(2));
         assert_eq!(e.source_line.as_deref(), Some("  x.nope()"));
         assert_eq!(e.call_stack.len(), 1);
-        assert_eq!(e.call_stack[0].0, "f");
-        assert_eq!(e.call_stack[0].1, Some(4));
+        assert_eq!(e.call_stack[0].what, "function 'f'");
+        assert_eq!(e.call_stack[0].line, Some(4));
         assert!(
             e.to_string()
                 .contains("in call to function 'f' at s.rhai:4:1")

@@ -408,7 +408,10 @@ impl Host {
     ) -> Result<Dynamic, ScriptError> {
         self.state.clear_interrupt();
         let ast = if keep_fns { self.fns.merge(&ast) } else { ast };
-        let result = guarded_eval(&self.engine, &mut self.scope, &ast);
+        // Ctrl-C also cancels long native work (IG chunks, decoder layers) at its next check.
+        let flag = self.state.interrupt_handle();
+        let result =
+            crate::cancel::with_flag(flag, || guarded_eval(&self.engine, &mut self.scope, &ast));
         if keep_fns {
             self.fns = ast.clone_functions_only();
         }
@@ -419,7 +422,7 @@ impl Host {
     /// variables from earlier runs are dropped so every run starts the same way.
     pub fn run_file(&mut self, path: &Path) -> Result<Dynamic, ScriptError> {
         let name = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|e| ScriptError::io(&name, &e))?;
+        let src = crate::limits::read_text_file(path).map_err(|e| ScriptError::io(&name, &e))?;
         self.scope.rewind(self.base_len);
         let mut ast = self.compile(&name, &src)?;
         // `import "lib/x"` resolves relative to the script's own folder.
@@ -469,9 +472,7 @@ fn configure_engine(engine: &mut Engine, state: &Arc<HostState>) {
     engine.set_max_call_levels(MAX_CALL_LEVELS);
     // `import` reads the module file on every run (no cache), so watch mode sees edits of
     // imported files too; relative paths resolve from the importing script's folder.
-    let mut resolver = rhai::module_resolvers::FileModuleResolver::new();
-    resolver.enable_cache(false);
-    engine.set_module_resolver(resolver);
+    engine.set_module_resolver(crate::script::modules::ModuleFiles);
     // No operation limit: long jobs are legitimate; the interrupt flag stops them instead.
     let flag = state.interrupt_handle();
     engine.on_progress(move |_ops| {

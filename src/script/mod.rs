@@ -9,6 +9,7 @@ pub mod cli;
 pub mod docs;
 pub mod errors;
 pub mod host;
+pub mod modules;
 pub mod repl;
 pub mod runner;
 pub mod tensor;

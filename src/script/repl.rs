@@ -134,7 +134,7 @@ impl ReplCore {
     }
 
     fn load(&mut self, path: &Path) -> ReplOutput {
-        match std::fs::read_to_string(path) {
+        match crate::limits::read_text_file(path) {
             Ok(src) => {
                 let out = self.eval(&path.display().to_string(), &src);
                 if out == ReplOutput::Nothing {

@@ -100,7 +100,7 @@ impl Tensor {
 
     /// A float tensor with the given shape and row-major data.
     pub fn from_f32(data: Vec<f32>, shape: &[usize]) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = elem_count(shape)?;
         ensure!(
             n == data.len(),
             "shape {shape:?} needs {n} values, got {}",
@@ -143,6 +143,9 @@ impl Tensor {
             .map(|&i| norm_index(i, size).map(|v| v as u32))
             .collect::<Result<Vec<_>>>()?;
         let n = ids.len();
+        let mut out_shape = self.shape();
+        out_shape[d] = n;
+        check_alloc(&out_shape, "the gathered tensor")?;
         let ids = CTensor::from_vec(ids, n, &Device::Cpu)?;
         Ok(Tensor(self.0.contiguous()?.index_select(&ids, d)?))
     }
@@ -216,6 +219,18 @@ impl Tensor {
 
     /// Tensor ⊕ tensor with broadcasting.
     pub fn binary(&self, op: BinOp, rhs: &Tensor) -> Result<Tensor> {
+        let out_shape = self
+            .0
+            .shape()
+            .broadcast_shape_binary_op(rhs.0.shape(), "broadcast")
+            .map_err(|_| {
+                anyhow!(
+                    "cannot combine shapes {:?} and {:?} (not broadcastable)",
+                    self.shape(),
+                    rhs.shape()
+                )
+            })?;
+        check_alloc(out_shape.dims(), "the result of a broadcasting operation")?;
         let (a, b) = (self.f32()?, rhs.f32()?);
         let out = match op {
             BinOp::Add => a.broadcast_add(&b),
@@ -249,7 +264,7 @@ impl Tensor {
 
     /// Change the shape (same element count).
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = elem_count(shape)?;
         ensure!(
             n == self.0.elem_count(),
             "cannot reshape {:?} ({} elements) to {shape:?} ({n} elements)",
@@ -305,7 +320,7 @@ impl Tensor {
                 None => break,
             }
         }
-        let mut data = Vec::with_capacity(shape.iter().product());
+        let mut data = Vec::with_capacity(elem_count(&shape)?);
         flatten_into(value, &shape, 0, &mut data)?;
         Tensor::from_f32(data, &shape)
     }
@@ -315,6 +330,9 @@ impl Tensor {
         ensure!(!ts.is_empty(), "stack() of an empty array");
         let d = norm_dim(dim, ts[0].ndim() + 1)?;
         check_same_shape(ts)?;
+        let mut out_shape = ts[0].shape();
+        out_shape.insert(d, ts.len());
+        check_alloc(&out_shape, "the stacked tensor")?;
         let inner = ts.iter().map(|t| t.f32()).collect::<Result<Vec<_>>>()?;
         Ok(Tensor(CTensor::stack(&inner, d)?))
     }
@@ -338,6 +356,12 @@ impl Tensor {
                 t.shape()
             );
         }
+        let mut out_shape = ts[0].shape();
+        out_shape[d] = ts
+            .iter()
+            .try_fold(0usize, |acc, t| acc.checked_add(t.shape()[d]))
+            .ok_or_else(|| anyhow!("cat(): the result is too large"))?;
+        check_alloc(&out_shape, "the concatenated tensor")?;
         let inner = ts.iter().map(|t| t.f32()).collect::<Result<Vec<_>>>()?;
         Ok(Tensor(CTensor::cat(&inner, d)?))
     }
@@ -378,6 +402,20 @@ impl Tensor {
         fmt_nested(&keep, 0, &vals, &mut pos, int, &mut out);
         Ok(out)
     }
+}
+
+/// Element count of `shape`, refusing an overflowing product.
+pub fn elem_count(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| anyhow!("shape {shape:?} has more elements than memory can address"))
+}
+
+/// A new f32 tensor of `shape` must fit [`crate::limits::TENSOR_ELEMS`] and the free memory.
+pub fn check_alloc(shape: &[usize], what: &str) -> Result<()> {
+    crate::limits::check_tensor(shape, 4, what)?;
+    Ok(())
 }
 
 fn check_same_shape(ts: &[Tensor]) -> Result<()> {

@@ -492,8 +492,8 @@ pub fn from_attribution(g: &crate::attribution::GraphView) -> GraphView {
 
 /// Reads a view from a JSON file.
 pub fn read_json(path: &std::path::Path) -> Result<GraphView> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::limits::read_text_file(path)
+        .with_context(|| format!("reading {}", path.display()))?;
     from_json(&text).with_context(|| format!("in {}", path.display()))
 }
 

@@ -65,22 +65,75 @@ pub fn render_tokens_ansi(
     rows: &[Vec<f32>],
     labels: &[String],
 ) -> Result<String> {
+    render_rows(tokens, rows, labels, true)
+}
+
+/// Plain-text rendering (no escape codes): the same header lines; tokens whose |v| is at least a
+/// quarter of the row's max |v| are shown as `[text:NN]` with NN = 100·v/max, the rest as is.
+pub fn render_tokens_plain(
+    tokens: &[String],
+    rows: &[Vec<f32>],
+    labels: &[String],
+) -> Result<String> {
+    render_rows(tokens, rows, labels, false)
+}
+
+fn render_rows(
+    tokens: &[String],
+    rows: &[Vec<f32>],
+    labels: &[String],
+    color: bool,
+) -> Result<String> {
     check(tokens, rows, labels)?;
     let mut s = String::new();
     for (row, label) in rows.iter().zip(labels) {
         let m = row_max(row);
         writeln!(s, "── {label} (max |v| = {m:.4}) ──")?;
         for (tok, &v) in tokens.iter().zip(row) {
-            let (r, g, b) = token_rgb(v, m);
             let text = tok.replace('\n', "↵");
-            write!(s, "\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{text}\x1b[0m")?;
+            if color {
+                let (r, g, b) = token_rgb(v, m);
+                write!(s, "\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{text}\x1b[0m")?;
+            } else if m > 0.0 && v.abs() >= 0.25 * m {
+                write!(s, "[{text}:{:.0}]", 100.0 * v / m)?;
+            } else {
+                s.push_str(&text);
+            }
             if tok.contains('\n') {
                 s.push('\n');
             }
         }
-        s.push_str("\x1b[0m\n");
+        s.push_str(if color { "\x1b[0m\n" } else { "\n" });
     }
     Ok(s)
+}
+
+/// Whether terminal output may use colours: `NO_COLOR` unset or empty (no-color.org) and
+/// standard output a terminal.
+pub fn color_enabled() -> bool {
+    use std::io::IsTerminal;
+    color_wanted(
+        std::env::var_os("NO_COLOR"),
+        std::io::stdout().is_terminal(),
+    )
+}
+
+fn color_wanted(no_color: Option<std::ffi::OsString>, is_terminal: bool) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The terminal view: [`render_tokens_ansi`] when [`color_enabled`], else
+/// [`render_tokens_plain`].
+pub fn render_tokens_term(
+    tokens: &[String],
+    rows: &[Vec<f32>],
+    labels: &[String],
+) -> Result<String> {
+    if color_enabled() {
+        render_tokens_ansi(tokens, rows, labels)
+    } else {
+        render_tokens_plain(tokens, rows, labels)
+    }
 }
 
 /// Self-contained HTML page: a row selector, the tokens coloured by the selected row, and a
@@ -218,6 +271,18 @@ mod tests {
         // half intensity: 255 + (231 − 255)/2 = 243, 255 + (76 − 255)/2 = 165.5 → 166, 157.5 → 158
         assert_eq!(token_rgb(1.0, 2.0), (243, 166, 158));
         assert_eq!(token_rgb(1.0, 0.0), (255, 255, 255));
+    }
+
+    #[test]
+    fn colours_follow_no_color_and_the_terminal() {
+        assert!(color_wanted(None, true));
+        assert!(color_wanted(Some("".into()), true));
+        assert!(!color_wanted(Some("1".into()), true));
+        assert!(!color_wanted(None, false));
+        let rows = vec![vec![0.1, 0.1, 1.0, -0.5, 0.0, 0.0, 0.0]];
+        let s = render_tokens_plain(&toks(), &rows, &["act".into()]).unwrap();
+        assert!(!s.contains('\x1b'), "{s:?}");
+        assert!(s.contains("[B:100]") && s.contains("[↵:-50]"), "{s:?}");
     }
 
     #[test]

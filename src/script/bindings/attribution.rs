@@ -6,8 +6,9 @@ use super::model::{Cached, ScriptModel};
 use super::{guard, usize_list};
 use crate::attribution::export::save_graph_json;
 use crate::attribution::{
-    AttrTree, Graph, NodeId, NodeType, SampleRef, TreeOptions, add_edges, add_tree_node,
-    attribute_step, forward as graph_forward, get_attn_attrs_on_dataset, get_top_heads,
+    AttrTree, Graph, HeadRanking, NodeId, NodeType, SampleRef, TreeOptions, add_edges,
+    add_tree_node, attribute_step, forward as graph_forward, get_attn_attrs_on_dataset,
+    get_top_heads, rank_heads,
 };
 use crate::script::docs::Registrar;
 use crate::script::host::HostState;
@@ -389,6 +390,31 @@ fn register_steps(r: &mut Registrar) {
         "get_top_heads(attr: Tensor, k: int, n_heads: int, until_k: bool) -> Array",
         "As get_top_heads(attr, k, n_heads); with until_k, keeps scanning until k heads are found.",
         |attr: Tensor, k: INT, h: INT, until_k: bool| top_heads(&attr, k, h, until_k),
+    )
+    .func(
+        "rank_heads",
+        "rank_heads(attr: Tensor, k: int, n_heads: int, by: String) -> Array",
+        "The k top heads of attr [L',H+1,g] as [layer, head, score, abs] rows: score = Σ_g attr[l,h,g] (signed), abs = Σ_g |attr[l,h,g]|. by: \"abs\" (largest magnitude first, every head considered), \"signed\" (largest signed score first) or \"seed\" (the seed's get_top_heads order, A23).",
+        |attr: Tensor, k: INT, h: INT, by: &str| {
+            guard("rank_heads", || {
+                let kh = usize_list(
+                    "k, n_heads",
+                    &vec![Dynamic::from_int(k), Dynamic::from_int(h)],
+                )?;
+                let by: HeadRanking = by.parse()?;
+                Ok(rank_heads(&attr.0, kh[0], kh[1], by)?
+                    .into_iter()
+                    .map(|s| {
+                        Dynamic::from_array(vec![
+                            Dynamic::from_int(s.layer as INT),
+                            Dynamic::from_int(s.head as INT),
+                            Dynamic::from_float(s.score as rhai::FLOAT),
+                            Dynamic::from_float(s.abs as rhai::FLOAT),
+                        ])
+                    })
+                    .collect::<Array>())
+            })
+        },
     );
 }
 

@@ -224,18 +224,14 @@ fn rule_name(r: &IgRule) -> &'static str {
 /// Parse an IG rule name and resolution.
 fn parse_rule(name: &str, n: INT) -> Result<IgRule> {
     let n = nonneg("n", n)?;
-    Ok(match name.to_ascii_lowercase().as_str() {
+    let rule = match name.to_ascii_lowercase().as_str() {
         "seed" => IgRule::Seed { steps: n },
-        "gauss" | "gauss_legendre" => {
-            ensure!(n >= 1, "gauss needs n >= 1");
-            IgRule::GaussLegendre { n }
-        }
-        "midpoint" | "riemann_midpoint" => {
-            ensure!(n >= 1, "midpoint needs n >= 1");
-            IgRule::RiemannMidpoint { n }
-        }
+        "gauss" | "gauss_legendre" => IgRule::GaussLegendre { n },
+        "midpoint" | "riemann_midpoint" => IgRule::RiemannMidpoint { n },
         other => bail!("unknown IG rule {other:?} (seed, gauss, midpoint)"),
-    })
+    };
+    rule.validate()?;
+    Ok(rule)
 }
 
 fn register_settings(r: &mut Registrar) {
@@ -268,10 +264,9 @@ fn register_settings(r: &mut Registrar) {
         "Adaptive IG for lm_head: double the resolution until the completeness delta is <= tol or the resolution would exceed max_resolution (warns then).",
         |g: ScriptGraph, tol: FLOAT, max: INT| {
             guard("set_adaptive", || {
-                ensure!(tol > 0.0 && tol.is_finite(), "tol must be a positive number, got {tol}");
-                let max_resolution = nonneg("max_resolution", max)?;
-                ensure!(max_resolution >= 1, "max_resolution must be >= 1");
-                lock(&g.0).adaptive = Some(Adaptive { tol, max_resolution });
+                let ad = Adaptive { tol, max_resolution: nonneg("max_resolution", max)? };
+                ad.validate()?;
+                lock(&g.0).adaptive = Some(ad);
                 Ok(())
             })
         },

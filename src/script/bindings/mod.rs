@@ -42,6 +42,10 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
 pub fn guard<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> RResult<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
+        // Ctrl-C seen by native work: the same error the engine raises when interrupted
+        Ok(Err(e)) if e.chain().any(|c| c.is::<crate::cancel::Cancelled>()) => {
+            Err(crate::script::host::interrupted_error())
+        }
         Ok(Err(e)) => Err(format!("{name}(): {e:#}").into()),
         Err(p) => Err(format!("{name}(): internal error (panic): {}", panic_message(&p)).into()),
     }

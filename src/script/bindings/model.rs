@@ -6,7 +6,7 @@
 use super::puzzle::{ScriptSample, ScriptTokenizer};
 use super::{RResult, guard, usize_list};
 use crate::model::fixture::{Preset, init_model};
-use crate::model::{Backend, CaptureSpec, HeadSel, Local, SampleInput, SampleKey};
+use crate::model::{Backend, CaptureSpec, HeadSel, LoadOptions, Local, SampleInput, SampleKey};
 use crate::script::docs::Registrar;
 use crate::script::host::HostState;
 use crate::script::tensor::Tensor;
@@ -70,11 +70,19 @@ fn resolve_model_path(path: &str) -> Result<PathBuf> {
     }
 }
 
-/// Load options: dtype ("f32", "f16", "bf16") and device ("cpu", "cuda", "cuda:N").
-fn load_options(opts: &Map) -> Result<(DType, Device, String)> {
+/// Load options: dtype ("f32", "f16", "bf16"), device ("cpu", "cuda", "cuda:N") and
+/// check_weights (scan for NaN/inf, default true).
+fn load_options(opts: &Map) -> Result<(DType, Device, String, LoadOptions)> {
     let mut dtype = "f32".to_string();
     let mut device = "cpu".to_string();
+    let mut load = LoadOptions::default();
     for (k, v) in opts {
+        if k.as_str() == "check_weights" {
+            load.check_finite = v
+                .as_bool()
+                .map_err(|t| anyhow!("check_weights must be a bool, got {t}"))?;
+            continue;
+        }
         let text = v
             .clone()
             .into_string()
@@ -82,7 +90,7 @@ fn load_options(opts: &Map) -> Result<(DType, Device, String)> {
         match k.as_str() {
             "dtype" => dtype = text,
             "device" => device = text,
-            other => bail!("unknown option {other:?} (known: dtype, device)"),
+            other => bail!("unknown option {other:?} (known: dtype, device, check_weights)"),
         }
     }
     let dt = crate::model::config::parse_dtype(&dtype)?;
@@ -92,13 +100,15 @@ fn load_options(opts: &Map) -> Result<(DType, Device, String)> {
     } else {
         format!("{dt:?}@{device}")
     };
-    Ok((dt, dev, variant))
+    Ok((dt, dev, variant, load))
 }
 
 fn load_with(st: &HostState, path: &str, opts: &Map) -> Result<ScriptModel> {
     let dir = resolve_model_path(path)?;
-    let (dtype, device, variant) = load_options(opts)?;
-    let local = st.load_memo_variant(&dir, &variant, |p| Local::load(p, dtype, &device))?;
+    let (dtype, device, variant, load) = load_options(opts)?;
+    let local = st.load_memo_variant(&dir, &variant, |p| {
+        Local::load_with(p, dtype, &device, &load)
+    })?;
     Ok(ScriptModel(local))
 }
 
@@ -455,15 +465,20 @@ fn register_loading(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "load_model",
         "load_model(path: String, opts: Map) -> Model",
-        "Load with options: dtype (\"f32\", \"f16\", \"bf16\"; default f32) and device (\"cpu\", \"cuda\", \"cuda:N\"); memoised per path, dtype and device. path \"default\" is the default model.",
+        "Load with options: dtype (\"f32\", \"f16\", \"bf16\"; default f32), device (\"cpu\", \"cuda\", \"cuda:N\") and check_weights (scan every weight for NaN/inf, default true; env MINARC_SKIP_WEIGHT_CHECK=1 changes the default); memoised per path, dtype and device. path \"default\" is the default model.",
         move |path: &str, opts: Map| guard("load_model", || load_with(&st, path, &opts)),
     );
     let st = state.clone();
     r.func(
         "connect",
         "connect(url: String) -> Model",
-        "A model served by `minarc serve` at url (http://host:port); the same accessors work on it. Connected once per session.",
-        move |url: &str| guard("connect", || connect(&st, url, None)),
+        "A model served by `minarc serve` at url (http://host:port); the same accessors work on it. Connected once per session. Sends the bearer token in env MINARC_TOKEN when it is set.",
+        move |url: &str| {
+            guard("connect", || {
+                let token = std::env::var("MINARC_TOKEN").ok();
+                connect(&st, url, token.as_deref())
+            })
+        },
     );
     let st = state.clone();
     r.func(

@@ -126,7 +126,9 @@ fn seed_range(v: &Dynamic) -> Result<std::ops::Range<u64>> {
             get_usize(&arr[1], "seeds[1]")?,
         );
         ensure!(a < b, "seed range [{a}, {b}] is empty");
-        return Ok(a as u64..b as u64);
+        let range = a as u64..b as u64;
+        crate::puzzle::cli::check_seed_count(&range)?;
+        return Ok(range);
     }
     bail!(
         "seeds must be a string like \"0..25\" or an array [start, end], got {}",

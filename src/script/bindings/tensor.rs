@@ -2,7 +2,7 @@
 
 use super::{RResult, guard, int_array, int_list, usize_list};
 use crate::script::docs::Registrar;
-use crate::script::tensor::{BinOp, Tensor};
+use crate::script::tensor::{BinOp, Tensor, check_alloc};
 use candle_core::{DType, Device, Tensor as CTensor};
 use rhai::{Array, Dynamic, FLOAT, INT};
 
@@ -74,6 +74,7 @@ fn register_constructors(r: &mut Registrar) {
         |shape: Array| {
             guard("zeros", || {
                 let s = usize_list("shape", &shape)?;
+                check_alloc(&s, "a tensor")?;
                 Ok(Tensor(CTensor::zeros(s, DType::F32, &Device::Cpu)?))
             })
         },
@@ -85,6 +86,7 @@ fn register_constructors(r: &mut Registrar) {
         |shape: Array| {
             guard("ones", || {
                 let s = usize_list("shape", &shape)?;
+                check_alloc(&s, "a tensor")?;
                 Ok(Tensor(CTensor::ones(s, DType::F32, &Device::Cpu)?))
             })
         },
@@ -96,6 +98,7 @@ fn register_constructors(r: &mut Registrar) {
         |n: INT| {
             guard("arange", || {
                 anyhow::ensure!(n >= 0, "n must be >= 0, got {n}");
+                check_alloc(&[n as usize], "a tensor")?;
                 Tensor::from_f32((0..n).map(|x| x as f32).collect(), &[n as usize])
             })
         },

@@ -6,14 +6,44 @@ use crate::script::docs::Registrar;
 use crate::script::host::HostState;
 use crate::script::tensor::Tensor;
 use anyhow::{anyhow, ensure};
-use rhai::{Array, Dynamic, FLOAT, FnPtr, Map, NativeCallContext};
+use rhai::{Array, Dynamic, FLOAT, FnPtr, INT, Map, NativeCallContext};
 use std::sync::Arc;
 
 /// Register the util domain.
 pub fn register(r: &mut Registrar, state: &Arc<HostState>) {
+    register_format(r);
     register_memo(r, state);
     register_graph_slot(r, state);
     register_map_reduce(r, state);
+}
+
+/// `x` with `d` decimals, or in scientific notation with `d` significant decimals when fixed
+/// notation would round a non-zero value to zero or needs more than 12 digits.
+pub fn fmt_num(x: f64, d: usize) -> String {
+    let d = d.min(17);
+    if !x.is_finite() {
+        return x.to_string();
+    }
+    let tiny = x != 0.0 && x.abs() < 0.5 * 10f64.powi(-(d as i32));
+    if tiny || x.abs() >= 1e12 {
+        format!("{x:.prec$e}", prec = d.saturating_sub(1))
+    } else {
+        format!("{x:.d$}")
+    }
+}
+
+fn register_format(r: &mut Registrar) {
+    r.func(
+        "fmt_num",
+        "fmt_num(x: float, decimals: int) -> String",
+        "x with the given decimals (0..=17); a non-zero value that would print as 0 (or a huge one) is written in scientific notation instead, e.g. fmt_num(0.0000123, 4) == \"1.230e-5\".",
+        |x: FLOAT, d: INT| {
+            guard("fmt_num", || {
+                ensure!((0..=17).contains(&d), "decimals must be in 0..=17, got {d}");
+                Ok(fmt_num(x, d as usize))
+            })
+        },
+    );
 }
 
 fn register_memo(r: &mut Registrar, state: &Arc<HostState>) {
@@ -204,4 +234,18 @@ pub fn mean_of(vals: &[Dynamic]) -> anyhow::Result<Dynamic> {
         "cannot average values of type {}",
         first.type_name()
     ))
+}
+
+#[cfg(test)]
+mod fmt_tests {
+    use super::fmt_num;
+
+    #[test]
+    fn fmt_num_keeps_small_values_visible() {
+        assert_eq!(fmt_num(0.123456, 4), "0.1235");
+        assert_eq!(fmt_num(0.0, 4), "0.0000");
+        assert_eq!(fmt_num(0.0000123, 4), "1.230e-5");
+        assert_eq!(fmt_num(-0.00004, 4), "-4.000e-5");
+        assert_eq!(fmt_num(3.0, 0), "3");
+    }
 }

@@ -248,12 +248,12 @@ fn register_token_views(r: &mut Registrar) {
     .func(
         "render_tokens",
         "render_tokens(tokens: Array, values: Tensor, labels: Array) -> String",
-        "The tokens coloured by value (one block per row of values [rows, s], labelled), for the terminal (ANSI colours).",
+        "The tokens coloured by value (one block per row of values [rows, s], labelled), for the terminal: ANSI colours on a terminal, plain text ([token:NN] for |v| >= max/4) when NO_COLOR is set or output is not a terminal.",
         |tokens: Array, values: Tensor, labels: Array| {
             guard("render_tokens", || {
                 let tokens = strings("tokens", &tokens)?;
                 let rows = rows_of(&values, tokens.len())?;
-                crate::vis::tokens::render_tokens_ansi(&tokens, &rows, &strings("labels", &labels)?)
+                crate::vis::tokens::render_tokens_term(&tokens, &rows, &strings("labels", &labels)?)
             })
         },
     )
