@@ -2,7 +2,9 @@
 
 pub mod analysis;
 pub mod attribution;
+pub mod backend;
 pub mod cancel;
+pub mod ig;
 pub mod limits;
 pub mod model;
 pub mod puzzle;

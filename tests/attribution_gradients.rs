@@ -5,9 +5,10 @@ mod attr_support;
 
 use attr_support::*;
 use candle_core::{Device, Tensor};
-use minarc::attribution::primitives::default_rule;
 use minarc::attribution::{IgRule, NodeGradRequest, NodeType, SinkMode};
-use minarc::model::{AttnInputs, Backend, Local, NoSink, Norm, SampleKey};
+use minarc::backend::{Backend, Local, SampleKey};
+use minarc::ig::default_rule;
+use minarc::model::{AttnInputs, NoSink, Norm};
 
 const LAYER: usize = 1;
 const HEAD: usize = 2;

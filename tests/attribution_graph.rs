@@ -6,13 +6,13 @@ mod attr_support;
 
 use attr_support::*;
 use candle_core::Tensor;
-use minarc::attribution::primitives::{ResidualGrad, ResidualRequest};
 use minarc::attribution::{
     Adaptive, Graph, IgRule, NodeGradRequest, NodeId, NodeType, SampleRef, accum_output_grad,
     add_edges, attribute_attn_weights, attribute_step, embed_attribution, forward,
     get_attn_attrs_on_dataset, get_top_heads, set_pos_ids,
 };
-use minarc::model::{Backend, Local, SampleKey};
+use minarc::backend::{Backend, Local, SampleKey};
+use minarc::ig::{ResidualGrad, ResidualRequest};
 
 const ANSWERS: [usize; 2] = [6, 10];
 

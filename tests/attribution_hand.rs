@@ -6,11 +6,10 @@ mod attr_support;
 
 use attr_support::config;
 use candle_core::{DType, Device, Tensor};
-use minarc::attribution::primitives::{NodeForwardRequest, ResidualGrad, ResidualRequest};
 use minarc::attribution::{IgRule, NodeGradRequest, NodeType, SinkMode};
-use minarc::model::{
-    Backend, CaptureSpec, LayerWeights, Local, Qwen2, SampleInput, SampleKey, Weights,
-};
+use minarc::backend::{Backend, Local, SampleKey};
+use minarc::ig::{NodeForwardRequest, ResidualGrad, ResidualRequest};
+use minarc::model::{CaptureSpec, LayerWeights, Qwen2, SampleInput, Weights};
 
 type M2 = [[f64; 2]; 2];
 

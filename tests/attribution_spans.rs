@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use attr_support::*;
 use minarc::attribution::{Graph, NodeType, SampleRef, attribute_step, embed_attribution};
-use minarc::model::{Backend, CaptureSpec, Local, SampleInput, SampleKey};
+use minarc::backend::{Backend, Local, SampleKey};
+use minarc::model::{CaptureSpec, SampleInput};
 use minarc::puzzle::{PromptOptions, PuzzleParams, Sample, gen_puzzle};
 
 #[test]

@@ -14,7 +14,7 @@ use minarc::attribution::{
     AttrData, AttrTree, Graph, MrOptions, NodeType, SampleRef, TreeOptions, add_edges,
     add_tree_node, attribute_step, mr,
 };
-use minarc::model::{Backend, SampleKey};
+use minarc::backend::{Backend, SampleKey};
 
 fn data(nodes: usize) -> AttrData {
     AttrData {

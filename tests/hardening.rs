@@ -13,7 +13,8 @@ mod remote_support;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use minarc::model::{Backend, CaptureSpec, Local, SampleInput, SampleKey};
+use minarc::backend::{Backend, Local, SampleKey};
+use minarc::model::{CaptureSpec, SampleInput};
 use minarc::remote::wire::{ErrorBody, encode_request};
 use minarc::remote::{Remote, ServeOptions};
 use minarc::script::{Host, Output};
@@ -582,7 +583,7 @@ fn getters_refuse_fields_that_do_not_apply_and_empty_positions_everywhere() {
         assert!(b.hidden_states(&key, 0, Some(&[])).is_err());
         assert!(b.logits(&key, Some(&[])).is_err());
         assert!(
-            b.attn_weights(&key, 0, &minarc::model::HeadSel::One(0), Some(&[]))
+            b.attn_weights(&key, 0, &minarc::backend::HeadSel::One(0), Some(&[]))
                 .is_err()
         );
         assert!(b.hidden_states(&key, 0, Some(&[1])).is_ok());

@@ -12,7 +12,7 @@ use minarc::analysis::lens::{
     LensNode, eval_head_lens, eval_logit_lens, eval_nodes, get_head_matching_scores,
     lens_positions, mean_bool, render_logit_lens,
 };
-use minarc::model::{Backend, HeadSel, SampleKey};
+use minarc::backend::{Backend, HeadSel, SampleKey};
 use minarc::remote::wire::{ErrorBody, encode_request, encode_tensors};
 use minarc::remote::{Remote, RunningServer, ServeOptions};
 

@@ -14,7 +14,7 @@ use minarc::analysis::show_attn::{
     attn_attr_rows, attn_attr_rows_for, show_attn_ansi, show_attn_data, write_show_attn_html,
 };
 use minarc::attribution::{Graph, SampleRef, attribute_attn_weights, attribute_step};
-use minarc::model::{Backend, HeadSel};
+use minarc::backend::{Backend, HeadSel};
 
 #[test]
 fn rows_labels_and_window() {

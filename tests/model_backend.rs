@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, IndexOp};
 use common::*;
+use minarc::backend::{Backend, HeadSel, Local, SampleKey};
 use minarc::model::fixture::{Preset, default_model_dir, init_model};
-use minarc::model::{Backend, CaptureSpec, HeadSel, Local, SampleInput, SampleKey};
+use minarc::model::{CaptureSpec, SampleInput};
 
 const PROMPT: &str = "<|im_start|>user\nWhat is the color of the cell (3,3)? Answer: R<|im_end|>";
 

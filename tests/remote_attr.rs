@@ -8,7 +8,8 @@ use candle_core::{Device, Tensor};
 use minarc::attribution::{
     IgRule, NodeForwardRequest, NodeGrad, NodeGradRequest, NodeType, ResidualGrad, ResidualRequest,
 };
-use minarc::model::{Backend, CaptureSpec, Local, SampleInput, SampleKey};
+use minarc::backend::{Backend, Local, SampleKey};
+use minarc::model::{CaptureSpec, SampleInput};
 use minarc::remote::Remote;
 use minarc::remote::wire::{
     ErrorBody, NodeGradWire, ResidualGradMeta, ResidualWire, encode_request,

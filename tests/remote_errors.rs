@@ -3,7 +3,8 @@
 
 mod remote_support;
 
-use minarc::model::{Backend, CaptureSpec, SampleKey};
+use minarc::backend::{Backend, SampleKey};
+use minarc::model::CaptureSpec;
 use minarc::remote::server::bind_address;
 use minarc::remote::wire::{ErrorBody, encode_request, encode_tensors};
 use minarc::remote::{Remote, ServeOptions};

@@ -3,7 +3,8 @@
 mod remote_support;
 
 use candle_core::Tensor;
-use minarc::model::{Backend, CaptureSpec, HeadSel, Local, SampleKey};
+use minarc::backend::{Backend, HeadSel, Local, SampleKey};
+use minarc::model::CaptureSpec;
 use minarc::remote::wire::Getter;
 use minarc::remote::{Remote, ServeOptions};
 use remote_support::*;

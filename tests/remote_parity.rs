@@ -4,7 +4,8 @@
 mod remote_support;
 
 use candle_core::{DType, Tensor};
-use minarc::model::{Backend, CaptureSpec, HeadSel, SampleKey};
+use minarc::backend::{Backend, HeadSel, SampleKey};
+use minarc::model::CaptureSpec;
 use minarc::remote::Remote;
 use minarc::remote::wire::Getter;
 use remote_support::*;

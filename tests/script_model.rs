@@ -198,16 +198,19 @@ fn init_model_writes_the_fixture_once_and_loads_it_once() {
 }
 
 #[test]
-fn readme_workflow_example_runs() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let section = &readme[readme.find("## Scripting").unwrap()..];
+fn scripting_guide_workflow_example_runs() {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/src/scripting.md"
+    ))
+    .unwrap();
+    let section = &guide[guide.find("# Scripting").unwrap()..];
     let block = |needle: &str| {
         section
             .split("```rhai\n")
             .find(|b| b.contains(needle))
             .and_then(|b| b.split("\n```").next())
-            .unwrap_or_else(|| panic!("README example with {needle}"))
+            .unwrap_or_else(|| panic!("docs/src/scripting.md example with {needle}"))
             .to_string()
     };
     // The attribution example continues the workflow example (model, ds, rs).
@@ -240,7 +243,8 @@ fn readme_workflow_example_runs() {
 #[test]
 fn attribution_bindings_match_the_rust_api() {
     use minarc::attribution::{Graph, NodeType, SampleRef, attribute_step, get_top_heads};
-    use minarc::model::{Backend, CaptureSpec, Local, SampleInput, SampleKey};
+    use minarc::backend::{Backend, Local, SampleKey};
+    use minarc::model::{CaptureSpec, SampleInput};
     use minarc::puzzle::{PromptOptions, PuzzleParams};
 
     let dir = tempfile::tempdir().unwrap();
@@ -426,7 +430,7 @@ fn a_remote_model_answers_like_the_local_one() {
     use minarc::remote::{RunningServer, ServeOptions};
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(dir.path());
-    let local = minarc::model::Local::load(
+    let local = minarc::backend::Local::load(
         dir.path(),
         candle_core::DType::F32,
         &candle_core::Device::Cpu,

@@ -3,7 +3,7 @@
 //! `mr([m1, m2], rs, |r, m| ...)` equals the single local model's map-reduce and the mean
 //! computed by hand.
 
-use minarc::model::Local;
+use minarc::backend::Local;
 use minarc::remote::{RunningServer, ServeOptions};
 use minarc::script::{Host, Output};
 use rhai::{Array, Dynamic, Map};

@@ -340,7 +340,7 @@ fn top_heads_gives_the_same_heads_and_scores_locally_and_remotely() {
     let script = repo().join("scripts/top_heads.rhai");
     let out = tempfile::tempdir().unwrap();
     let local = run_script(&script, &model_dir().display().to_string(), out.path());
-    let backend = minarc::model::Local::load(
+    let backend = minarc::backend::Local::load(
         model_dir(),
         candle_core::DType::F32,
         &candle_core::Device::Cpu,

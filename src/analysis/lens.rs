@@ -17,7 +17,7 @@ use candle_core::{DType, Tensor};
 
 use super::patterns::{get_ap_scores_rows, pattern_pairs, split_pattern};
 use crate::attribution::{NodeId, NodeType};
-use crate::model::{Backend, HeadSel, SampleKey};
+use crate::backend::{Backend, HeadSel, SampleKey};
 use crate::puzzle::Sample;
 
 /// Column names of the logit lens: the residual entering the layer, after adding the attention

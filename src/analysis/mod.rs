@@ -4,7 +4,7 @@
 //!
 //! Those work on plain data (`candle_core::Tensor`s keyed by `(layer, head)`, index lists,
 //! distance matrices), so they do not depend on a loaded model. The model-backed analyses run
-//! against any [`crate::model::Backend`]: [`lens`] (head matching scores V3, logit lens V4, head
+//! against any [`crate::backend::Backend`]: [`lens`] (head matching scores V3, logit lens V4, head
 //! lens V6, circuit evaluation V7) and [`show_attn`] (V8).
 
 pub mod cluster;

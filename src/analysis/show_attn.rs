@@ -17,7 +17,7 @@ use candle_core::{DType, Tensor};
 
 use super::lens::{check_sample, eval_head_lens, lens_positions, token_text};
 use crate::attribution::{Graph, NodeId, SampleRef, attention_attribution, attribute_attn_weights};
-use crate::model::{Backend, HeadSel, SampleKey};
+use crate::backend::{Backend, HeadSel, SampleKey};
 use crate::puzzle::Sample;
 use crate::puzzle::sample::DEFAULT_LAST_K;
 

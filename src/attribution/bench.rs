@@ -11,8 +11,9 @@ use super::graph::Graph;
 use super::node::{NodeId, NodeType};
 use super::pattern::SampleRef;
 use super::step::{attribute_step, backward, residual_request, set_pos_ids};
+use crate::backend::{Backend, Local, SampleKey};
 use crate::model::fixture::{Preset, write_model};
-use crate::model::{Backend, CaptureSpec, Local, SampleInput, SampleKey};
+use crate::model::{CaptureSpec, SampleInput};
 
 /// Arguments of `minarc bench attribution`.
 #[derive(Debug, Clone, clap::Args)]

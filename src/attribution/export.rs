@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::graph::Graph;
-use super::wire::WireTensor;
+use crate::ig::wire::WireTensor;
 
 /// Saves named tensors (as f32) to a safetensors file.
 pub fn save_safetensors(tensors: &[(&str, &Tensor)], path: &Path) -> Result<()> {

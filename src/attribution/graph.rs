@@ -7,10 +7,10 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::ig::{Adaptive, IgRule};
 use super::node::{Node, NodeId, NodeType};
 use super::pattern::Spans;
-use super::primitives::SinkMode;
+use crate::ig::SinkMode;
+use crate::ig::{Adaptive, IgRule};
 use crate::model::ModelConfig;
 
 /// One edge: upstream feeds downstream with an attribution score.

@@ -4,9 +4,8 @@
 //! * [`node`] — node identity `(layer, head, type)` and payload;
 //! * [`graph`] — the host-owned graph: interning, freezing, edges, traversal, JSON view;
 //! * [`pattern`] — `DST->SRC` patterns, built-in and user-defined spans, [`SampleRef`];
-//! * [`ig`] — integrated-gradient rules (seed, Gauss–Legendre, Riemann midpoint), completeness;
-//! * [`primitives`] — node backward/forward and residual attribution on a model + cached sample
-//!   (the [`crate::model::Backend`] methods `node_gradient`, `node_forward`, `attribute_residual`);
+//! * integrated gradients (rules, node kernels, request types) live in [`crate::ig`], below the
+//!   [`crate::backend::Backend`] trait this module works through;
 //! * [`step`] — set_pos_ids, accum_output_grad, attribute_step, add_edges, attention-weight
 //!   attribution, top heads, circuit evaluation;
 //! * [`tree`] — the attribution tree and its printing; [`mr`] — map-reduce over samples;
@@ -18,24 +17,21 @@
 pub mod bench;
 pub mod export;
 pub mod graph;
-pub mod ig;
 pub mod mr;
 pub mod node;
 pub mod pattern;
-pub mod primitives;
 pub mod step;
 pub mod topk;
 pub mod tree;
-pub mod wire;
 
+pub use crate::ig::{Adaptive, Completeness, IgRule};
+pub use crate::ig::{
+    NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualGrad, ResidualRequest, SinkMode,
+};
 pub use graph::{Edge, Graph, GraphView};
-pub use ig::{Adaptive, Completeness, IgRule};
 pub use mr::{Mean, MrOptions, mr};
 pub use node::{Node, NodeData, NodeId, NodeType};
 pub use pattern::{Pattern, SampleRef, Spans};
-pub use primitives::{
-    NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualGrad, ResidualRequest, SinkMode,
-};
 pub use step::{
     HeadRanking, HeadScore, accum_output_grad, add_edges, attention_attribution,
     attribute_attn_weights, attribute_step, backward, embed_attribution, forward,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::model::SampleKey;
+use crate::backend::SampleKey;
 use crate::puzzle::Sample;
 use crate::puzzle::sample::DEFAULT_LAST_K;
 

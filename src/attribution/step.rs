@@ -9,9 +9,9 @@ use candle_core::{D, Device, Tensor};
 use super::graph::Graph;
 use super::node::{NodeId, NodeType};
 use super::pattern::{Pattern, SampleRef};
-use super::primitives::{NodeForwardRequest, NodeGradRequest, ResidualGrad, ResidualRequest};
 use super::topk::topk_md;
-use crate::model::Backend;
+use crate::backend::Backend;
+use crate::ig::{NodeForwardRequest, NodeGradRequest, ResidualGrad, ResidualRequest};
 
 /// The span of lm_head's positions: the token that predicts the answer.
 pub const LM_HEAD_SPAN: &str = "A-";

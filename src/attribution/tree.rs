@@ -11,7 +11,7 @@ use super::mr::{MrOptions, mr};
 use super::node::NodeId;
 use super::pattern::SampleRef;
 use super::step::{attribute_step, get_attn_attrs_on_dataset, get_top_heads};
-use crate::model::Backend;
+use crate::backend::Backend;
 
 /// Per-level data (the seed's AttrData).
 #[derive(Debug, Clone)]

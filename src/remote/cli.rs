@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::server::{ServeOptions, serve_blocking};
-use crate::model::{LoadOptions, Local, parse_device, parse_dtype};
+use crate::backend::Local;
+use crate::model::{LoadOptions, parse_device, parse_dtype};
 
 /// Arguments of `minarc serve`.
 #[derive(Args, Debug, Clone)]

@@ -16,7 +16,8 @@ use super::wire::{
 };
 use super::wire::{LensLogitsWire, NodeForwardWire, NodeGradWire, ResidualGradMeta, ResidualWire};
 use crate::attribution::{NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
-use crate::model::{Backend, CaptureSpec, HeadSel, ModelConfig, SampleInput, SampleKey};
+use crate::backend::{Backend, HeadSel, SampleKey};
+use crate::model::{CaptureSpec, ModelConfig, SampleInput};
 
 /// A model served by `minarc serve` on another machine, usable wherever a [`Backend`] is.
 pub struct Remote {

@@ -31,7 +31,8 @@ use super::wire::{
     self, Ack, BatchForwardRequest, BatchForwardResponse, DatasetInfo, ErrorBody, ForwardRequest,
     ForwardResponse, GetRequest, Getter, LoadModelRequest, SampleInfo, Status,
 };
-use crate::model::{Backend, Local, SampleKey, parse_dtype};
+use crate::backend::{Backend, Local, SampleKey};
+use crate::model::parse_dtype;
 
 /// Server settings (the `minarc serve` flags).
 #[derive(Debug, Clone)]

@@ -5,7 +5,8 @@
 use anyhow::{Context, Result, ensure};
 
 use crate::attribution::{Mean, SampleRef};
-use crate::model::{Backend, CaptureSpec, SampleInput};
+use crate::backend::Backend;
+use crate::model::{CaptureSpec, SampleInput};
 
 /// Which backend (of `n_backends`) handles each of `n_samples` list entries: `j % n_backends`.
 pub fn assignment(n_samples: usize, n_backends: usize) -> Vec<usize> {

@@ -18,7 +18,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::attribution::{NodeForwardRequest, NodeGradRequest};
-use crate::model::{CacheStats, CaptureSpec, HeadSel, ModelConfig, SampleInput, parse_dtype};
+use crate::backend::{CacheStats, HeadSel};
+use crate::model::{CaptureSpec, ModelConfig, SampleInput, parse_dtype};
 
 /// Content type of safetensors bodies.
 pub const OCTET_STREAM: &str = "application/octet-stream";

@@ -7,7 +7,8 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 #[allow(unused_imports)] // not every test binary reads it
 pub use common::vals;
-use minarc::model::{CaptureSpec, LayerWeights, Local, ModelConfig, Qwen2, SampleInput, Weights};
+use minarc::backend::Local;
+use minarc::model::{CaptureSpec, LayerWeights, ModelConfig, Qwen2, SampleInput, Weights};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
-use minarc::model::{Backend, CaptureSpec, Local, SampleInput, SampleKey};
+use minarc::backend::{Backend, Local, SampleKey};
+use minarc::model::{CaptureSpec, SampleInput};
 use minarc::puzzle::{PromptOptions, PuzzleParams, Sample, gen_puzzle};
 
 #[path = "../common/mod.rs"]

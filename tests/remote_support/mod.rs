@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use minarc::model::{Backend, CaptureSpec, Local, SampleInput};
+use minarc::backend::{Backend, Local};
+use minarc::model::{CaptureSpec, SampleInput};
 use minarc::remote::{RunningServer, ServeOptions};
 
 #[path = "../common/mod.rs"]

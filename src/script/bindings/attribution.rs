@@ -72,7 +72,7 @@ fn make_node(
 
 pub(crate) fn sample_ref(r: &Cached) -> SampleRef {
     SampleRef::new(
-        crate::model::SampleKey::new(r.dataset.clone(), r.sample.0.index),
+        crate::backend::SampleKey::new(r.dataset.clone(), r.sample.0.index),
         Some(r.sample.0.clone()),
     )
 }

@@ -5,8 +5,9 @@
 
 use super::puzzle::{ScriptSample, ScriptTokenizer};
 use super::{RResult, guard, usize_list};
+use crate::backend::{Backend, HeadSel, Local, SampleKey};
 use crate::model::fixture::{Preset, init_model};
-use crate::model::{Backend, CaptureSpec, HeadSel, LoadOptions, Local, SampleInput, SampleKey};
+use crate::model::{CaptureSpec, LoadOptions, SampleInput};
 use crate::script::docs::Registrar;
 use crate::script::host::HostState;
 use crate::script::tensor::Tensor;

@@ -8,7 +8,7 @@ use super::model::{
 };
 use super::util::mean_of;
 use super::{RResult, guard};
-use crate::model::{Backend, SampleKey};
+use crate::backend::{Backend, SampleKey};
 use crate::remote::spread::spread_map;
 use crate::script::docs::Registrar;
 use crate::script::host::{HostState, panic_message};

@@ -1,7 +1,5 @@
-//! The [`Backend`] trait — "a model I can ask questions" (M3, M9) — and its in-process
-//! implementation [`Local`]. Code above the trait never asks which implementation it has.
-//!
-//! Every tensor a `Backend` returns is f32 on the CPU, whatever the compute device/dtype.
+//! [`Local`]: the in-process [`Backend`] — the model, its tokenizer and the sample store with
+//! an LRU byte budget.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -9,160 +7,15 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
 
-use super::components::{AttnInputs, Norm};
-use super::config::ModelConfig;
-use super::loader::LoadOptions;
 use super::lru::{CacheStats, Evicted, Lru};
-use super::outputs::{CaptureSpec, Outputs};
-use super::qwen2::Qwen2;
-use crate::attribution::primitives::{
-    self, NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest,
-};
-
-/// Identifies a cached sample: dataset name + sample index (r.index).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SampleKey {
-    /// Dataset name.
-    pub dataset: String,
-    /// Sample index within the dataset (0..N-1).
-    pub index: usize,
-}
-
-impl SampleKey {
-    /// Builds a key.
-    pub fn new(dataset: impl Into<String>, index: usize) -> Self {
-        Self {
-            dataset: dataset.into(),
-            index,
-        }
-    }
-}
-
-/// What the caller knows about a sample when it is forwarded (kept as its metadata).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct SampleInput {
-    /// Sample index within its dataset.
-    pub index: usize,
-    /// The prompt text (tokenized by the backend's tokenizer).
-    pub prompt: String,
-    /// Answer token ids, one per answer position (may be omitted on the wire: none).
-    #[serde(default)]
-    pub labels: Vec<u32>,
-    /// Candidate answer token ids (logits mask, A3; omitted: none).
-    #[serde(default)]
-    pub candidate_ids: Vec<u32>,
-    /// Positions whose next-token prediction is the answer (one per label; omitted: none).
-    #[serde(default)]
-    pub answer_indices: Vec<usize>,
-}
-
-/// Head selection for accessors.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum HeadSel {
-    /// One query head; `One(H)` (H = num_attention_heads) is the MLP pseudo-head in
-    /// `head_output` (returns the layer's MLP output).
-    One(usize),
-    /// Several query heads.
-    Many(Vec<usize>),
-    /// Every query head.
-    All,
-}
-
-/// A model that can forward samples, cache their activations and answer questions about them.
-pub trait Backend: Send + Sync {
-    /// The model configuration.
-    fn config(&self) -> &ModelConfig;
-    /// The tokenizer.
-    fn tokenizer(&self) -> &tokenizers::Tokenizer;
-    /// Model path/name, dtype, device.
-    fn describe(&self) -> String;
-    /// Tokenize, forward with capture, store under (dataset, input.index). Skips if already
-    /// cached unless `force`. Returns seq_len.
-    fn forward_sample(
-        &self,
-        dataset: &str,
-        input: &SampleInput,
-        capture: &CaptureSpec,
-        force: bool,
-    ) -> Result<usize>;
-    /// Whether the sample is cached.
-    fn has_sample(&self, key: &SampleKey) -> bool;
-    /// Cached datasets and their sample indices (sorted).
-    fn datasets(&self) -> Vec<(String, Vec<usize>)>;
-    /// Removes a dataset (and its cached attention weights).
-    fn drop_dataset(&self, dataset: &str) -> Result<()>;
-    /// Token count of a cached sample.
-    fn seq_len(&self, key: &SampleKey) -> Result<usize>;
-    /// hidden_states\[layer\] `[1,k,e]` (layer in 0..=L; L = after the final norm).
-    fn hidden_states(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
-    /// The attention block's residual contribution o_proj(attn_out) `[1,k,e]`.
-    fn attn_output(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
-    /// The MLP output `[1,k,e]`.
-    fn mlp_output(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
-    /// One(h): `[1,k,e]` (One(H) = MLP output); Many(hs): sum of those heads `[1,k,e]`;
-    /// All: `[1,k,n,e]`.
-    fn head_output(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        heads: &HeadSel,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
-    /// One(h): `[1,k,s]`; Many/All: `[1,h,k,s]`. Cached by (dataset, index, layer, heads,
-    /// pos_ids) when pos_ids is given. Needs the full-sequence hidden_states of `layer`.
-    fn attn_weights(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        heads: &HeadSel,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
-    /// Logits `[1,k,v]` (stored ones, else lm_head(hidden_states\[L\])).
-    fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor>;
-    /// Logit lens: `lm_head(final_norm(x))` for an arbitrary residual x `[b,k,e]` → `[b,k,v]`,
-    /// with the final norm's variance computed afresh from x (never a cached one). Used by the
-    /// logit and head lenses (V4, V6, V7).
-    fn lens_logits(&self, x: &Tensor) -> Result<Tensor>;
-    /// The SampleInput given at forward time.
-    fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput>;
-    /// A13: one node's backward (path-averaged, residual-space gradient; attn_a: weights and
-    /// their gradient).
-    fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad>;
-    /// A15: one node's forward with an optional replacement residual `[1,k,e]` (lm_head: `[1]`).
-    fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor>;
-    /// A18: residual attribution `[L',H+1,g]` of downstream gradients to heads and MLPs.
-    fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor>;
-}
-
-/// A cached sample: what was asked, its tokens, and the captured activations.
-#[derive(Debug, Clone)]
-pub struct CachedSample {
-    /// The input as given to `forward_sample`.
-    pub input: SampleInput,
-    /// Token ids of the prompt.
-    pub token_ids: Vec<u32>,
-    /// Captured activations (CPU).
-    pub outputs: Outputs,
-    /// How the activations were captured (to recompute an evicted sample).
-    pub capture: CaptureSpec,
-}
+use super::{Backend, CachedSample, HeadSel, SampleInput, SampleKey};
+use crate::ig::{self, NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
+use crate::model::components::{AttnInputs, Norm};
+use crate::model::config::ModelConfig;
+use crate::model::loader::LoadOptions;
+use crate::model::outputs::CaptureSpec;
+use crate::model::qwen2::Qwen2;
 
 type Store = HashMap<String, BTreeMap<usize, Arc<CachedSample>>>;
 
@@ -336,7 +189,7 @@ impl Local {
                 input.answer_indices.len()
             );
         }
-        super::ops::check_positions(&input.answer_indices, ids.len(), "answer")?;
+        crate::model::ops::check_positions(&input.answer_indices, ids.len(), "answer")?;
         check_label_ids(input, self.model.config().vocab_size)?;
         let outputs = self
             .model
@@ -630,12 +483,12 @@ impl Backend for Local {
         let hs = out.hidden_state(layer, None)?; // [1,s,e]
         let var = out.input_norm_var(layer, None)?;
         let xn = self.model.rms_norm(Norm::Input(layer), &hs, Some(&var))?;
-        super::ops::check_pos_ids(pos_ids, out.seq_len)?;
+        crate::model::ops::check_pos_ids(pos_ids, out.seq_len)?;
         let all: Vec<usize> = (0..out.seq_len).collect();
         let q_pos = pos_ids.unwrap_or(&all);
-        super::ops::check_positions(q_pos, out.seq_len, "query")?;
+        crate::model::ops::check_positions(q_pos, out.seq_len, "query")?;
         let xq = match pos_ids {
-            Some(p) => xn.index_select(&super::ops::index_tensor(p, xn.device())?, 1)?,
+            Some(p) => xn.index_select(&crate::model::ops::index_tensor(p, xn.device())?, 1)?,
             None => xn.clone(),
         };
         let a = AttnInputs::new(&xq, &xn, &xn, q_pos).heads(&list);
@@ -653,7 +506,7 @@ impl Backend for Local {
 
     fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor> {
         let s = self.sample(key)?;
-        super::ops::check_pos_ids(pos_ids, s.outputs.seq_len)?;
+        crate::model::ops::check_pos_ids(pos_ids, s.outputs.seq_len)?;
         if s.outputs.logits.is_some() {
             return s.outputs.logits(pos_ids);
         }
@@ -674,14 +527,14 @@ impl Backend for Local {
     }
 
     fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad> {
-        primitives::node_gradient(&self.model, &*self.sample(key)?, req)
+        ig::node_gradient(&self.model, &*self.sample(key)?, req)
     }
 
     fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor> {
-        primitives::node_forward(&self.model, &*self.sample(key)?, req)
+        ig::node_forward(&self.model, &*self.sample(key)?, req)
     }
 
     fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor> {
-        primitives::attribute_residual(&self.model, &*self.sample(key)?, req)
+        ig::attribute_residual(&self.model, &*self.sample(key)?, req)
     }
 }

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use anyhow::{Result, bail};
 
-use super::backend::{SampleInput, SampleKey};
-use super::outputs::CaptureSpec;
+use super::{SampleInput, SampleKey};
+use crate::model::outputs::CaptureSpec;
 
 /// What is kept of an evicted sample: enough to forward it again.
 #[derive(Debug, Clone)]

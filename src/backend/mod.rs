@@ -1,0 +1,132 @@
+//! The [`Backend`] trait — "a model I can ask questions" (M3, M9) — and its in-process
+//! implementation [`Local`] with its LRU activation store. Code above the trait never asks which
+//! implementation it has (the HTTP client `remote::Remote` is the other one).
+//!
+//! Every tensor a `Backend` returns is f32 on the CPU, whatever the compute device/dtype.
+
+pub mod local;
+pub mod lru;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::ig::{NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
+use crate::model::config::ModelConfig;
+use crate::model::outputs::CaptureSpec;
+
+pub use crate::model::sample::{CachedSample, SampleInput};
+pub use local::Local;
+pub use lru::CacheStats;
+
+/// Identifies a cached sample: dataset name + sample index (r.index).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SampleKey {
+    /// Dataset name.
+    pub dataset: String,
+    /// Sample index within the dataset (0..N-1).
+    pub index: usize,
+}
+
+impl SampleKey {
+    /// Builds a key.
+    pub fn new(dataset: impl Into<String>, index: usize) -> Self {
+        Self {
+            dataset: dataset.into(),
+            index,
+        }
+    }
+}
+
+/// Head selection for accessors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HeadSel {
+    /// One query head; `One(H)` (H = num_attention_heads) is the MLP pseudo-head in
+    /// `head_output` (returns the layer's MLP output).
+    One(usize),
+    /// Several query heads.
+    Many(Vec<usize>),
+    /// Every query head.
+    All,
+}
+
+/// A model that can forward samples, cache their activations and answer questions about them.
+pub trait Backend: Send + Sync {
+    /// The model configuration.
+    fn config(&self) -> &ModelConfig;
+    /// The tokenizer.
+    fn tokenizer(&self) -> &tokenizers::Tokenizer;
+    /// Model path/name, dtype, device.
+    fn describe(&self) -> String;
+    /// Tokenize, forward with capture, store under (dataset, input.index). Skips if already
+    /// cached unless `force`. Returns seq_len.
+    fn forward_sample(
+        &self,
+        dataset: &str,
+        input: &SampleInput,
+        capture: &CaptureSpec,
+        force: bool,
+    ) -> Result<usize>;
+    /// Whether the sample is cached.
+    fn has_sample(&self, key: &SampleKey) -> bool;
+    /// Cached datasets and their sample indices (sorted).
+    fn datasets(&self) -> Vec<(String, Vec<usize>)>;
+    /// Removes a dataset (and its cached attention weights).
+    fn drop_dataset(&self, dataset: &str) -> Result<()>;
+    /// Token count of a cached sample.
+    fn seq_len(&self, key: &SampleKey) -> Result<usize>;
+    /// hidden_states\[layer\] `[1,k,e]` (layer in 0..=L; L = after the final norm).
+    fn hidden_states(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// The attention block's residual contribution o_proj(attn_out) `[1,k,e]`.
+    fn attn_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// The MLP output `[1,k,e]`.
+    fn mlp_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// One(h): `[1,k,e]` (One(H) = MLP output); Many(hs): sum of those heads `[1,k,e]`;
+    /// All: `[1,k,n,e]`.
+    fn head_output(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// One(h): `[1,k,s]`; Many/All: `[1,h,k,s]`. Cached by (dataset, index, layer, heads,
+    /// pos_ids) when pos_ids is given. Needs the full-sequence hidden_states of `layer`.
+    fn attn_weights(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor>;
+    /// Logits `[1,k,v]` (stored ones, else lm_head(hidden_states\[L\])).
+    fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor>;
+    /// Logit lens: `lm_head(final_norm(x))` for an arbitrary residual x `[b,k,e]` → `[b,k,v]`,
+    /// with the final norm's variance computed afresh from x (never a cached one). Used by the
+    /// logit and head lenses (V4, V6, V7).
+    fn lens_logits(&self, x: &Tensor) -> Result<Tensor>;
+    /// The SampleInput given at forward time.
+    fn sample_meta(&self, key: &SampleKey) -> Result<SampleInput>;
+    /// A13: one node's backward (path-averaged, residual-space gradient; attn_a: weights and
+    /// their gradient).
+    fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad>;
+    /// A15: one node's forward with an optional replacement residual `[1,k,e]` (lm_head: `[1]`).
+    fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor>;
+    /// A18: residual attribution `[L',H+1,g]` of downstream gradients to heads and MLPs.
+    fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor>;
+}
