@@ -186,9 +186,9 @@ fn attention_weights_shapes_cache_and_dataset_identity() {
     );
     b.drop_dataset("b").unwrap();
     assert_eq!(local.attn_cache_stats().0, 3);
-    assert_eq!(b.datasets(), vec![("a".to_string(), vec![0])]);
+    assert_eq!(b.datasets().unwrap(), vec![("a".to_string(), vec![0])]);
     assert!(b.drop_dataset("b").is_err());
-    assert!(!b.has_sample(&kb));
+    assert!(!b.has_sample(&kb).unwrap());
 }
 
 #[test]

@@ -120,7 +120,10 @@ fn malformed_requests_get_4xx_json_errors_and_the_server_keeps_serving() {
         let (code, _) = raw("GET", &format!("{url}/status"), None, JSON, &[]);
         assert_eq!(code, 200, "after {case}");
     }
-    assert_eq!(remote.datasets(), vec![("d".to_string(), vec![0, 1])]);
+    assert_eq!(
+        remote.datasets().unwrap(),
+        vec![("d".to_string(), vec![0, 1])]
+    );
     let h = remote
         .hidden_states(&SampleKey::new("d", 1), 1, None)
         .unwrap();
@@ -218,7 +221,7 @@ fn bearer_token_is_checked_on_every_request() {
     remote
         .forward_sample("t", &input(0, PROMPTS[0]), &CaptureSpec::full(), false)
         .unwrap();
-    assert_eq!(remote.datasets(), vec![("t".to_string(), vec![0])]);
+    assert_eq!(remote.datasets().unwrap(), vec![("t".to_string(), vec![0])]);
 }
 
 #[test]

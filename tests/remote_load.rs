@@ -74,7 +74,12 @@ fn eight_concurrent_clients_get_exact_answers() {
     });
     assert_eq!(total, 8 * 33);
     let remote = Remote::connect(&url, None).unwrap();
-    let names: Vec<String> = remote.datasets().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = remote
+        .datasets()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(names.len(), 9, "{names:?}");
 }
 
@@ -112,7 +117,10 @@ fn tiny_cache_budget_evicts_lru_samples_and_recomputes_them_exactly() {
     );
     assert_eq!(c.resident_bytes, sizes[2]);
     // Every sample is still listed; evicted ones are marked so and recomputed on demand.
-    assert_eq!(remote.datasets(), vec![("e".to_string(), vec![0, 1, 2])]);
+    assert_eq!(
+        remote.datasets().unwrap(),
+        vec![("e".to_string(), vec![0, 1, 2])]
+    );
     let info = remote.sample_info(&SampleKey::new("e", 0)).unwrap();
     assert!(!info.resident);
     assert_eq!(
@@ -191,7 +199,7 @@ fn a_sample_larger_than_the_whole_budget_is_refused_clearly() {
         err.contains(&format!("{need} bytes")) && err.contains("budget") && err.contains("422"),
         "{err}"
     );
-    assert!(!remote.has_sample(&SampleKey::new("x", 0)));
+    assert!(!remote.has_sample(&SampleKey::new("x", 0)).unwrap());
     // Capturing less fits.
     let spec = CaptureSpec {
         positions: Some(vec![0, 1]),
@@ -224,8 +232,8 @@ fn map_reduce_spreads_a_dataset_over_two_servers() {
         assert_eq!(lens[i], local.encode(p).unwrap().len());
     }
     // Each sample went to exactly one server.
-    assert_eq!(r1.datasets(), vec![("s".to_string(), vec![0, 2])]);
-    assert_eq!(r2.datasets(), vec![("s".to_string(), vec![1, 3])]);
+    assert_eq!(r1.datasets().unwrap(), vec![("s".to_string(), vec![0, 2])]);
+    assert_eq!(r2.datasets().unwrap(), vec![("s".to_string(), vec![1, 3])]);
     forward_all(&local, "s", &[0, 1, 2, 3]);
     let samples: Vec<SampleRef> = (0..4)
         .map(|i| SampleRef::new(SampleKey::new("s", i), None))

@@ -80,9 +80,9 @@ fn every_getter_matches_local_and_samples_do_not_alias() {
                 .unwrap();
         }
     }
-    assert_eq!(remote.datasets(), local.datasets());
+    assert_eq!(remote.datasets().unwrap(), local.datasets().unwrap());
     assert_eq!(
-        remote.datasets(),
+        remote.datasets().unwrap(),
         vec![("a".to_string(), vec![0, 1]), ("b".to_string(), vec![0, 1])]
     );
 
@@ -260,8 +260,8 @@ fn progress_batch_forward_and_single_batch_call_agree() {
     assert_eq!(st.dataset_sizes["p"], 3);
     assert_eq!(st.dataset_sizes["q"], 3);
     remote.drop_dataset("p").unwrap();
-    assert!(!remote.has_sample(&SampleKey::new("p", 0)));
-    assert!(remote.has_sample(&SampleKey::new("q", 0)));
+    assert!(!remote.has_sample(&SampleKey::new("p", 0)).unwrap());
+    assert!(remote.has_sample(&SampleKey::new("q", 0)).unwrap());
     remote.clear_all_datasets().unwrap();
-    assert!(remote.datasets().is_empty());
+    assert!(remote.datasets().unwrap().is_empty());
 }

@@ -552,3 +552,32 @@ fn attribution_tree_levels_hold_the_mean_attribution_and_top_heads() {
         e.message
     );
 }
+
+#[test]
+fn readme_example_runs() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```rhai\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("README has a rhai example");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("example.rhai"), block).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_minarc"))
+        .args(["run", "example.rhai"])
+        .current_dir(dir.path())
+        .env("MINARC_HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(dir.path().join("graph.html")).unwrap();
+    assert!(
+        html.contains("<html") && !html.contains("http://"),
+        "not a self-contained page"
+    );
+}

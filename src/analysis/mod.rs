@@ -13,7 +13,6 @@ pub mod lens;
 pub mod patterns;
 pub mod show_attn;
 pub mod summary;
-pub mod topk;
 
 /// A head identified by `(layer, head)`. The MLP pseudo-head of a layer uses `head = H`.
 pub type HeadKey = (usize, usize);
@@ -41,4 +40,3 @@ pub use show_attn::{
     write_show_attn_html,
 };
 pub use summary::cluster_summary;
-pub use topk::{TopK, topk_md};

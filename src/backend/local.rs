@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
 
 use super::lru::{CacheStats, Evicted, Lru};
-use super::{Backend, CachedSample, HeadSel, SampleInput, SampleKey};
+use super::{Act, Backend, CachedSample, HeadSel, SampleInput, SampleKey};
 use crate::ig::{self, NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
 use crate::model::components::{AttnInputs, Norm};
 use crate::model::config::ModelConfig;
@@ -295,6 +295,96 @@ impl Local {
         self.model.config().check_heads(&list)?;
         Ok(list)
     }
+
+    fn head_output_of(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let s = self.sample(key)?;
+        match heads {
+            HeadSel::One(h) if *h == self.n_heads() => s.outputs.mlp_output(layer, pos_ids),
+            HeadSel::All => {
+                let a = s.outputs.attn_out(layer, pos_ids)?;
+                to_host(self.model.head_outputs(layer, &a, None)?)
+            }
+            sel => {
+                let list = self.head_list(sel)?;
+                let a = s.outputs.attn_out(layer, pos_ids)?;
+                to_host(self.model.heads_output_sum(layer, &a, Some(&list))?)
+            }
+        }
+    }
+
+    fn attn_weights_of(
+        &self,
+        key: &SampleKey,
+        layer: usize,
+        heads: &HeadSel,
+        pos_ids: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        self.model.config().check_layer(layer)?;
+        let list = self.head_list(heads)?;
+        let s = self.sample(key)?;
+        let out = &s.outputs;
+        let cache_key = pos_ids.map(|p| AttnKey {
+            dataset: key.dataset.clone(),
+            index: key.index,
+            layer,
+            heads: list.clone(),
+            pos_ids: p.to_vec(),
+        });
+        if let Some(ck) = &cache_key
+            && let Some(t) = self.attn_cache.lock().ok().and_then(|c| c.get(ck).cloned())
+        {
+            return Ok(t);
+        }
+        if !out.has_all_positions() {
+            bail!(
+                "attention weights need the full-sequence hidden_states of layer {layer}, but \
+                 sample {} of {:?} was captured at selected positions only",
+                key.index,
+                key.dataset
+            );
+        }
+        let hs = out.hidden_state(layer, None)?; // [1,s,e]
+        let var = out.input_norm_var(layer, None)?;
+        let xn = self.model.rms_norm(Norm::Input(layer), &hs, Some(&var))?;
+        crate::model::ops::check_pos_ids(pos_ids, out.seq_len)?;
+        let all: Vec<usize> = (0..out.seq_len).collect();
+        let q_pos = pos_ids.unwrap_or(&all);
+        crate::model::ops::check_positions(q_pos, out.seq_len, "query")?;
+        let xq = match pos_ids {
+            Some(p) => xn.index_select(&crate::model::ops::index_tensor(p, xn.device())?, 1)?,
+            None => xn.clone(),
+        };
+        let a = AttnInputs::new(&xq, &xn, &xn, q_pos).heads(&list);
+        let mut w = to_host(self.model.attention_weights(layer, &a)?)?; // [1,h,k,s]
+        if matches!(heads, HeadSel::One(_)) {
+            w = w.squeeze(1)?;
+        }
+        if let Some(ck) = cache_key
+            && let Ok(mut c) = self.attn_cache.lock()
+        {
+            c.insert(ck, w.clone());
+        }
+        Ok(w)
+    }
+
+    fn logits_of(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor> {
+        let s = self.sample(key)?;
+        crate::model::ops::check_pos_ids(pos_ids, s.outputs.seq_len)?;
+        if s.outputs.logits.is_some() {
+            return s.outputs.logits(pos_ids);
+        }
+        let h = s
+            .outputs
+            .hidden_state(self.config().num_hidden_layers, pos_ids)
+            .context("logits were not captured, and neither was hidden_states[L]")?;
+        to_host(self.model.lm_head(&h)?)
+    }
 }
 
 /// Labels and candidate ids must be token ids of the model, and with candidates given every
@@ -355,14 +445,15 @@ impl Backend for Local {
         self.forward_ids(dataset, input, &ids, capture, force)
     }
 
-    fn has_sample(&self, key: &SampleKey) -> bool {
-        self.sample_info(key).is_ok()
+    fn has_sample(&self, key: &SampleKey) -> Result<bool> {
+        Ok(self.sample_info(key).is_ok())
     }
 
-    fn datasets(&self) -> Vec<(String, Vec<usize>)> {
-        let Ok(store) = self.store.read() else {
-            return vec![];
-        };
+    fn datasets(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let store = self
+            .store
+            .read()
+            .map_err(|_| anyhow!("sample store lock poisoned"))?;
         let lru = self.lru.lock().ok();
         let mut v: Vec<(String, Vec<usize>)> = store
             .iter()
@@ -376,7 +467,7 @@ impl Backend for Local {
             })
             .collect();
         v.sort();
-        v
+        Ok(v)
     }
 
     fn drop_dataset(&self, dataset: &str) -> Result<()> {
@@ -398,123 +489,19 @@ impl Backend for Local {
         Ok(self.sample_info(key)?.1)
     }
 
-    fn hidden_states(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        self.sample(key)?.outputs.hidden_state(layer, pos_ids)
-    }
-
-    fn attn_output(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        let s = self.sample(key)?;
-        let a = s.outputs.attn_out(layer, pos_ids)?;
-        to_host(self.model.heads_output_sum(layer, &a, None)?)
-    }
-
-    fn mlp_output(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        self.sample(key)?.outputs.mlp_output(layer, pos_ids)
-    }
-
-    fn head_output(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        heads: &HeadSel,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        let s = self.sample(key)?;
-        match heads {
-            HeadSel::One(h) if *h == self.n_heads() => s.outputs.mlp_output(layer, pos_ids),
-            HeadSel::All => {
-                let a = s.outputs.attn_out(layer, pos_ids)?;
-                to_host(self.model.head_outputs(layer, &a, None)?)
+    fn activation(&self, key: &SampleKey, act: &Act, pos_ids: Option<&[usize]>) -> Result<Tensor> {
+        match act {
+            Act::HiddenStates(layer) => self.sample(key)?.outputs.hidden_state(*layer, pos_ids),
+            Act::AttnOutput(layer) => {
+                let s = self.sample(key)?;
+                let a = s.outputs.attn_out(*layer, pos_ids)?;
+                to_host(self.model.heads_output_sum(*layer, &a, None)?)
             }
-            sel => {
-                let list = self.head_list(sel)?;
-                let a = s.outputs.attn_out(layer, pos_ids)?;
-                to_host(self.model.heads_output_sum(layer, &a, Some(&list))?)
-            }
+            Act::MlpOutput(layer) => self.sample(key)?.outputs.mlp_output(*layer, pos_ids),
+            Act::HeadOutput(layer, heads) => self.head_output_of(key, *layer, heads, pos_ids),
+            Act::AttnWeights(layer, heads) => self.attn_weights_of(key, *layer, heads, pos_ids),
+            Act::Logits => self.logits_of(key, pos_ids),
         }
-    }
-
-    fn attn_weights(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        heads: &HeadSel,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        self.model.config().check_layer(layer)?;
-        let list = self.head_list(heads)?;
-        let s = self.sample(key)?;
-        let out = &s.outputs;
-        let cache_key = pos_ids.map(|p| AttnKey {
-            dataset: key.dataset.clone(),
-            index: key.index,
-            layer,
-            heads: list.clone(),
-            pos_ids: p.to_vec(),
-        });
-        if let Some(ck) = &cache_key
-            && let Some(t) = self.attn_cache.lock().ok().and_then(|c| c.get(ck).cloned())
-        {
-            return Ok(t);
-        }
-        if !out.has_all_positions() {
-            bail!(
-                "attention weights need the full-sequence hidden_states of layer {layer}, but \
-                 sample {} of {:?} was captured at selected positions only",
-                key.index,
-                key.dataset
-            );
-        }
-        let hs = out.hidden_state(layer, None)?; // [1,s,e]
-        let var = out.input_norm_var(layer, None)?;
-        let xn = self.model.rms_norm(Norm::Input(layer), &hs, Some(&var))?;
-        crate::model::ops::check_pos_ids(pos_ids, out.seq_len)?;
-        let all: Vec<usize> = (0..out.seq_len).collect();
-        let q_pos = pos_ids.unwrap_or(&all);
-        crate::model::ops::check_positions(q_pos, out.seq_len, "query")?;
-        let xq = match pos_ids {
-            Some(p) => xn.index_select(&crate::model::ops::index_tensor(p, xn.device())?, 1)?,
-            None => xn.clone(),
-        };
-        let a = AttnInputs::new(&xq, &xn, &xn, q_pos).heads(&list);
-        let mut w = to_host(self.model.attention_weights(layer, &a)?)?; // [1,h,k,s]
-        if matches!(heads, HeadSel::One(_)) {
-            w = w.squeeze(1)?;
-        }
-        if let Some(ck) = cache_key
-            && let Ok(mut c) = self.attn_cache.lock()
-        {
-            c.insert(ck, w.clone());
-        }
-        Ok(w)
-    }
-
-    fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor> {
-        let s = self.sample(key)?;
-        crate::model::ops::check_pos_ids(pos_ids, s.outputs.seq_len)?;
-        if s.outputs.logits.is_some() {
-            return s.outputs.logits(pos_ids);
-        }
-        let h = s
-            .outputs
-            .hidden_state(self.config().num_hidden_layers, pos_ids)
-            .context("logits were not captured, and neither was hidden_states[L]")?;
-        to_host(self.model.lm_head(&h)?)
     }
 
     fn lens_logits(&self, x: &Tensor) -> Result<Tensor> {

@@ -38,6 +38,26 @@ impl SampleKey {
     }
 }
 
+/// An activation of a cached sample, as [`Backend::activation`] returns it at k positions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Act {
+    /// hidden_states\[layer\] `[1,k,e]` (layer in 0..=L; L = after the final norm).
+    HiddenStates(usize),
+    /// The attention block's residual contribution o_proj(attn_out) of a layer `[1,k,e]`.
+    AttnOutput(usize),
+    /// The MLP output of a layer `[1,k,e]`.
+    MlpOutput(usize),
+    /// Per-head residual contributions of a layer: One(h) `[1,k,e]` (One(H) = the MLP output);
+    /// Many(hs) the sum of those heads `[1,k,e]`; All `[1,k,n,e]`.
+    HeadOutput(usize, HeadSel),
+    /// Attention weights of a layer: One(h) `[1,k,s]`; Many/All `[1,h,k,s]`. Cached by
+    /// (dataset, index, layer, heads, pos_ids) when pos_ids is given. Needs the full-sequence
+    /// hidden_states of the layer.
+    AttnWeights(usize, HeadSel),
+    /// Logits `[1,k,v]` (stored ones, else lm_head(hidden_states\[L\])).
+    Logits,
+}
+
 /// Head selection for accessors.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum HeadSel {
@@ -67,55 +87,70 @@ pub trait Backend: Send + Sync {
         capture: &CaptureSpec,
         force: bool,
     ) -> Result<usize>;
-    /// Whether the sample is cached.
-    fn has_sample(&self, key: &SampleKey) -> bool;
-    /// Cached datasets and their sample indices (sorted).
-    fn datasets(&self) -> Vec<(String, Vec<usize>)>;
+    /// Whether the sample is cached (an error when the backend cannot tell, e.g. an
+    /// unreachable server).
+    fn has_sample(&self, key: &SampleKey) -> Result<bool>;
+    /// Cached datasets and their sample indices (sorted); an error when the backend cannot
+    /// tell (an unreachable server is not "no datasets").
+    fn datasets(&self) -> Result<Vec<(String, Vec<usize>)>>;
     /// Removes a dataset (and its cached attention weights).
     fn drop_dataset(&self, dataset: &str) -> Result<()>;
     /// Token count of a cached sample.
     fn seq_len(&self, key: &SampleKey) -> Result<usize>;
+    /// One activation of a cached sample at `pos_ids` (None = every position); see [`Act`]
+    /// for the shapes. The one getter every backend implements.
+    fn activation(&self, key: &SampleKey, act: &Act, pos_ids: Option<&[usize]>) -> Result<Tensor>;
     /// hidden_states\[layer\] `[1,k,e]` (layer in 0..=L; L = after the final norm).
     fn hidden_states(
         &self,
         key: &SampleKey,
         layer: usize,
         pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
+    ) -> Result<Tensor> {
+        self.activation(key, &Act::HiddenStates(layer), pos_ids)
+    }
     /// The attention block's residual contribution o_proj(attn_out) `[1,k,e]`.
     fn attn_output(
         &self,
         key: &SampleKey,
         layer: usize,
         pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
+    ) -> Result<Tensor> {
+        self.activation(key, &Act::AttnOutput(layer), pos_ids)
+    }
     /// The MLP output `[1,k,e]`.
     fn mlp_output(
         &self,
         key: &SampleKey,
         layer: usize,
         pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
-    /// One(h): `[1,k,e]` (One(H) = MLP output); Many(hs): sum of those heads `[1,k,e]`;
-    /// All: `[1,k,n,e]`.
+    ) -> Result<Tensor> {
+        self.activation(key, &Act::MlpOutput(layer), pos_ids)
+    }
+    /// See [`Act::HeadOutput`].
     fn head_output(
         &self,
         key: &SampleKey,
         layer: usize,
         heads: &HeadSel,
         pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
-    /// One(h): `[1,k,s]`; Many/All: `[1,h,k,s]`. Cached by (dataset, index, layer, heads,
-    /// pos_ids) when pos_ids is given. Needs the full-sequence hidden_states of `layer`.
+    ) -> Result<Tensor> {
+        self.activation(key, &Act::HeadOutput(layer, heads.clone()), pos_ids)
+    }
+    /// See [`Act::AttnWeights`].
     fn attn_weights(
         &self,
         key: &SampleKey,
         layer: usize,
         heads: &HeadSel,
         pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor>;
+    ) -> Result<Tensor> {
+        self.activation(key, &Act::AttnWeights(layer, heads.clone()), pos_ids)
+    }
     /// Logits `[1,k,v]` (stored ones, else lm_head(hidden_states\[L\])).
-    fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor>;
+    fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor> {
+        self.activation(key, &Act::Logits, pos_ids)
+    }
     /// Logit lens: `lm_head(final_norm(x))` for an arbitrary residual x `[b,k,e]` → `[b,k,v]`,
     /// with the final norm's variance computed afresh from x (never a cached one). Used by the
     /// logit and head lenses (V4, V6, V7).

@@ -318,9 +318,9 @@ pub fn init_model(preset: Preset, seed: u64, out: &Path, shards: usize) -> Resul
     crate::tokenizer::write_fixture_tokenizer(out)
 }
 
-/// The default model folder: `$MINARC_HOME/models/small-s0` or `~/.cache/minarc/models/small-s0`.
-/// Creates the `small` fixture (seed 0) there when it is absent.
-pub fn default_model_dir() -> Result<PathBuf> {
+/// Folder of a fixture model: `$MINARC_HOME/models/<preset>-s<seed>`, else
+/// `~/.cache/minarc/models/<preset>-s<seed>`.
+pub fn fixture_dir(preset: Preset, seed: u64) -> Result<PathBuf> {
     let base = match std::env::var_os("MINARC_HOME") {
         Some(h) => PathBuf::from(h),
         None => {
@@ -328,18 +328,27 @@ pub fn default_model_dir() -> Result<PathBuf> {
             PathBuf::from(home).join(".cache").join("minarc")
         }
     };
-    let dir = base.join("models").join("small-s0");
+    Ok(base
+        .join("models")
+        .join(format!("{}-s{seed}", preset.name())))
+}
+
+/// The fixture folder of [`fixture_dir`], written when absent (built in a temp dir next to it,
+/// then renamed, so a concurrent or interrupted writer never leaves a partial folder).
+pub fn ensure_fixture(preset: Preset, seed: u64) -> Result<PathBuf> {
+    let dir = fixture_dir(preset, seed)?;
     if dir.join("config.json").exists() && dir.join("tokenizer.json").exists() {
         return Ok(dir);
     }
-    let parent = dir.parent().expect("has parent");
+    let parent = dir
+        .parent()
+        .with_context(|| format!("{} has no parent folder", dir.display()))?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    // build in a temp dir next to it, then rename: concurrent callers never see a partial folder
     let tmp = tempfile::Builder::new()
-        .prefix(".small-s0-")
+        .prefix(".fixture-")
         .tempdir_in(parent)
         .with_context(|| format!("creating a temp dir in {}", parent.display()))?;
-    init_model(Preset::Small, 0, tmp.path(), 1)?;
+    init_model(preset, seed, tmp.path(), 1)?;
     let tmp = tmp.keep();
     if let Err(e) = std::fs::rename(&tmp, &dir) {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -348,6 +357,12 @@ pub fn default_model_dir() -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// The default model folder: `$MINARC_HOME/models/small-s0` or `~/.cache/minarc/models/small-s0`.
+/// Creates the `small` fixture (seed 0) there when it is absent.
+pub fn default_model_dir() -> Result<PathBuf> {
+    ensure_fixture(Preset::Small, 0)
 }
 
 /// Storage dtype used for a preset's weights.

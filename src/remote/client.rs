@@ -16,7 +16,7 @@ use super::wire::{
 };
 use super::wire::{LensLogitsWire, NodeForwardWire, NodeGradWire, ResidualGradMeta, ResidualWire};
 use crate::attribution::{NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
-use crate::backend::{Backend, HeadSel, SampleKey};
+use crate::backend::{Act, Backend, HeadSel, SampleKey};
 use crate::model::{CaptureSpec, ModelConfig, SampleInput};
 
 /// A model served by `minarc serve` on another machine, usable wherever a [`Backend`] is.
@@ -374,13 +374,50 @@ impl Conn {
             let msg = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            bail!(
-                "server at {} says: {msg} (HTTP {code} on {method} {path})",
-                self.url
-            );
+            return Err(ServerError {
+                url: self.url.clone(),
+                code,
+                message: msg,
+                method: method.to_string(),
+                path: path.to_string(),
+            }
+            .into());
         }
         Ok(bytes)
     }
+}
+
+/// An error answer of the server (typed, so callers can branch on the status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// The server's URL.
+    pub url: String,
+    /// HTTP status.
+    pub code: u16,
+    /// The server's `{"error": ...}` message.
+    pub message: String,
+    /// Request method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "server at {} says: {} (HTTP {} on {} {})",
+            self.url, self.message, self.code, self.method, self.path
+        )
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Whether `e` is the server's 404 (unknown dataset or sample).
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ServerError>()
+        .is_some_and(|s| s.code == 404)
 }
 
 /// A dataset name as one URL path segment (percent-encoding the few unsafe bytes).
@@ -429,15 +466,20 @@ impl Backend for Remote {
         Ok(r.seq_len)
     }
 
-    fn has_sample(&self, key: &SampleKey) -> bool {
-        self.sample_info(key).is_ok()
+    fn has_sample(&self, key: &SampleKey) -> Result<bool> {
+        match self.sample_info(key) {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    fn datasets(&self) -> Vec<(String, Vec<usize>)> {
-        // The trait cannot report errors here; an unreachable server lists nothing.
-        self.get_json::<Vec<DatasetInfo>>("/datasets")
-            .map(|v| v.into_iter().map(|d| (d.dataset, d.sample_ids)).collect())
-            .unwrap_or_default()
+    fn datasets(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        Ok(self
+            .get_json::<Vec<DatasetInfo>>("/datasets")?
+            .into_iter()
+            .map(|d| (d.dataset, d.sample_ids))
+            .collect())
     }
 
     fn drop_dataset(&self, dataset: &str) -> Result<()> {
@@ -453,99 +495,14 @@ impl Backend for Remote {
         Ok(self.sample_info(key)?.seq_len)
     }
 
-    fn hidden_states(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        let all = HeadSel::All;
+    fn activation(&self, key: &SampleKey, act: &Act, pos_ids: Option<&[usize]>) -> Result<Tensor> {
+        let (getter, layer, heads) = wire::getter_of(act);
         self.get(
-            Getter::HiddenStates,
+            getter,
             &key.dataset,
             Some(key.index),
             layer,
-            &all,
-            pos_ids,
-        )
-    }
-
-    fn attn_output(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        let all = HeadSel::All;
-        self.get(
-            Getter::AttnOutput,
-            &key.dataset,
-            Some(key.index),
-            layer,
-            &all,
-            pos_ids,
-        )
-    }
-
-    fn mlp_output(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        let all = HeadSel::All;
-        self.get(
-            Getter::MlpOutput,
-            &key.dataset,
-            Some(key.index),
-            layer,
-            &all,
-            pos_ids,
-        )
-    }
-
-    fn head_output(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        heads: &HeadSel,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        self.get(
-            Getter::HeadOutput,
-            &key.dataset,
-            Some(key.index),
-            layer,
-            heads,
-            pos_ids,
-        )
-    }
-
-    fn attn_weights(
-        &self,
-        key: &SampleKey,
-        layer: usize,
-        heads: &HeadSel,
-        pos_ids: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        self.get(
-            Getter::AttnWeights,
-            &key.dataset,
-            Some(key.index),
-            layer,
-            heads,
-            pos_ids,
-        )
-    }
-
-    fn logits(&self, key: &SampleKey, pos_ids: Option<&[usize]>) -> Result<Tensor> {
-        let all = HeadSel::All;
-        self.get(
-            Getter::Logits,
-            &key.dataset,
-            Some(key.index),
-            0,
-            &all,
+            &heads,
             pos_ids,
         )
     }

@@ -271,10 +271,25 @@ async fn heavy<T: Send + 'static>(
 fn dataset_samples(local: &Local, dataset: &str) -> ApiResult<Vec<usize>> {
     local
         .datasets()
+        .map_err(ApiError::unprocessable)?
         .into_iter()
         .find(|(n, _)| n == dataset)
         .map(|(_, s)| s)
         .ok_or_else(|| ApiError::not_found(format!("dataset {dataset:?} not found")))
+}
+
+/// Every cached dataset with its sample ids.
+fn dataset_infos(local: &Local) -> ApiResult<Vec<DatasetInfo>> {
+    Ok(local
+        .datasets()
+        .map_err(ApiError::unprocessable)?
+        .into_iter()
+        .map(|(dataset, sample_ids)| DatasetInfo {
+            dataset,
+            count: sample_ids.len(),
+            sample_ids,
+        })
+        .collect())
 }
 
 fn check_sample(local: &Local, key: &SampleKey) -> ApiResult<usize> {
@@ -377,15 +392,7 @@ fn wire_dtype(name: &Option<String>) -> ApiResult<DType> {
 
 async fn status(State(st): State<Shared>) -> ApiResult<Response> {
     let local = st.local();
-    let datasets: Vec<DatasetInfo> = local
-        .datasets()
-        .into_iter()
-        .map(|(dataset, sample_ids)| DatasetInfo {
-            dataset,
-            count: sample_ids.len(),
-            sample_ids,
-        })
-        .collect();
+    let datasets = dataset_infos(&local)?;
     let (attn_cache_entries, attn_cache_bytes) = local.attn_cache_stats();
     let m = local.model();
     json(&Status {
@@ -542,16 +549,8 @@ async fn batch_forward(
 
 /// One getter call on the backend (validated request, one sample).
 fn run_getter(local: &Local, g: Getter, req: &GetRequest, key: &SampleKey) -> Result<Tensor> {
-    let layer = req.layer.unwrap_or(0);
-    let pos = req.pos_ids.as_deref();
-    match g {
-        Getter::HiddenStates => local.hidden_states(key, layer, pos),
-        Getter::AttnOutput => local.attn_output(key, layer, pos),
-        Getter::MlpOutput => local.mlp_output(key, layer, pos),
-        Getter::HeadOutput => local.head_output(key, layer, &wire::head_sel(&req.heads), pos),
-        Getter::AttnWeights => local.attn_weights(key, layer, &wire::head_sel(&req.heads), pos),
-        Getter::Logits => local.logits(key, pos),
-    }
+    let act = g.act(req.layer.unwrap_or(0), &req.heads);
+    local.activation(key, &act, req.pos_ids.as_deref())
 }
 
 /// Mean of a getter over samples; every sample must give the same shape.
@@ -650,16 +649,7 @@ getter_handler!(attn_weights, Getter::AttnWeights);
 getter_handler!(logits, Getter::Logits);
 
 async fn list_datasets(State(st): State<Shared>) -> ApiResult<Response> {
-    let list: Vec<DatasetInfo> = st
-        .local()
-        .datasets()
-        .into_iter()
-        .map(|(dataset, sample_ids)| DatasetInfo {
-            dataset,
-            count: sample_ids.len(),
-            sample_ids,
-        })
-        .collect();
+    let list = dataset_infos(&st.local())?;
     json(&list)
 }
 
@@ -708,7 +698,12 @@ async fn delete_dataset(State(st): State<Shared>, Path(id): Path<String>) -> Api
 
 async fn delete_all(State(st): State<Shared>) -> ApiResult<Response> {
     let local = st.local();
-    let names: Vec<String> = local.datasets().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = local
+        .datasets()
+        .map_err(ApiError::unprocessable)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     for n in &names {
         // A dataset deleted concurrently is fine to miss.
         let _ = local.drop_dataset(n);

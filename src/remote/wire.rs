@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::attribution::{NodeForwardRequest, NodeGradRequest};
-use crate::backend::{CacheStats, HeadSel};
+use crate::backend::{Act, CacheStats, HeadSel};
 use crate::model::{CaptureSpec, ModelConfig, SampleInput, parse_dtype};
 
 /// Content type of safetensors bodies.
@@ -212,6 +212,18 @@ fn required_nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D
     Option::<usize>::deserialize(d)
 }
 
+/// The route, layer and heads that carry an [`Act`] (layer 0 and all heads where unused).
+pub fn getter_of(act: &Act) -> (Getter, usize, HeadSel) {
+    match act {
+        Act::HiddenStates(l) => (Getter::HiddenStates, *l, HeadSel::All),
+        Act::AttnOutput(l) => (Getter::AttnOutput, *l, HeadSel::All),
+        Act::MlpOutput(l) => (Getter::MlpOutput, *l, HeadSel::All),
+        Act::HeadOutput(l, h) => (Getter::HeadOutput, *l, h.clone()),
+        Act::AttnWeights(l, h) => (Getter::AttnWeights, *l, h.clone()),
+        Act::Logits => (Getter::Logits, 0, HeadSel::All),
+    }
+}
+
 /// The tensor getters (`POST /<name>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Getter {
@@ -249,6 +261,18 @@ impl Getter {
             Getter::HeadOutput => "/head_output",
             Getter::AttnWeights => "/attn_weights",
             Getter::Logits => "/logits",
+        }
+    }
+
+    /// The activation a (validated) getter request asks for.
+    pub fn act(self, layer: usize, heads: &Option<HeadArg>) -> Act {
+        match self {
+            Getter::HiddenStates => Act::HiddenStates(layer),
+            Getter::AttnOutput => Act::AttnOutput(layer),
+            Getter::MlpOutput => Act::MlpOutput(layer),
+            Getter::HeadOutput => Act::HeadOutput(layer, head_sel(heads)),
+            Getter::AttnWeights => Act::AttnWeights(layer, head_sel(heads)),
+            Getter::Logits => Act::Logits,
         }
     }
 

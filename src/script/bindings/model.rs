@@ -6,12 +6,12 @@
 use super::puzzle::{ScriptSample, ScriptTokenizer};
 use super::{RResult, guard, usize_list};
 use crate::backend::{Backend, HeadSel, Local, SampleKey};
-use crate::model::fixture::{Preset, init_model};
+use crate::model::fixture::Preset;
 use crate::model::{CaptureSpec, LoadOptions, SampleInput};
 use crate::script::docs::Registrar;
 use crate::script::host::HostState;
 use crate::script::tensor::Tensor;
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Result, anyhow, bail, ensure};
 use candle_core::{DType, Device};
 use rhai::{Array, Dynamic, INT, Map};
 use std::path::PathBuf;
@@ -113,48 +113,12 @@ fn load_with(st: &HostState, path: &str, opts: &Map) -> Result<ScriptModel> {
     Ok(ScriptModel(local))
 }
 
-/// Folder of a fixture model: `$MINARC_HOME/models/<preset>-s<seed>`, else
-/// `~/.cache/minarc/models/<preset>-s<seed>`.
-pub fn fixture_dir(preset: Preset, seed: u64) -> Result<PathBuf> {
-    let base = match std::env::var_os("MINARC_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => {
-            let home = std::env::var_os("HOME")
-                .ok_or_else(|| anyhow!("neither MINARC_HOME nor HOME is set"))?;
-            PathBuf::from(home).join(".cache").join("minarc")
-        }
-    };
-    Ok(base
-        .join("models")
-        .join(format!("{}-s{seed}", preset.name())))
-}
-
-/// Write the fixture folder if it is absent (built in a temp dir, then renamed, so a
-/// concurrent or interrupted writer never leaves a partial folder), then load it (memoised).
+/// The fixture folder (written once, see [`crate::model::fixture::ensure_fixture`]), loaded
+/// (memoised).
 fn init(st: &HostState, preset: &str, seed: INT) -> Result<ScriptModel> {
     ensure!(seed >= 0, "seed must be >= 0, got {seed}");
     let preset: Preset = preset.parse()?;
-    let dir = fixture_dir(preset, seed as u64)?;
-    if !(dir.join("config.json").exists() && dir.join("tokenizer.json").exists()) {
-        let parent = dir
-            .parent()
-            .ok_or_else(|| anyhow!("{} has no parent folder", dir.display()))?;
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".fixture-")
-            .tempdir_in(parent)
-            .with_context(|| format!("creating a temp dir in {}", parent.display()))?;
-        init_model(preset, seed as u64, tmp.path(), 1)?;
-        let tmp = tmp.keep();
-        if let Err(e) = std::fs::rename(&tmp, &dir) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            if !dir.join("config.json").exists() {
-                return Err(e)
-                    .with_context(|| format!("moving the fixture into {}", dir.display()));
-            }
-        }
-    }
+    let dir = crate::model::fixture::ensure_fixture(preset, seed as u64)?;
     load(st, &dir.display().to_string())
 }
 
@@ -299,7 +263,7 @@ fn forward_with(
     for s in samples {
         st.check_interrupt()?;
         let key = SampleKey::new(dataset, s.0.index);
-        let fresh = opts.force || !m.0.has_sample(&key);
+        let fresh = opts.force || !guard("forward", || m.0.has_sample(&key))?;
         if fresh {
             guard("forward", || {
                 check_tokens(m.0.as_ref(), &s)?;
@@ -557,15 +521,17 @@ fn register_model_info(r: &mut Registrar) {
         "datasets(model: Model) -> Map",
         "Cached datasets: name -> array of sample indices.",
         |m: ScriptModel| {
-            let mut out = Map::new();
-            for (name, idx) in m.0.datasets() {
-                let arr: Array = idx
-                    .into_iter()
-                    .map(|i| Dynamic::from_int(i as INT))
-                    .collect();
-                out.insert(name.into(), Dynamic::from_array(arr));
-            }
-            out
+            guard("datasets", || {
+                let mut out = Map::new();
+                for (name, idx) in m.0.datasets()? {
+                    let arr: Array = idx
+                        .into_iter()
+                        .map(|i| Dynamic::from_int(i as INT))
+                        .collect();
+                    out.insert(name.into(), Dynamic::from_array(arr));
+                }
+                Ok(out)
+            })
         },
     )
     .func(

@@ -48,7 +48,7 @@ fn forward_spread(
             if st.interrupted() {
                 bail!("interrupted");
             }
-            let fresh = opts.force || !b.has_sample(&SampleKey::new(dataset, s.0.index));
+            let fresh = opts.force || !b.has_sample(&SampleKey::new(dataset, s.0.index))?;
             if fresh {
                 check_tokens(b, s)?;
                 b.forward_sample(dataset, &sample_input(s), &opts.spec(s)?, opts.force)

@@ -32,10 +32,11 @@ fn tensors(what: &str, arr: &Array) -> anyhow::Result<Vec<Tensor>> {
 /// U1 `topk_md` (transposed form): one `[i0, i1, ..., value]` row per item, largest first.
 fn topk_rows(t: &Tensor, k: INT, by_abs: bool) -> anyhow::Result<Array> {
     anyhow::ensure!(k >= 0, "k must be >= 0, got {k}");
-    let top = crate::analysis::topk_md(&t.0, k as usize, by_abs)?;
+    let top = crate::attribution::topk_md(&t.0, k as usize, by_abs)?;
     Ok(top
-        .items
+        .indices
         .into_iter()
+        .zip(top.values)
         .map(|(idx, v)| {
             let mut row: Array = idx
                 .into_iter()
