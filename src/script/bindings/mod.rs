@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod attribution;
+pub mod forward;
 pub mod graph_ops;
 pub mod lens;
 pub mod model;
@@ -29,6 +30,7 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     puzzle::register(&mut Registrar::new(engine, docs, "puzzle"), state);
     analysis::register(&mut Registrar::new(engine, docs, "analysis"));
     model::register(&mut Registrar::new(engine, docs, "model"), state);
+    forward::register(&mut Registrar::new(engine, docs, "model"), state);
     spread::register_forward(&mut Registrar::new(engine, docs, "model"), state);
     spread::register_mr(&mut Registrar::new(engine, docs, "util"), state);
     attribution::register(&mut Registrar::new(engine, docs, "attribution"), state);

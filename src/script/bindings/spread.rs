@@ -3,9 +3,8 @@
 //! `Cached` handles bound to the model that holds them; `mr(models, items, f)` calls
 //! `f(item, model)` with each item's model, one thread per model, and averages in item order.
 
-use super::model::{
-    Cached, ForwardOptions, ScriptModel, check_tokens, forward_options, sample_input, samples_of,
-};
+use super::forward::{ForwardOptions, check_tokens, forward_options, sample_input, samples_of};
+use super::model::{Cached, ScriptModel};
 use super::util::mean_of;
 use super::{RResult, guard};
 use crate::backend::{Backend, SampleKey};

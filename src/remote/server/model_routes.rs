@@ -1,0 +1,368 @@
+//! Model, forward, getter and dataset routes.
+
+use super::*;
+
+pub(super) async fn status(State(st): State<Shared>) -> ApiResult<Response> {
+    let local = st.local();
+    let datasets = dataset_infos(&local)?;
+    let (attn_cache_entries, attn_cache_bytes) = local.attn_cache_stats();
+    let m = local.model();
+    json(&Status {
+        model: local.describe(),
+        dtype: wire::dtype_name(m.dtype()).to_string(),
+        device: format!("{:?}", m.device().location()),
+        config: local.config().clone(),
+        dataset_sizes: datasets
+            .iter()
+            .map(|d| (d.dataset.clone(), d.count))
+            .collect(),
+        datasets,
+        cache: local.cache_stats(),
+        attn_cache_entries,
+        attn_cache_bytes,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+pub(super) async fn tokenizer(State(st): State<Shared>) -> ApiResult<Response> {
+    let tok =
+        st.tokenizer_json.read().map(|t| t.clone()).map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "tokenizer lock poisoned")
+        })?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, wire::JSON)],
+        tok.as_str().to_owned(),
+    )
+        .into_response())
+}
+
+pub(super) async fn load_model(
+    State(st): State<Shared>,
+    JsonBody(req): JsonBody<LoadModelRequest>,
+) -> ApiResult<Response> {
+    let dtype = match &req.dtype {
+        None => st.opts.dtype,
+        Some(d) => parse_dtype(d).map_err(|e| ApiError::bad(format!("dtype: {e}")))?,
+    };
+    let dir = PathBuf::from(&req.model_path);
+    if !dir.join("config.json").is_file() {
+        return Err(ApiError::bad(format!(
+            "model_path {:?} is not a model folder (no config.json)",
+            req.model_path
+        )));
+    }
+    let st2 = st.clone();
+    heavy(&st, move || {
+        let local = Local::load(&dir, dtype, &st2.opts.device).map_err(ApiError::unprocessable)?;
+        let fresh = AppState::new(local, st2.opts.clone()).map_err(ApiError::unprocessable)?;
+        let backend = fresh.local();
+        let tok = fresh.tokenizer_json.read().map(|t| t.clone()).ok();
+        if let (Ok(mut b), Ok(mut t), Some(tok)) =
+            (st2.backend.write(), st2.tokenizer_json.write(), tok)
+        {
+            *b = backend;
+            *t = tok;
+        }
+        Ok(())
+    })
+    .await?;
+    status(State(st)).await
+}
+
+pub(super) fn forward_one(
+    local: &Local,
+    dataset: &str,
+    sample: &crate::model::SampleInput,
+    capture: &crate::model::CaptureSpec,
+    force: bool,
+) -> ApiResult<ForwardResponse> {
+    let seq_len = local
+        .forward_sample(dataset, sample, capture, force)
+        .map_err(ApiError::unprocessable)?;
+    Ok(ForwardResponse {
+        dataset: dataset.to_string(),
+        index: sample.index,
+        seq_len,
+    })
+}
+
+pub(super) fn check_dataset_name(name: &str) -> ApiResult<()> {
+    if name.is_empty() {
+        return Err(ApiError::bad("dataset name is empty"));
+    }
+    Ok(())
+}
+
+pub(super) async fn forward(
+    State(st): State<Shared>,
+    JsonBody(req): JsonBody<ForwardRequest>,
+) -> ApiResult<Response> {
+    check_dataset_name(&req.dataset)?;
+    let capture = req
+        .capture
+        .to_spec()
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    let local = st.local();
+    local
+        .check_prompt(&req.sample.prompt)
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{e:#}")))?;
+    let r = heavy(&st, move || {
+        forward_one(&local, &req.dataset, &req.sample, &capture, req.force)
+    })
+    .await?;
+    json(&r)
+}
+
+pub(super) async fn batch_forward(
+    State(st): State<Shared>,
+    JsonBody(req): JsonBody<BatchForwardRequest>,
+) -> ApiResult<Response> {
+    check_dataset_name(&req.dataset)?;
+    let capture = req
+        .capture
+        .to_spec()
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    crate::limits::BATCH_SAMPLES
+        .check(req.samples.len(), "samples in /batch_forward")
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(s) = req.samples.iter().find(|s| !seen.insert(s.index)) {
+        return Err(ApiError::bad(format!(
+            "sample index {} appears twice in the batch",
+            s.index
+        )));
+    }
+    let local = st.local();
+    for s in &req.samples {
+        local.check_prompt(&s.prompt).map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("sample {}: {e:#}", s.index),
+            )
+        })?;
+    }
+    let results = heavy(&st, move || {
+        req.samples
+            .iter()
+            .map(|s| {
+                crate::cancel::check().map_err(|e| ApiError::unprocessable(e.into()))?;
+                forward_one(&local, &req.dataset, s, &capture, req.force)
+            })
+            .collect::<ApiResult<Vec<_>>>()
+            .map(|results| BatchForwardResponse {
+                dataset: req.dataset.clone(),
+                results,
+            })
+    })
+    .await?;
+    json(&results)
+}
+
+/// One getter call on the backend (validated request, one sample).
+pub(super) fn run_getter(
+    local: &Local,
+    g: Getter,
+    req: &GetRequest,
+    key: &SampleKey,
+) -> Result<Tensor> {
+    let act = g.act(req.layer.unwrap_or(0), &req.heads);
+    local.activation(key, &act, req.pos_ids.as_deref())
+}
+
+/// Mean of a getter over samples; every sample must give the same shape.
+pub(super) fn mean_getter(
+    local: &Local,
+    g: Getter,
+    req: &GetRequest,
+    indices: &[usize],
+) -> Result<Tensor> {
+    let mut sum: Option<Tensor> = None;
+    let mut first_shape = None;
+    for &i in indices {
+        let key = SampleKey::new(req.dataset.clone(), i);
+        let t = run_getter(local, g, req, &key)?;
+        match &first_shape {
+            None => first_shape = Some((i, t.dims().to_vec())),
+            Some((i0, s0)) if s0.as_slice() != t.dims() => bail!(
+                "cannot average over dataset {:?}: sample {i0} gives shape {s0:?} but sample {i} \
+                 gives {:?} (select the same pos_ids on equal-length prompts, or name a sample)",
+                req.dataset,
+                t.dims()
+            ),
+            Some(_) => {}
+        }
+        sum = Some(match sum {
+            None => t,
+            Some(s) => (s + t)?,
+        });
+    }
+    let sum = sum.ok_or_else(|| anyhow!("dataset {:?} has no samples", req.dataset))?;
+    Ok((sum / indices.len() as f64)?)
+}
+
+pub(super) async fn getter(st: Shared, g: Getter, req: GetRequest) -> ApiResult<Response> {
+    let local = st.local();
+    let dtype = wire_dtype(&req.dtype)?;
+    let indices = match req.sample {
+        Some(i) => vec![i],
+        None => dataset_samples(&local, &req.dataset)?,
+    };
+    if indices.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "dataset {:?} has no samples to average over",
+            req.dataset
+        )));
+    }
+    for &i in &indices {
+        let seq_len = check_sample(&local, &SampleKey::new(req.dataset.clone(), i))?;
+        check_get(&local, g, &req, seq_len)?;
+    }
+    // An evicted sample is recomputed: heavy work, so it takes the heavy lock.
+    let all_resident = indices
+        .iter()
+        .all(|&i| local.is_resident(&SampleKey::new(req.dataset.clone(), i)));
+    let averaged = req.sample.is_none();
+    let n = indices.len();
+    let work = move || -> ApiResult<(Tensor, GetRequest)> {
+        let t = match req.sample {
+            Some(i) => run_getter(&local, g, &req, &SampleKey::new(req.dataset.clone(), i)),
+            None => mean_getter(&local, g, &req, &indices),
+        }
+        .map_err(ApiError::unprocessable)?;
+        let t = t
+            .to_dtype(dtype)
+            .map_err(|e| ApiError::unprocessable(e.into()))?;
+        Ok((t, req))
+    };
+    let (t, req) = if all_resident {
+        blocking(work).await?
+    } else {
+        heavy(&st, work).await?
+    };
+    let mut meta = HashMap::from([
+        ("dataset".to_string(), req.dataset.clone()),
+        (
+            "getter".to_string(),
+            g.path().trim_start_matches('/').to_string(),
+        ),
+    ]);
+    if averaged {
+        meta.insert("averaged_over".into(), n.to_string());
+    }
+    tensor_response(&[(wire::TENSOR, &t)], meta)
+}
+
+macro_rules! getter_handler {
+    ($name:ident, $g:expr) => {
+        pub(super) async fn $name(
+            State(st): State<Shared>,
+            JsonBody(req): JsonBody<GetRequest>,
+        ) -> ApiResult<Response> {
+            getter(st, $g, req).await
+        }
+    };
+}
+getter_handler!(hidden_states, Getter::HiddenStates);
+getter_handler!(attn_output, Getter::AttnOutput);
+getter_handler!(mlp_output, Getter::MlpOutput);
+getter_handler!(head_output, Getter::HeadOutput);
+getter_handler!(attn_weights, Getter::AttnWeights);
+getter_handler!(logits, Getter::Logits);
+
+pub(super) async fn list_datasets(State(st): State<Shared>) -> ApiResult<Response> {
+    let list = dataset_infos(&st.local())?;
+    json(&list)
+}
+
+pub(super) async fn list_samples(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let sample_ids = dataset_samples(&st.local(), &id)?;
+    json(&DatasetInfo {
+        dataset: id,
+        count: sample_ids.len(),
+        sample_ids,
+    })
+}
+
+pub(super) async fn sample_info(
+    State(st): State<Shared>,
+    Path((id, index)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let index: usize = index.parse().map_err(|_| {
+        ApiError::bad(format!(
+            "sample index {index:?} is not a non-negative integer"
+        ))
+    })?;
+    let local = st.local();
+    let key = SampleKey::new(id.clone(), index);
+    let seq_len = check_sample(&local, &key)?;
+    let input = local.sample_meta(&key).map_err(ApiError::unprocessable)?;
+    json(&SampleInfo {
+        dataset: id,
+        index,
+        seq_len,
+        input,
+        resident: local.is_resident(&key),
+    })
+}
+
+pub(super) async fn delete_dataset(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let local = st.local();
+    dataset_samples(&local, &id)?;
+    local
+        .drop_dataset(&id)
+        .map_err(|e| ApiError::not_found(format!("{e:#}")))?;
+    json(&Ack {
+        status: "ok".into(),
+        message: format!("dataset {id:?} deleted"),
+    })
+}
+
+pub(super) async fn delete_all(State(st): State<Shared>) -> ApiResult<Response> {
+    let local = st.local();
+    let names: Vec<String> = local
+        .datasets()
+        .map_err(ApiError::unprocessable)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for n in &names {
+        // A dataset deleted concurrently is fine to miss.
+        let _ = local.drop_dataset(n);
+    }
+    json(&Ack {
+        status: "ok".into(),
+        message: format!("{} datasets deleted", names.len()),
+    })
+}
+
+pub(super) async fn empty_cache(State(st): State<Shared>) -> ApiResult<Response> {
+    let local = st.local();
+    let (entries, bytes) = local.attn_cache_stats();
+    local.clear_attn_cache();
+    json(&Ack {
+        status: "ok".into(),
+        message: format!("attention-weights cache emptied ({entries} entries, {bytes} bytes)"),
+    })
+}
+
+pub(super) async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("no endpoint {} {}", req.method(), req.uri().path()))
+}
+
+pub(super) async fn wrong_method(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {} not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}

@@ -1,0 +1,211 @@
+//! `forward` of a dataset into a model's activation cache: capture options, skipping cached
+//! samples, token-count checks, progress and interrupts.
+
+use super::model::{Cached, ScriptModel};
+use super::puzzle::ScriptSample;
+use super::{RResult, guard, usize_list};
+use crate::backend::{Backend, SampleKey};
+use crate::model::{CaptureSpec, SampleInput};
+use crate::script::docs::Registrar;
+use crate::script::host::HostState;
+use anyhow::{Result, anyhow, bail, ensure};
+use candle_core::DType;
+use rhai::{Array, Dynamic, Map};
+use std::sync::Arc;
+
+/// Register `forward(model, dataset, samples[, opts])`.
+pub fn register(r: &mut Registrar, state: &Arc<HostState>) {
+    let st = state.clone();
+    r.func(
+        "forward",
+        "forward(model: Model, dataset: String, samples: Array) -> Array",
+        "Forward every sample not yet cached under dataset (progress bar, Ctrl-C stops); returns one Cached handle per sample.",
+        move |m: ScriptModel, dataset: &str, samples: Array| forward(&st, &m, dataset, &samples),
+    );
+    let st = state.clone();
+    r.func(
+        "forward",
+        "forward(model: Model, dataset: String, samples: Array, opts: Map) -> Array",
+        "forward with capture options: layers ([int], L = final norm), positions ([int] or a span name such as \"A-\" resolved per sample), dtype (storage: \"f32\", \"f16\", \"bf16\"), logits (store logits), force (recompute cached samples).",
+        move |m: ScriptModel, dataset: &str, samples: Array, opts: Map| {
+            let o = guard("forward", || forward_options(&opts))?;
+            forward_with(&st, &m, dataset, &samples, &o)
+        },
+    );
+}
+
+pub(super) fn sample_input(s: &ScriptSample) -> SampleInput {
+    SampleInput {
+        index: s.0.index,
+        prompt: s.0.prompt.clone(),
+        labels: s.0.labels.clone(),
+        candidate_ids: s.0.candidate_ids.clone(),
+        answer_indices: s.0.answer_indices.clone(),
+    }
+}
+
+pub(super) fn samples_of(arr: &Array) -> Result<Vec<ScriptSample>> {
+    arr.iter()
+        .enumerate()
+        .map(|(k, v)| {
+            v.read_lock::<ScriptSample>()
+                .map(|s| s.clone())
+                .ok_or_else(|| anyhow!("element {k} is a {}, expected a Sample", v.type_name()))
+        })
+        .collect()
+}
+
+/// Which positions a forward stores: all, fixed ones, or a span resolved per sample.
+enum CapturePositions {
+    All,
+    Fixed(Vec<usize>),
+    Span(String),
+}
+
+/// Capture options of `forward(model, dataset, samples, opts)`.
+pub(super) struct ForwardOptions {
+    layers: Option<Vec<usize>>,
+    positions: CapturePositions,
+    dtype: DType,
+    logits: bool,
+    pub(super) force: bool,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        Self {
+            layers: None,
+            positions: CapturePositions::All,
+            dtype: DType::F32,
+            logits: false,
+            force: false,
+        }
+    }
+}
+
+fn bool_opt(k: &str, v: &Dynamic) -> Result<bool> {
+    v.as_bool()
+        .map_err(|t| anyhow!("{k} must be a bool, got {t}"))
+}
+
+pub(super) fn forward_options(map: &Map) -> Result<ForwardOptions> {
+    let mut o = ForwardOptions::default();
+    for (k, v) in map {
+        match k.as_str() {
+            "layers" => {
+                let arr = v
+                    .read_lock::<Array>()
+                    .ok_or_else(|| anyhow!("layers must be an array of ints"))?;
+                o.layers = Some(usize_list("layers", &arr)?);
+            }
+            "positions" => {
+                o.positions = if let Some(arr) = v.read_lock::<Array>() {
+                    CapturePositions::Fixed(usize_list("positions", &arr)?)
+                } else if v.is_string() {
+                    CapturePositions::Span(v.clone().into_string().unwrap_or_default())
+                } else {
+                    bail!(
+                        "positions must be an array of ints or a span name such as \"A-\", got {}",
+                        v.type_name()
+                    )
+                };
+            }
+            "dtype" => {
+                let name = v
+                    .clone()
+                    .into_string()
+                    .map_err(|t| anyhow!("dtype must be a string, got {t}"))?;
+                o.dtype = crate::model::config::parse_dtype(&name)?;
+            }
+            "logits" => o.logits = bool_opt(k, v)?,
+            "force" => o.force = bool_opt(k, v)?,
+            other => {
+                bail!("unknown option {other:?} (known: layers, positions, dtype, logits, force)")
+            }
+        }
+    }
+    Ok(o)
+}
+
+impl ForwardOptions {
+    /// The capture spec for one sample (a span is resolved on the sample's own tokens).
+    pub(super) fn spec(&self, s: &ScriptSample) -> Result<CaptureSpec> {
+        let positions = match &self.positions {
+            CapturePositions::All => None,
+            CapturePositions::Fixed(p) => Some(p.clone()),
+            CapturePositions::Span(span) => {
+                let mut p = s.0.positions(span, crate::puzzle::sample::DEFAULT_LAST_K)?;
+                p.sort_unstable();
+                p.dedup();
+                Some(p)
+            }
+        };
+        Ok(CaptureSpec {
+            layers: self.layers.clone(),
+            positions,
+            dtype: self.dtype,
+            logits: self.logits,
+        })
+    }
+}
+
+/// Forward every sample not yet cached under `dataset`; one `Cached` handle per sample.
+fn forward(st: &HostState, m: &ScriptModel, dataset: &str, samples: &Array) -> RResult<Array> {
+    forward_with(st, m, dataset, samples, &ForwardOptions::default())
+}
+
+/// [`forward`] with capture options (layers, positions, storage dtype, logits, force).
+fn forward_with(
+    st: &HostState,
+    m: &ScriptModel,
+    dataset: &str,
+    samples: &Array,
+    opts: &ForwardOptions,
+) -> RResult<Array> {
+    let samples = guard("forward", || {
+        ensure!(!dataset.is_empty(), "the dataset name must not be empty");
+        samples_of(samples)
+    })?;
+    let pb = st.progress(samples.len() as u64, &format!("forward {dataset}"));
+    let mut out = Array::with_capacity(samples.len());
+    for s in samples {
+        st.check_interrupt()?;
+        let key = SampleKey::new(dataset, s.0.index);
+        let fresh = opts.force || !guard("forward", || m.0.has_sample(&key))?;
+        if fresh {
+            guard("forward", || {
+                check_tokens(m.0.as_ref(), &s)?;
+                let spec = opts.spec(&s)?;
+                m.0.forward_sample(dataset, &sample_input(&s), &spec, opts.force)?;
+                Ok(())
+            })?;
+        }
+        out.push(Dynamic::from(Cached {
+            dataset: dataset.to_string(),
+            sample: s,
+            fresh,
+            home: None,
+        }));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// A sample generated with a tokenizer must tokenize to the same length on this model.
+pub(super) fn check_tokens(b: &dyn Backend, s: &ScriptSample) -> Result<()> {
+    if let Some(n) = s.0.n_tokens {
+        let enc = b
+            .tokenizer()
+            .encode(s.0.prompt.as_str(), true)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        ensure!(
+            enc.len() == n,
+            "sample {} has {n} tokens but the model's tokenizer gives {}: \
+             generate the dataset with tokenizer: tokenizer(model)",
+            s.0.index,
+            enc.len()
+        );
+    }
+    Ok(())
+}
