@@ -1,4 +1,5 @@
 //! minarc: a workbench for mechanistic interpretability of Qwen2-architecture models.
+#![warn(missing_docs)]
 
 pub mod analysis;
 pub mod attribution;

@@ -41,10 +41,10 @@ pub fn run_init_model(args: &InitModelArgs) -> Result<()> {
     Ok(())
 }
 
-/// `minarc bench forward` options.
 /// Largest `--reps` of a benchmark.
 pub const MAX_REPS: usize = 10_000;
 
+/// `minarc bench forward` options: a plain forward against a forward with full capture.
 #[derive(Debug, Args)]
 pub struct BenchForwardArgs {
     /// Fixture preset to build in a temp dir (ignored with --model).
@@ -81,6 +81,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs `minarc bench forward`: prints timings, GFLOP/s, the capture ratio and peak RSS.
 pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
     anyhow::ensure!(
         (1..=MAX_REPS).contains(&a.reps),

@@ -9,21 +9,37 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Relation {
+    /// `x == x0 and y == y0`.
     At,
+    /// `x == x0 - 1 and y == y0`.
     LeftOf,
+    /// `x == x0 + 1 and y == y0`.
     RightOf,
+    /// `x == x0 and y == y0 - 1`.
     Above,
+    /// `x == x0 and y == y0 + 1`.
     Below,
+    /// `x == x0 - 1 and y == y0 - 1`.
     UpperLeftOf,
+    /// `x == x0 - 1 and y == y0 + 1`.
     LowerLeftOf,
+    /// `x == x0 + 1 and y == y0 - 1`.
     UpperRightOf,
+    /// `x == x0 + 1 and y == y0 + 1`.
     LowerRightOf,
+    /// `x == -x0 and y == y0`.
     MirrorXOf,
+    /// `x == x0 and y == -y0`.
     MirrorYOf,
+    /// `x == -x0 and y == -y0`.
     MirrorOriginOf,
+    /// `x == y0 and y == x0`.
     MirrorDiag1Of,
+    /// `x == -y0 and y == -x0`.
     MirrorDiag2Of,
+    /// `x == y0 and y == -x0`.
     RotateCwOf,
+    /// `x == -y0 and y == x0`.
     RotateCcwOf,
 }
 
