@@ -78,21 +78,10 @@ pub(super) fn mask(
     sink: bool,
     dev: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let mut add = vec![0f32; q_pos.len() * j];
-    let mut keep = vec![1f32; q_pos.len() * j];
-    for (r, &p) in q_pos.iter().enumerate() {
-        for t in 0..j {
-            if t > p || (sink && t == 0) {
-                add[r * j + t] = crate::model::ops::NEG_MASK;
-                keep[r * j + t] = 0.0;
-            }
-        }
-    }
-    let shape = (q_pos.len(), j);
-    Ok((
-        Tensor::from_vec(add, shape, dev)?,
-        Tensor::from_vec(keep, shape, dev)?,
-    ))
+    // the model's mask; keep = 1 where a key is allowed
+    let add = crate::model::qwen2::query_mask(q_pos, j, sink.then_some(0), dev)?;
+    let keep = add.eq(0f32)?.to_dtype(DType::F32)?;
+    Ok((add, keep))
 }
 
 /// Post-softmax weights of one head `[b,1,i,j]` (f32, autograd-safe).
