@@ -827,7 +827,19 @@ let cl = cluster_heads([[0, 0, ones([1, 2, 3])], [0, 1, ones([1, 2, 3])]]);
         ("tree_attr(AttrTree(), 5)", &["does not exist"]),
         ("eval_head_lens(m, r, 0, 99)", &["head 99"]),
         ("eval_logit_lens(m, r, #{from_layer: 99})", &["99"]),
-        ("eval_logit_lens(m, r, #{topk: -1})", &[">= 0"]),
+        ("eval_logit_lens(m, r, #{topk: -1})", &["option topk", "-1"]),
+        (
+            "eval_logit_lens(m, r, #{topk: 1.5})",
+            &["option topk", "non-negative int"],
+        ),
+        (
+            "eval_logit_lens(m, r, #{nope: 1})",
+            &["unknown option", "topk"],
+        ),
+        (
+            "load_model(\"/nonexistent\", #{check_weights: 1})",
+            &["option check_weights"],
+        ),
         (
             "show_attn(m, r, 0, 0, #{last_k: 1000000000})",
             &["out of range"],

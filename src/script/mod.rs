@@ -12,9 +12,11 @@ pub mod host;
 pub mod modules;
 pub mod repl;
 pub mod runner;
+pub mod state;
 pub mod tensor;
 pub mod watch;
 
 pub use errors::{ErrorDetails, ErrorKind, ScriptError};
-pub use host::{Host, HostState, Output, SharedBuf};
+pub use host::Host;
+pub use state::{HostState, Output, SharedBuf};
 pub use tensor::Tensor;

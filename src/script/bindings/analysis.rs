@@ -1,8 +1,8 @@
 //! Analysis bindings (spec §5): head clustering (V9–V12) with its plot, attention-pattern
 //! labels and scores (V1–V2).
 
+use super::args::{guard, usize_list};
 use super::puzzle::ScriptSample;
-use super::{guard, usize_list};
 use crate::analysis::{
     ClusterMethod, ClusterOptions, Clustering, DistanceKind, HeadKey, PatternLabels,
     attn_pattern2labels, cluster_heads, cluster_summary, get_ap_scores,

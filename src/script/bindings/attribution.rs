@@ -2,8 +2,8 @@
 //! `get_top_heads`, `get_attn_attrs_on_dataset`, circuit evaluation (`forward` on a graph),
 //! graph export. Map-reduce over samples is the util domain's `mr`.
 
+use super::args::{guard, options, usize_list};
 use super::model::{Cached, ScriptModel};
-use super::{guard, usize_list};
 use crate::attribution::export::save_graph_json;
 use crate::attribution::{
     AttrTree, Graph, HeadRanking, NodeId, NodeType, SampleRef, TreeOptions, add_edges,
@@ -11,8 +11,8 @@ use crate::attribution::{
     get_top_heads, rank_heads,
 };
 use crate::script::docs::Registrar;
-use crate::script::host::HostState;
-use crate::script::host::lock;
+use crate::script::state::HostState;
+use crate::script::state::lock;
 use crate::script::tensor::Tensor;
 use anyhow::{Result, anyhow, ensure};
 use rhai::{Array, Dynamic, INT, Map};
@@ -96,28 +96,27 @@ pub fn register(r: &mut Registrar, state: &Arc<HostState>) {
     register_tree(r, state);
 }
 
+/// Options of `add_tnode(.., parent, opts)` (defaults: [`TreeOptions::default`]).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreeNodeOptions {
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    until_k: Option<bool>,
+    #[serde(default)]
+    attn_data: Option<bool>,
+}
+
 fn tree_opts(map: &Map, st: &HostState) -> Result<TreeOptions> {
-    let mut o = TreeOptions {
+    let d = TreeOptions::default();
+    let o: TreeNodeOptions = options(map)?;
+    Ok(TreeOptions {
         progress: st.show_progress(),
-        ..TreeOptions::default()
-    };
-    for (k, v) in map {
-        match k.as_str() {
-            "top_k" => o.top_k = usize_list("top_k", &vec![v.clone()])?[0],
-            "until_k" => {
-                o.until_k = v
-                    .as_bool()
-                    .map_err(|t| anyhow!("until_k must be a bool, got {t}"))?
-            }
-            "attn_data" => {
-                o.attn_data = v
-                    .as_bool()
-                    .map_err(|t| anyhow!("attn_data must be a bool, got {t}"))?
-            }
-            other => anyhow::bail!("unknown option {other:?} (known: top_k, until_k, attn_data)"),
-        }
-    }
-    Ok(o)
+        top_k: o.top_k.unwrap_or(d.top_k),
+        until_k: o.until_k.unwrap_or(d.until_k),
+        attn_data: o.attn_data.unwrap_or(d.attn_data),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

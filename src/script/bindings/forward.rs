@@ -1,13 +1,13 @@
 //! `forward` of a dataset into a model's activation cache: capture options, skipping cached
 //! samples, token-count checks, progress and interrupts.
 
+use super::args::{RResult, guard, usize_list};
 use super::model::{Cached, ScriptModel};
 use super::puzzle::ScriptSample;
-use super::{RResult, guard, usize_list};
 use crate::backend::{Backend, SampleKey};
 use crate::model::{CaptureSpec, SampleInput};
 use crate::script::docs::Registrar;
-use crate::script::host::HostState;
+use crate::script::state::HostState;
 use anyhow::{Result, anyhow, bail, ensure};
 use candle_core::DType;
 use rhai::{Array, Dynamic, Map};

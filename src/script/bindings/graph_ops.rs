@@ -2,17 +2,17 @@
 //! attention-weight attribution of one sample (A21), the embedding's share, node positions
 //! (A11), user-defined spans, and the graph's settings (IG rule, adaptive IG, sink mode).
 
+use super::args::{guard, int_array, options, usize_list};
 use super::attribution::{ScriptGraph, ScriptNode, node_ids, sample_ref};
 use super::model::{Cached, ScriptModel};
-use super::{guard, int_array, usize_list};
 use crate::attribution::step::residual_request;
 use crate::attribution::{
     Adaptive, IgRule, SinkMode, attribute_attn_weights, embed_attribution, set_pos_ids,
 };
 use crate::script::docs::Registrar;
-use crate::script::host::lock;
+use crate::script::state::lock;
 use crate::script::tensor::Tensor;
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use rhai::{Array, Dynamic, FLOAT, INT, Map};
 
 /// Register the graph operations (domain "attribution").
@@ -25,6 +25,16 @@ pub fn register(r: &mut Registrar) {
 fn nonneg(what: &str, v: INT) -> Result<usize> {
     ensure!(v >= 0, "{what} must be >= 0, got {v}");
     Ok(v as usize)
+}
+
+/// Options of `attribute_residual(g, model, r, nodes, opts)`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResidualOptions {
+    #[serde(default)]
+    from_layer: Option<usize>,
+    #[serde(default)]
+    to_layer: Option<usize>,
 }
 
 /// A18 on the nodes' stored gradients of one sample, optionally over a layer range.
@@ -42,15 +52,12 @@ fn residual(
     );
     let mut req = residual_request(&lock(&g.0), &ids, c.sample.0.index)
         .context("run attribute_step (or backward) on these nodes first")?;
-    for (k, v) in opts {
-        let n = v
-            .as_int()
-            .map_err(|t| anyhow!("{k} must be an int, got {t}"))?;
-        match k.as_str() {
-            "from_layer" => req.from_layer = nonneg(k, n)?,
-            "to_layer" => req.to_layer = Some(nonneg(k, n)?),
-            other => bail!("unknown option {other:?} (known: from_layer, to_layer)"),
-        }
+    let o: ResidualOptions = options(opts)?;
+    if let Some(f) = o.from_layer {
+        req.from_layer = f;
+    }
+    if o.to_layer.is_some() {
+        req.to_layer = o.to_layer;
     }
     Ok(Tensor(
         c.backend(m).attribute_residual(&sample_ref(c).key, &req)?,

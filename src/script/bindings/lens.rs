@@ -1,9 +1,9 @@
 //! Lens bindings (spec §5, V3–V8): logit lens, head lens, circuit evaluation of head sets,
 //! head pattern-matching scores and the show_attn token view.
 
+use super::args::{guard, int_array, options, usize_list};
 use super::attribution::{ScriptGraph, ScriptNode, node_ids, sample_ref};
 use super::model::{Cached, ScriptModel};
-use super::{guard, int_array, usize_list};
 use crate::analysis::lens::{
     LensNode, eval_head_lens, eval_logit_lens, eval_nodes, get_head_matching_scores,
     render_logit_lens,
@@ -13,7 +13,7 @@ use crate::analysis::show_attn::{
 };
 use crate::puzzle::sample::DEFAULT_LAST_K;
 use crate::script::docs::Registrar;
-use crate::script::host::lock;
+use crate::script::state::lock;
 use crate::script::tensor::Tensor;
 use anyhow::{Result, anyhow, bail, ensure};
 use rhai::{Array, Dynamic, FLOAT, INT, Map};
@@ -37,18 +37,33 @@ fn table(rows: &[[f64; 3]]) -> Result<Tensor> {
     Tensor::from_f32(flat, &[rows.len(), 3])
 }
 
+/// Options of `eval_logit_lens(model, r, opts)`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LensOptions {
+    #[serde(default)]
+    from_layer: usize,
+    #[serde(default)]
+    to_layer: Option<usize>,
+    #[serde(default = "default_topk")]
+    topk: usize,
+}
+
+fn default_topk() -> usize {
+    3
+}
+
 fn logit_lens(m: &ScriptModel, c: &Cached, opts: &Map) -> Result<Map> {
-    let (mut from, mut to, mut topk) = (0usize, None, 3usize);
-    for (k, v) in opts {
-        match k.as_str() {
-            "from_layer" => from = int_opt(k, v)?,
-            "to_layer" => to = Some(int_opt(k, v)?),
-            "topk" => topk = int_opt(k, v)?,
-            other => bail!("unknown option {other:?} (known: from_layer, to_layer, topk)"),
-        }
-    }
+    let o: LensOptions = options(opts)?;
     let key = sample_ref(c).key;
-    let lens = eval_logit_lens(m.0.as_ref(), &key, &c.sample.0, from, to, topk)?;
+    let lens = eval_logit_lens(
+        m.0.as_ref(),
+        &key,
+        &c.sample.0,
+        o.from_layer,
+        o.to_layer,
+        o.topk,
+    )?;
     let mut out = Map::new();
     out.insert(
         "from_layer".into(),

@@ -3,13 +3,13 @@
 //! and the accessors `get_hidden_states`, `get_attn_output`, `get_mlp_output`,
 //! `get_head_output`, `get_attn_weights`, `get_logits`.
 
+use super::args::{guard, options, usize_list};
 use super::puzzle::{ScriptSample, ScriptTokenizer};
-use super::{guard, usize_list};
 use crate::backend::{Backend, HeadSel, Local, SampleKey};
 use crate::model::LoadOptions;
 use crate::model::fixture::Preset;
 use crate::script::docs::Registrar;
-use crate::script::host::HostState;
+use crate::script::state::HostState;
 use crate::script::tensor::Tensor;
 use anyhow::{Result, anyhow, bail, ensure};
 use candle_core::{DType, Device};
@@ -61,35 +61,42 @@ fn resolve_model_path(path: &str) -> Result<PathBuf> {
     }
 }
 
-/// Load options: dtype ("f32", "f16", "bf16"), device ("cpu", "cuda", "cuda:N") and
-/// check_weights (scan for NaN/inf, default true).
+/// Options of `load_model(path, opts)`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadModelOptions {
+    /// Compute dtype: "f32", "f16" or "bf16".
+    #[serde(default = "default_dtype")]
+    dtype: String,
+    /// "cpu", "cuda" or "cuda:N".
+    #[serde(default = "default_device")]
+    device: String,
+    /// Scan the weights for NaN/inf (default: on unless MINARC_SKIP_WEIGHT_CHECK is set).
+    #[serde(default)]
+    check_weights: Option<bool>,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// Load options: dtype, device, the memo variant ("" for f32 on the CPU) and how to read.
 fn load_options(opts: &Map) -> Result<(DType, Device, String, LoadOptions)> {
-    let mut dtype = "f32".to_string();
-    let mut device = "cpu".to_string();
+    let o: LoadModelOptions = options(opts)?;
     let mut load = LoadOptions::default();
-    for (k, v) in opts {
-        if k.as_str() == "check_weights" {
-            load.check_finite = v
-                .as_bool()
-                .map_err(|t| anyhow!("check_weights must be a bool, got {t}"))?;
-            continue;
-        }
-        let text = v
-            .clone()
-            .into_string()
-            .map_err(|t| anyhow!("{k} must be a string, got {t}"))?;
-        match k.as_str() {
-            "dtype" => dtype = text,
-            "device" => device = text,
-            other => bail!("unknown option {other:?} (known: dtype, device, check_weights)"),
-        }
+    if let Some(c) = o.check_weights {
+        load.check_finite = c;
     }
-    let dt = crate::model::config::parse_dtype(&dtype)?;
-    let dev = crate::model::config::parse_device(&device)?;
-    let variant = if (dt, device.as_str()) == (DType::F32, "cpu") {
+    let dt = crate::model::config::parse_dtype(&o.dtype)?;
+    let dev = crate::model::config::parse_device(&o.device)?;
+    let variant = if (dt, o.device.as_str()) == (DType::F32, "cpu") {
         String::new()
     } else {
-        format!("{dt:?}@{device}")
+        format!("{dt:?}@{}", o.device)
     };
     Ok((dt, dev, variant, load))
 }
@@ -118,11 +125,11 @@ type RemoteCache = std::sync::Mutex<std::collections::HashMap<String, Arc<crate:
 fn connect(st: &HostState, url: &str, token: Option<&str>) -> Result<ScriptModel> {
     let cache = st.slot::<RemoteCache>("model.remotes", Default::default)?;
     let key = url.trim_end_matches('/').to_string();
-    if let Some(r) = crate::script::host::lock(&cache).get(&key) {
+    if let Some(r) = crate::script::state::lock(&cache).get(&key) {
         return Ok(ScriptModel(r.clone()));
     }
     let remote = Arc::new(crate::remote::Remote::connect(url, token)?);
-    crate::script::host::lock(&cache).insert(key, remote.clone());
+    crate::script::state::lock(&cache).insert(key, remote.clone());
     Ok(ScriptModel(remote))
 }
 

@@ -1,13 +1,13 @@
 //! Puzzle bindings (spec §1): `gen_puzzle`, `gen_prompt`, `gen_dataset`, JSONL datasets,
 //! tokenizers, and the `Puzzle` and `Sample` script types with their getters.
 
-use super::{RResult, guard};
+use super::args::{RResult, guard};
 use crate::puzzle::dataset::{read_jsonl, write_jsonl};
 use crate::puzzle::prompt::gen_prompt;
 use crate::puzzle::sample::DEFAULT_LAST_K;
 use crate::puzzle::{Frame, PromptOptions, Puzzle, PuzzleParams, Sample, Style, gen_puzzle};
 use crate::script::docs::Registrar;
-use crate::script::host::{HostState, lock};
+use crate::script::state::{HostState, lock};
 use crate::tokenizer::{fixture_tokenizer, load_tokenizer};
 use anyhow::{Result, anyhow, bail, ensure};
 use rhai::{Array, Dynamic, INT, Map};

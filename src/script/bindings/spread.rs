@@ -3,14 +3,14 @@
 //! `Cached` handles bound to the model that holds them; `mr(models, items, f)` calls
 //! `f(item, model)` with each item's model, one thread per model, and averages in item order.
 
+use super::args::{RResult, guard};
 use super::forward::{ForwardOptions, check_tokens, forward_options, sample_input, samples_of};
 use super::model::{Cached, ScriptModel};
 use super::util::mean_of;
-use super::{RResult, guard};
 use crate::backend::{Backend, SampleKey};
 use crate::remote::spread::spread_map;
 use crate::script::docs::Registrar;
-use crate::script::host::{HostState, panic_message};
+use crate::script::state::{HostState, panic_message};
 use anyhow::{Result, anyhow, bail, ensure};
 use rhai::{Array, Dynamic, EvalAltResult, FnPtr, Map, NativeCallContext};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Tensor bindings: the `Tensor` type, constructors, indexing, reductions, arithmetic.
 
-use super::{RResult, guard, int_array, int_list, usize_list};
+use super::args::{RResult, guard, int_array, int_list, usize_list};
 use crate::script::docs::Registrar;
 use crate::script::tensor::{BinOp, Tensor, check_alloc};
 use candle_core::{DType, Device, Tensor as CTensor};

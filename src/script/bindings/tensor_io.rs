@@ -1,6 +1,6 @@
 //! Tensor files: safetensors (and JSON for reading by other tools).
 
-use super::guard;
+use super::args::guard;
 use crate::attribution::export::{load_safetensors, save_safetensors, save_tensors_json};
 use crate::script::docs::Registrar;
 use crate::script::tensor::Tensor;

@@ -1,9 +1,9 @@
 //! Utility bindings: values memoised across runs, the graph-registry slot, map and
 //! map-reduce over datasets with progress and interrupts.
 
-use super::{RResult, guard};
+use super::args::{RResult, guard};
 use crate::script::docs::Registrar;
-use crate::script::host::HostState;
+use crate::script::state::HostState;
 use crate::script::tensor::Tensor;
 use anyhow::{anyhow, ensure};
 use rhai::{Array, Dynamic, FLOAT, FnPtr, INT, Map, NativeCallContext};

@@ -1,18 +1,18 @@
 //! Visualisation bindings (spec §5): the attribution graph as a view (GQA merge, HTML / DOT /
 //! JSON export), the attention heatmap of chosen query rows, and token views (ANSI, HTML).
 
+use super::args::{guard, options};
 use super::attribution::ScriptGraph;
 use super::model::ScriptModel;
-use crate::script::bindings::guard;
 use crate::script::docs::Registrar;
-use crate::script::host::lock;
+use crate::script::state::lock;
 use crate::script::tensor::Tensor;
 use crate::vis::GqaConfig;
 use crate::vis::graph::{GraphView, from_attribution, merge_gqa_groups, render_dot, to_json};
 use crate::vis::html::{HtmlOptions, write_html};
 use crate::vis::layout::minimize_crossings;
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use rhai::{Array, FLOAT, INT, Map};
+use rhai::{Array, INT, Map};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -49,35 +49,33 @@ fn model_heads(m: &ScriptModel) -> (INT, INT) {
     (c.num_attention_heads as INT, c.num_kv_heads() as INT)
 }
 
+/// Options of `visualize_graph(g, path, opts)`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraphHtmlOptions {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    node_size: Option<f64>,
+    #[serde(default)]
+    gqa_layout: Option<Vec<usize>>,
+}
+
 /// Writes the view by the file extension: .html (self-contained page), .dot, .json.
 fn write_view(v: &ScriptView, path: &str, opts: &Map) -> Result<String> {
     let mut html = HtmlOptions::default();
-    let mut kv: Option<(usize, usize)> = None;
-    for (k, val) in opts {
-        match k.as_str() {
-            "title" => {
-                html.title = val
-                    .clone()
-                    .into_string()
-                    .map_err(|t| anyhow!("title must be a string, got {t}"))?
-            }
-            "node_size" => {
-                html.node_size = val
-                    .as_float()
-                    .or_else(|_| val.as_int().map(|i| i as FLOAT))
-                    .map_err(|t| anyhow!("node_size must be a number, got {t}"))?
-            }
-            "gqa_layout" => {
-                let a = val
-                    .read_lock::<Array>()
-                    .filter(|a| a.len() == 2)
-                    .ok_or_else(|| anyhow!("gqa_layout must be [heads, kv_heads]"))?;
-                let hk = super::usize_list("gqa_layout", &a)?;
-                kv = Some((hk[0], hk[1]));
-            }
-            other => bail!("unknown option {other:?} (known: title, node_size, gqa_layout)"),
-        }
+    let o: GraphHtmlOptions = options(opts)?;
+    if let Some(t) = o.title {
+        html.title = t;
     }
+    if let Some(n) = o.node_size {
+        html.node_size = n;
+    }
+    let kv = match o.gqa_layout.as_deref() {
+        None => None,
+        Some([h, k]) => Some((*h, *k)),
+        Some(_) => bail!("gqa_layout must be [heads, kv_heads]"),
+    };
     if let Some((h, k)) = kv {
         html.gqa = Some(GqaConfig {
             num_attention_heads: h,
