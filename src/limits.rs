@@ -3,7 +3,7 @@
 //! input is a clear error instead of an abort, an OOM kill or a lock held for minutes.
 //!
 //! Each [`Limit`] has a documented default and an environment variable that changes it
-//! (README "Safety and resources" lists them all). Allocations are also checked against the
+//! (docs/src/safety.md lists them all). Allocations are also checked against the
 //! memory the machine has available right now ([`check_alloc`]).
 
 use std::fmt;

@@ -26,7 +26,7 @@ enum Command {
     Watch(script_cli::WatchArgs),
     /// Interactive Rhai shell with the model kept loaded.
     Repl,
-    /// List every script function with its signature and doc (`--markdown` for README tables).
+    /// List every script function with its signature and doc (`--markdown` for the tables of docs/src/functions.md).
     HelpFunctions(script_cli::HelpFunctionsArgs),
     /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
     Puzzles(minarc::puzzle::cli::PuzzlesArgs),

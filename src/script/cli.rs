@@ -32,7 +32,7 @@ pub struct WatchArgs {
 /// `minarc help-functions`.
 #[derive(Args, Debug)]
 pub struct HelpFunctionsArgs {
-    /// Print Markdown tables (the README's function table) instead of plain text.
+    /// Print Markdown tables (the function table of docs/src/functions.md) instead of plain text.
     #[arg(long)]
     pub markdown: bool,
 }

@@ -3,7 +3,7 @@
 //! Bindings register functions through [`Registrar`], which adds the function to the
 //! [`rhai::Engine`] and its documentation to [`Docs`] in the same call, so nothing can be
 //! registered undocumented. The registry feeds the REPL's `:help`, tab completion and the
-//! README function table (`minarc help-functions --markdown`).
+//! function table of docs/src/functions.md (`minarc help-functions --markdown`).
 
 use rhai::{Engine, EvalAltResult, RhaiNativeFunc};
 use std::any::Any;
@@ -128,7 +128,7 @@ impl Docs {
             .collect()
     }
 
-    /// Markdown tables (types, then functions grouped by domain) for the README.
+    /// Markdown tables (types, then functions grouped by domain) for docs/src/functions.md.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         if !self.types.is_empty() {

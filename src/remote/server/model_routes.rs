@@ -94,19 +94,34 @@ pub(super) fn check_dataset_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// The dataset name and capture spec of a forward request, checked.
+fn forward_capture(
+    dataset: &str,
+    capture: &wire::CaptureWire,
+) -> ApiResult<crate::model::CaptureSpec> {
+    check_dataset_name(dataset)?;
+    capture
+        .to_spec()
+        .map_err(|e| ApiError::bad(format!("{e:#}")))
+}
+
+/// A prompt too long for the model is refused (413) before the heavy-work lock.
+fn check_prompt(local: &Local, s: &crate::model::SampleInput) -> ApiResult<()> {
+    local.check_prompt(&s.prompt).map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("sample {}: {e:#}", s.index),
+        )
+    })
+}
+
 pub(super) async fn forward(
     State(st): State<Shared>,
     JsonBody(req): JsonBody<ForwardRequest>,
 ) -> ApiResult<Response> {
-    check_dataset_name(&req.dataset)?;
-    let capture = req
-        .capture
-        .to_spec()
-        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    let capture = forward_capture(&req.dataset, &req.capture)?;
     let local = st.local();
-    local
-        .check_prompt(&req.sample.prompt)
-        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{e:#}")))?;
+    check_prompt(&local, &req.sample)?;
     let r = heavy(&st, move || {
         forward_one(&local, &req.dataset, &req.sample, &capture, req.force)
     })
@@ -118,11 +133,7 @@ pub(super) async fn batch_forward(
     State(st): State<Shared>,
     JsonBody(req): JsonBody<BatchForwardRequest>,
 ) -> ApiResult<Response> {
-    check_dataset_name(&req.dataset)?;
-    let capture = req
-        .capture
-        .to_spec()
-        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    let capture = forward_capture(&req.dataset, &req.capture)?;
     crate::limits::BATCH_SAMPLES
         .check(req.samples.len(), "samples in /batch_forward")
         .map_err(|e| ApiError::bad(e.to_string()))?;
@@ -135,12 +146,7 @@ pub(super) async fn batch_forward(
     }
     let local = st.local();
     for s in &req.samples {
-        local.check_prompt(&s.prompt).map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("sample {}: {e:#}", s.index),
-            )
-        })?;
+        check_prompt(&local, s)?;
     }
     let results = heavy(&st, move || {
         req.samples
