@@ -208,6 +208,7 @@ fn scripting_guide_workflow_example_runs() {
     let block = |needle: &str| {
         section
             .split("```rhai\n")
+            .skip(1) // the prose before the first block
             .find(|b| b.contains(needle))
             .and_then(|b| b.split("\n```").next())
             .unwrap_or_else(|| panic!("docs/src/scripting.md example with {needle}"))

@@ -8,7 +8,7 @@ use crate::backend::{Backend, SampleKey};
 use crate::model::{CaptureSpec, SampleInput};
 use crate::script::docs::Registrar;
 use crate::script::state::HostState;
-use anyhow::{Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use candle_core::DType;
 use rhai::{Array, Dynamic, Map};
 use std::sync::Arc;
@@ -170,16 +170,7 @@ fn forward_with(
     let mut out = Array::with_capacity(samples.len());
     for s in samples {
         st.check_interrupt()?;
-        let key = SampleKey::new(dataset, s.0.index);
-        let fresh = opts.force || !guard("forward", || m.0.has_sample(&key))?;
-        if fresh {
-            guard("forward", || {
-                check_tokens(m.0.as_ref(), &s)?;
-                let spec = opts.spec(&s)?;
-                m.0.forward_sample(dataset, &sample_input(&s), &spec, opts.force)?;
-                Ok(())
-            })?;
-        }
+        let fresh = guard("forward", || forward_one(m.0.as_ref(), dataset, &s, opts))?;
         out.push(Dynamic::from(Cached {
             dataset: dataset.to_string(),
             sample: s,
@@ -190,6 +181,23 @@ fn forward_with(
     }
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// One sample of a forward on one backend: skipped when cached (unless `force`), else its
+/// token count checked and forwarded with its capture spec. Returns whether it ran.
+pub(super) fn forward_one(
+    b: &dyn Backend,
+    dataset: &str,
+    s: &ScriptSample,
+    opts: &ForwardOptions,
+) -> Result<bool> {
+    let fresh = opts.force || !b.has_sample(&SampleKey::new(dataset, s.0.index))?;
+    if fresh {
+        check_tokens(b, s)?;
+        b.forward_sample(dataset, &sample_input(s), &opts.spec(s)?, opts.force)
+            .with_context(|| format!("sample {}", s.0.index))?;
+    }
+    Ok(fresh)
 }
 
 /// A sample generated with a tokenizer must tokenize to the same length on this model.

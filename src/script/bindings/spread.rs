@@ -4,10 +4,10 @@
 //! `f(item, model)` with each item's model, one thread per model, and averages in item order.
 
 use super::args::{RResult, guard};
-use super::forward::{ForwardOptions, check_tokens, forward_options, sample_input, samples_of};
+use super::forward::{ForwardOptions, forward_one, forward_options, samples_of};
 use super::model::{Cached, ScriptModel};
 use super::util::mean_of;
-use crate::backend::{Backend, SampleKey};
+use crate::backend::Backend;
 use crate::remote::spread::spread_map;
 use crate::script::docs::Registrar;
 use crate::script::state::{HostState, panic_message};
@@ -47,14 +47,7 @@ fn forward_spread(
             if st.interrupted() {
                 bail!("interrupted");
             }
-            let fresh = opts.force || !b.has_sample(&SampleKey::new(dataset, s.0.index))?;
-            if fresh {
-                check_tokens(b, s)?;
-                b.forward_sample(dataset, &sample_input(s), &opts.spec(s)?, opts.force)
-                    .map_err(|e| {
-                        anyhow!("forward of sample {} of {dataset:?}: {e:#}", s.0.index)
-                    })?;
-            }
+            let fresh = forward_one(b, dataset, s, opts)?;
             pb.inc(1);
             Ok(fresh)
         })
