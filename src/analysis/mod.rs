@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod distance;
 pub mod lens;
+pub mod linkage;
 pub mod patterns;
 pub mod show_attn;
 pub mod summary;
