@@ -859,6 +859,10 @@ let cl = cluster_heads([[0, 0, ones([1, 2, 3])], [0, 1, ones([1, 2, 3])]]);
             "cluster_heads([[0, 0, ones([1, 2, 3])], [0, 1, ones([1, 2, 3])]], #{threshold: 0.0 / 0.0})",
             &["threshold"],
         ),
+        (
+            "cluster_heads([[0, 0, ones([1, 2, 3])], [0, 1, ones([1, 2, 3])]], #{threshold: \"x\"})",
+            &["option threshold", "expected a number"],
+        ),
         ("load_tensor(\"/dev/zero\")", &["not a regular file"]),
         ("load_model(\"/dev/zero\")", &["config"]),
     ];
@@ -877,6 +881,8 @@ let cl = cluster_heads([[0, 0, ones([1, 2, 3])], [0, 1, ones([1, 2, 3])]]);
         "topk_md(t, 9223372036854775807).len() == 6",
         "eval_logit_lens(m, r, #{topk: 1000000000000}).type_of() == \"map\"",
         "rank_heads(zeros([2, 5, 1]), 1000000000, 4, \"abs\").len() == 8",
+        // an int where a number is expected is fine
+        "cluster_heads([[0, 0, ones([1, 2, 3])], [0, 1, ones([1, 2, 3])]], #{threshold: 1}).threshold == 1.0",
     ] {
         let v = h.eval_source("ok", ok, true).unwrap();
         assert!(v.as_bool().unwrap(), "{ok}");

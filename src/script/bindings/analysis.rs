@@ -1,7 +1,7 @@
 //! Analysis bindings (spec §5): head clustering (V9–V12) with its plot, attention-pattern
 //! labels and scores (V1–V2).
 
-use super::args::{guard, usize_list};
+use super::args::{guard, options, usize_list};
 use super::puzzle::ScriptSample;
 use crate::analysis::{
     ClusterMethod, ClusterOptions, Clustering, DistanceKind, HeadKey, PatternLabels,
@@ -56,31 +56,35 @@ fn num(v: &Dynamic, key: &str) -> Result<f64> {
         .map_err(|t| anyhow!("{key} must be a number, got {t}"))
 }
 
+/// Options of `cluster_heads(data, opts)`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterHeadsOptions {
+    /// "js" (Jensen-Shannon) or "cosine".
+    #[serde(default)]
+    dist: Option<String>,
+    #[serde(default, deserialize_with = "super::args::number")]
+    threshold: Option<f64>,
+    /// SciPy linkage method name.
+    #[serde(default)]
+    method: Option<String>,
+}
+
 fn cluster_options(map: &Map) -> Result<ClusterOptions> {
+    let opts: ClusterHeadsOptions = options(map)?;
     let mut o = ClusterOptions::default();
-    for (k, v) in map {
-        match k.as_str() {
-            "dist" => {
-                let s = v
-                    .clone()
-                    .into_string()
-                    .map_err(|t| anyhow!("dist must be a string, got {t}"))?;
-                o.kind = match s.to_ascii_lowercase().as_str() {
-                    "js" | "jensen_shannon" => DistanceKind::JensenShannon,
-                    "cosine" | "cos" => DistanceKind::Cosine,
-                    other => bail!("unknown dist {other:?} (expected \"js\" or \"cosine\")"),
-                };
-            }
-            "threshold" => o.threshold = Some(num(v, k)?),
-            "method" => {
-                let s = v
-                    .clone()
-                    .into_string()
-                    .map_err(|t| anyhow!("method must be a string, got {t}"))?;
-                o.method = s.parse::<ClusterMethod>()?;
-            }
-            other => bail!("unknown option {other:?} (known: dist, threshold, method)"),
-        }
+    if let Some(d) = opts.dist {
+        o.kind = match d.to_ascii_lowercase().as_str() {
+            "js" | "jensen_shannon" => DistanceKind::JensenShannon,
+            "cosine" | "cos" => DistanceKind::Cosine,
+            other => bail!("unknown dist {other:?} (expected \"js\" or \"cosine\")"),
+        };
+    }
+    if opts.threshold.is_some() {
+        o.threshold = opts.threshold;
+    }
+    if let Some(m) = opts.method {
+        o.method = m.parse::<ClusterMethod>()?;
     }
     Ok(o)
 }

@@ -77,3 +77,25 @@ pub fn options<T: serde::de::DeserializeOwned>(map: &rhai::Map) -> anyhow::Resul
         }
     })
 }
+
+/// `#[serde(default, deserialize_with = "args::number")]` for an `Option<f64>` option that takes
+/// an int or a float (Rhai keeps them apart; a plain `f64` field would refuse `1`).
+pub fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    struct Num;
+    impl serde::de::Visitor<'_> for Num {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number")
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+    }
+    d.deserialize_any(Num).map(Some)
+}

@@ -55,7 +55,7 @@ fn model_heads(m: &ScriptModel) -> (INT, INT) {
 struct GraphHtmlOptions {
     #[serde(default)]
     title: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::args::number")]
     node_size: Option<f64>,
     #[serde(default)]
     gqa_layout: Option<Vec<usize>>,
