@@ -170,9 +170,16 @@ pub fn fmt_bytes(b: u128) -> String {
     }
 }
 
+/// Allocations below this many bytes (64 MiB) are not compared with the free memory, so small
+/// tensor ops do not read `/proc/meminfo` each time.
+pub const SMALL_ALLOC: u128 = 64 << 20;
+
 /// `Err` when allocating `bytes` for `what` would exceed the memory available now. Call it
 /// before allocating anything whose size comes from outside.
 pub fn check_alloc(bytes: u128, what: &str) -> Result<(), LimitError> {
+    if bytes < SMALL_ALLOC {
+        return Ok(());
+    }
     if let Some(avail) = available_memory()
         && bytes > avail as u128
     {

@@ -349,13 +349,12 @@ impl Local {
                 key.dataset
             );
         }
+        crate::model::ops::check_pos_ids(pos_ids, out.seq_len)?;
         let hs = out.hidden_state(layer, None)?; // [1,s,e]
         let var = out.input_norm_var(layer, None)?;
         let xn = self.model.rms_norm(Norm::Input(layer), &hs, Some(&var))?;
-        crate::model::ops::check_pos_ids(pos_ids, out.seq_len)?;
         let all: Vec<usize> = (0..out.seq_len).collect();
         let q_pos = pos_ids.unwrap_or(&all);
-        crate::model::ops::check_positions(q_pos, out.seq_len, "query")?;
         let xq = match pos_ids {
             Some(p) => xn.index_select(&crate::model::ops::index_tensor(p, xn.device())?, 1)?,
             None => xn.clone(),

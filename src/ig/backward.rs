@@ -117,7 +117,6 @@ fn lm_head_path_grad(
     let (_, k, e) = x.dims3()?;
     let v = m.config().vocab_size;
     let dev = x.device();
-    let pts = rule.points()?;
     let mut mask = None;
     if !cands.is_empty() {
         let mut mv = vec![-1e4f32; v];
@@ -131,30 +130,18 @@ fn lm_head_path_grad(
         onehot[i * v + l as usize] = 1.0;
     }
     let onehot = Tensor::from_vec(onehot, (1, k, v), dev)?;
-    let mut dz: Option<Tensor> = None; // [k,v]
-    for chunk in pts.chunks(IG_CHUNK) {
-        crate::cancel::check()?;
-        let b = chunk.len();
-        let xs: Vec<Tensor> = chunk
-            .iter()
-            .map(|(a, _)| x.affine(*a, 0.0))
-            .collect::<candle_core::Result<_>>()?;
-        let mut z = f32t(&m.lm_head(&Tensor::cat(&xs, 0)?)?, dev)?; // [b,k,v]
+    let dz = sum_over_ig_chunks(x, rule, |xs, w| {
+        let b = w.len();
+        let mut z = f32t(&m.lm_head(&xs)?, dev)?; // [b,k,v]
         if let Some(mask) = &mask {
             z = z.broadcast_add(mask)?;
         }
         let p = softmax_last(&z)?;
-        let w: Vec<f32> = chunk.iter().map(|(_, w)| *w as f32).collect();
         let w = Tensor::from_vec(w, (b, 1, 1), dev)?;
-        let part = (onehot.broadcast_sub(&p)? / k as f64)?
+        Ok((onehot.broadcast_sub(&p)? / k as f64)?
             .broadcast_mul(&w)?
-            .sum(0)?;
-        dz = Some(match dz {
-            None => part,
-            Some(d) => (d + part)?,
-        });
-    }
-    let dz = dz.context("the IG rule has no points")?;
+            .sum(0)?) // [k,v]
+    })?;
     let wlm = f32t(&m.weights().lm_head_t, dev)?; // [e,v]
     Ok(dz.matmul(&wlm.t()?)?.reshape((1, k, e))?)
 }

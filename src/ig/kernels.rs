@@ -148,14 +148,13 @@ pub(super) fn normed_fresh(m: &Qwen2, norm: Norm, x: &Tensor) -> Result<Tensor> 
 /// is bounded by the chunk and cancellation ([`crate::cancel`]) is checked between chunks.
 pub(super) const IG_CHUNK: usize = 16;
 
-/// Path-averaged gradient Σ_b w_b ∂/∂x_b Σ(y(x_b) ⊙ gy) with x_b = α_b·x over the rule's points,
-/// in chunks of [`IG_CHUNK`]: x `[1,..]`, `y_of` maps the scaled batch `[b,..]` (a Var) to
-/// y `[b,k,e]`, gy `[1,k,e]` → `[1,..]`.
-pub(super) fn ig_path_grad(
+/// Σ over the rule's points, in chunks of [`IG_CHUNK`] with a cancellation check before each,
+/// of `f(x_b, w_b)`: x_b = α_b·x the chunk's scaled batch `[b,..]` (x `[1,..]`), w_b its
+/// weights.
+pub(super) fn sum_over_ig_chunks(
     x: &Tensor,
     rule: &IgRule,
-    gy: &Tensor,
-    y_of: impl Fn(&Tensor) -> Result<Tensor>,
+    mut f: impl FnMut(Tensor, Vec<f32>) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let pts = rule.points()?;
     let mut total: Option<Tensor> = None;
@@ -166,17 +165,31 @@ pub(super) fn ig_path_grad(
             .map(|(a, _)| x.affine(*a, 0.0))
             .collect::<candle_core::Result<_>>()?;
         let w: Vec<f32> = chunk.iter().map(|(_, w)| *w as f32).collect();
-        let n = w.len();
-        let xs = Var::from_tensor(&Tensor::cat(&xs, 0)?)?;
-        let w = Tensor::from_vec(w, n, x.device())?;
-        let y = y_of(xs.as_tensor())?;
-        let g = path_grad(&xs, &y, &w, gy)?;
+        let part = f(Tensor::cat(&xs, 0)?, w)?;
         total = Some(match total {
-            None => g,
-            Some(t) => (t + g)?,
+            None => part,
+            Some(t) => (t + part)?,
         });
     }
     total.context("the IG rule has no points")
+}
+
+/// Path-averaged gradient Σ_b w_b ∂/∂x_b Σ(y(x_b) ⊙ gy) with x_b = α_b·x over the rule's points
+/// ([`sum_over_ig_chunks`]): x `[1,..]`, `y_of` maps the scaled batch `[b,..]` (a Var) to
+/// y `[b,k,e]`, gy `[1,k,e]` → `[1,..]`.
+pub(super) fn ig_path_grad(
+    x: &Tensor,
+    rule: &IgRule,
+    gy: &Tensor,
+    y_of: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    sum_over_ig_chunks(x, rule, |xs, w| {
+        let n = w.len();
+        let xs = Var::from_tensor(&xs)?;
+        let w = Tensor::from_vec(w, n, x.device())?;
+        let y = y_of(xs.as_tensor())?;
+        path_grad(&xs, &y, &w, gy)
+    })
 }
 
 /// ∂/∂xs of Σ_b w_b Σ (y_b ⊙ gy), summed over b → `[1,..]`. y `[b,k,e]`, gy `[1,k,e]`.
