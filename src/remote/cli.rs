@@ -67,6 +67,9 @@ impl ServeArgs {
             timeout: Duration::from_secs(self.timeout_s.max(1)),
             dtype: parse_dtype(&self.dtype)?,
             device: parse_device(&self.device)?,
+            load: LoadOptions {
+                check_finite: !self.skip_weight_check && LoadOptions::default().check_finite,
+            },
         })
     }
 }
@@ -101,10 +104,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     } else {
         PathBuf::from(&args.model)
     };
-    let load = LoadOptions {
-        check_finite: !args.skip_weight_check && LoadOptions::default().check_finite,
-    };
-    let local = Local::load_with(&dir, opts.dtype, &opts.device, &load)
+    let local = Local::load_with(&dir, opts.dtype, &opts.device, &opts.load)
         .with_context(|| format!("loading model {}", dir.display()))?;
     match opts.cache_bytes {
         Some(b) => eprintln!(

@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub dtype: DType,
     /// Compute device for `/load_model`.
     pub device: Device,
+    /// How checkpoints are read (the startup model and `/load_model`).
+    pub load: crate::model::LoadOptions,
 }
 
 impl Default for ServeOptions {
@@ -80,6 +82,7 @@ impl Default for ServeOptions {
             timeout: Duration::from_secs(600),
             dtype: DType::F32,
             device: Device::Cpu,
+            load: crate::model::LoadOptions::default(),
         }
     }
 }

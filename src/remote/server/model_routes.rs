@@ -54,7 +54,8 @@ pub(super) async fn load_model(
     }
     let st2 = st.clone();
     heavy(&st, move || {
-        let local = Local::load(&dir, dtype, &st2.opts.device).map_err(ApiError::unprocessable)?;
+        let local = Local::load_with(&dir, dtype, &st2.opts.device, &st2.opts.load)
+            .map_err(ApiError::unprocessable)?;
         let fresh = AppState::new(local, st2.opts.clone()).map_err(ApiError::unprocessable)?;
         let backend = fresh.local();
         let tok = fresh.tokenizer_json.read().map(|t| t.clone()).ok();
