@@ -219,8 +219,8 @@ fn a_sample_larger_than_the_whole_budget_is_refused_clearly() {
 
 #[test]
 fn map_reduce_spreads_a_dataset_over_two_servers() {
-    use minarc::attribution::{MrOptions, SampleRef, mr};
-    use minarc::remote::spread::{forward_spread, mr_spread};
+    use minarc::attribution::{MrOptions, SampleRef, mr, mr_spread};
+    use minarc::backend::spread::forward_spread;
     let (s1, s2) = (server(opts()), server(opts()));
     let r1 = Remote::connect(&s1.url(), None).unwrap();
     let r2 = Remote::connect(&s2.url(), None).unwrap();

@@ -89,8 +89,8 @@ fn gen_dataset_matches_the_rust_generator_and_sample_getters_are_consistent() {
 fn puzzle_functions_check_their_arguments() {
     let (mut h, _) = host();
     let cases = [
-        ("gen_puzzle(#{sed: 1})", "unknown parameter \"sed\""),
-        ("gen_puzzle(#{n: -1})", "n must be >= 0"),
+        ("gen_puzzle(#{sed: 1})", "unknown option `sed`"),
+        ("gen_puzzle(#{n: -1})", "option n: must be >= 0"),
         ("gen_puzzle(#{frame: \"round\"})", "round"),
         ("gen_dataset(#{seeds: \"5..2\"})", "empty"),
         ("gen_dataset(#{seeds: 3})", "seeds must be a string"),

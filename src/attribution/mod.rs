@@ -29,7 +29,7 @@ pub use crate::ig::{
     NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualGrad, ResidualRequest, SinkMode,
 };
 pub use graph::{Edge, Graph, GraphView};
-pub use mr::{Mean, MrOptions, mr};
+pub use mr::{Mean, MrOptions, mr, mr_spread};
 pub use node::{Node, NodeData, NodeId, NodeType};
 pub use pattern::{Pattern, SampleRef, Spans};
 pub use step::{

@@ -9,6 +9,8 @@ use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::pattern::SampleRef;
+use crate::backend::Backend;
+use crate::backend::spread::spread_map;
 
 /// Results that can be averaged elementwise over samples.
 pub trait Mean: Sized {
@@ -127,5 +129,20 @@ pub fn mr<T: Mean>(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    T::mean_of(out)
+}
+
+/// Map-reduce over several backends: `f(backend, sample)` for `samples[j]` runs on
+/// `backends[j % n]` (the assignment of [`crate::backend::spread::forward_spread`]), and the
+/// results are averaged elementwise in sample order, as [`mr`] does on one backend.
+pub fn mr_spread<T: Mean + Send>(
+    backends: &[&dyn Backend],
+    samples: &[SampleRef],
+    f: impl Fn(&dyn Backend, &SampleRef) -> Result<T> + Sync,
+) -> Result<T> {
+    ensure!(!samples.is_empty(), "map-reduce over an empty dataset");
+    let out = spread_map(backends, samples, &|b, r: &SampleRef| {
+        f(b, r).with_context(|| r.describe())
+    })?;
     T::mean_of(out)
 }

@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod lru;
+pub mod spread;
 
 use anyhow::Result;
 use candle_core::Tensor;

@@ -183,7 +183,7 @@ fn attn_grad(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest, rule: IgRule) -
     let (l, pos, src) = (req.layer, &req.pos_ids, &req.src_pos_ids);
     let head = need_head(req.head, t)?;
     need_full(s, t)?;
-    let p = head_params(m, l, head)?;
+    let hd = Head::new(m, l, head)?;
     let gy = output_grad(m, req)?;
     let (xkv, var) = attn_inputs(m, s, l)?;
     let xq = select_rows(&xkv, pos)?;
@@ -194,19 +194,19 @@ fn attn_grad(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest, rule: IgRule) -
     };
     let g = match t {
         NodeType::AttnQ | NodeType::AttnQns => ig_path_grad(&xq, &rule, &gy, |xs| {
-            let a = head_probs(m, &p, xs, &xkv, pos, no_sink)?;
-            head_apply(&p, &a, &xkv)
+            let a = hd.probs(xs, &xkv, pos, no_sink)?;
+            hd.apply(&a, xs, &xkv, pos)
         })?,
         NodeType::AttnK => {
             let g = ig_path_grad(&xkv, &rule, &gy, |xs| {
-                let a = head_probs(m, &p, &xq, xs, pos, no_sink)?;
-                head_apply(&p, &a, &xkv)
+                let a = hd.probs(&xq, xs, pos, no_sink)?;
+                hd.apply(&a, &xq, &xkv, pos)
             })?;
             select_rows(&g, src)?
         }
         _ => {
-            let a = head_probs(m, &p, &xq, &xkv, pos, no_sink)?.detach();
-            let g = ig_path_grad(&xkv, &rule, &gy, |xs| head_apply(&p, &a, xs))?;
+            let a = hd.probs(&xq, &xkv, pos, no_sink)?.detach();
+            let g = ig_path_grad(&xkv, &rule, &gy, |xs| hd.apply(&a, &xq, xs, pos))?;
             select_rows(&g, src)?
         }
     };
@@ -225,14 +225,14 @@ fn attn_a_grad(
     let (l, pos) = (req.layer, &req.pos_ids);
     let head = need_head(req.head, NodeType::AttnA)?;
     need_full(s, NodeType::AttnA)?;
-    let p = head_params(m, l, head)?;
+    let hd = Head::new(m, l, head)?;
     let gy = output_grad(m, req)?;
     let (xkv, _) = attn_inputs(m, s, l)?;
     let xq = select_rows(&xkv, pos)?;
-    let aw = head_probs(m, &p, &xq, &xkv, pos, NoSink::Off)?.detach(); // [1,1,k,s]
+    let aw = hd.probs(&xq, &xkv, pos, NoSink::Off)?.detach(); // [1,1,k,s]
     // the scaled batch is [b,k,s]
     let g = ig_path_grad(&aw.squeeze(1)?, &rule, &gy, |xs| {
-        head_apply(&p, &xs.unsqueeze(1)?, &xkv)
+        hd.apply(&xs.unsqueeze(1)?, &xq, &xkv, pos)
     })?;
     Ok(NodeGrad {
         grad: None,

@@ -86,7 +86,7 @@ pub fn node_forward(m: &Qwen2, s: &CachedSample, req: &NodeForwardRequest) -> Re
         _ => {
             let head = need_head(req.head, t)?;
             need_full(s, t)?;
-            let p = head_params(m, l, head)?;
+            let hd = Head::new(m, l, head)?;
             let (xkv, _) = attn_inputs(m, s, l)?;
             let mut xq = select_rows(&xkv, pos)?;
             let (mut xk, mut xv) = (xkv.clone(), xkv.clone());
@@ -105,11 +105,11 @@ pub fn node_forward(m: &Qwen2, s: &CachedSample, req: &NodeForwardRequest) -> Re
             };
             // attn_a uses the cached weights (computed from the cached inputs)
             let a = if t == NodeType::AttnA {
-                head_probs(m, &p, &select_rows(&xkv, pos)?, &xkv, pos, NoSink::Off)?
+                hd.probs(&select_rows(&xkv, pos)?, &xkv, pos, NoSink::Off)?
             } else {
-                head_probs(m, &p, &xq, &xk, pos, no_sink)?
+                hd.probs(&xq, &xk, pos, no_sink)?
             };
-            head_apply(&p, &a, &xv)?
+            hd.apply(&a, &xq, &xv, pos)?
         }
     };
     Ok(out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)

@@ -1,6 +1,6 @@
 //! Shared kernels of the node backward / forward / residual attribution: one head's attention
-//! written out (its q/k/v/o slices, rotate-half RoPE, composed softmax) so that no fused kernel
-//! can cut the gradient, the linearised RMSNorm backward, and the chunked IG path gradient.
+//! (through the model's autograd-safe component attention, so no fused kernel can cut the
+//! gradient), the linearised RMSNorm backward, and the chunked IG path gradient.
 //!
 //! Gradients use candle autograd over composed (autograd-safe) ops: the scaled input is a `Var`
 //! holding a chunk of IG points as a batch `[b,..]`, frozen inputs have batch 1, the loss is
@@ -12,9 +12,9 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::node_type::NodeType;
 use super::rule::IgRule;
-use crate::model::components::{NoSink, Norm};
+use crate::model::components::{AttnInputs, NoSink, Norm};
 use crate::model::ops::check_positions;
-use crate::model::ops::{index_tensor, rope_rotate_half, softmax_last};
+use crate::model::ops::index_tensor;
 use crate::model::qwen2::Qwen2;
 use crate::model::sample::CachedSample;
 use anyhow::ensure;
@@ -27,97 +27,55 @@ pub(super) fn select_rows(x: &Tensor, pos: &[usize]) -> Result<Tensor> {
     Ok(x.index_select(&index_tensor(pos, x.device())?, 1)?)
 }
 
-/// One head's parameters in f32: wq/wk/wv `[e,d]`, biases `[d]`, wo `[d,e]`.
-pub(super) struct HeadParams {
-    pub(super) wq: Tensor,
-    pub(super) bq: Tensor,
-    pub(super) wk: Tensor,
-    pub(super) bk: Tensor,
-    pub(super) wv: Tensor,
-    pub(super) bv: Tensor,
-    pub(super) wo: Tensor,
+/// One attention head of one layer, computed through the model's own attention
+/// ([`Qwen2::attention_weights`] / [`Qwen2::attention`], autograd-safe), so the IG kernels and
+/// the forward share one implementation of attention.
+pub(super) struct Head<'m> {
+    m: &'m Qwen2,
+    layer: usize,
+    head: [usize; 1],
 }
 
-pub(super) fn head_params(m: &Qwen2, layer: usize, head: usize) -> Result<HeadParams> {
-    let cfg = m.config();
-    cfg.check_layer(layer)?;
-    cfg.check_heads(&[head])?;
-    let d = cfg.head_dim();
-    let g = cfg.kv_group(head);
-    let lw = &m.weights().layers[layer];
-    let dev = m.device();
-    let cols = |w: &Tensor, i: usize| -> Result<Tensor> {
-        f32t(&w.narrow(1, i * d, d)?.contiguous()?, dev)
-    };
-    let vec = |b: &Tensor, i: usize| -> Result<Tensor> { f32t(&b.narrow(0, i * d, d)?, dev) };
-    Ok(HeadParams {
-        wq: cols(&lw.wq_t, head)?,
-        bq: vec(&lw.bq, head)?,
-        wk: cols(&lw.wk_t, g)?,
-        bk: vec(&lw.bk, g)?,
-        wv: cols(&lw.wv_t, g)?,
-        bv: vec(&lw.bv, g)?,
-        wo: f32t(&lw.wo_t.narrow(0, head * d, d)?.contiguous()?, dev)?,
-    })
-}
+impl<'m> Head<'m> {
+    pub(super) fn new(m: &'m Qwen2, layer: usize, head: usize) -> Result<Self> {
+        let cfg = m.config();
+        cfg.check_layer(layer)?;
+        cfg.check_heads(&[head])?;
+        Ok(Self {
+            m,
+            layer,
+            head: [head],
+        })
+    }
 
-/// x `[b,t,e]` @ w `[e,d]` + b → `[b,1,t,d]`.
-pub(super) fn project(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_matmul(w)?.broadcast_add(b)?.unsqueeze(1)?)
-}
+    /// Post-softmax weights `[b,1,i,j]` f32 from xq `[b|1,i,e]` and xk `[b|1,j,e]`.
+    pub(super) fn probs(
+        &self,
+        xq: &Tensor,
+        xk: &Tensor,
+        q_pos: &[usize],
+        no_sink: NoSink,
+    ) -> Result<Tensor> {
+        let a = AttnInputs::new(xq, xk, xk, q_pos)
+            .heads(&self.head)
+            .no_sink(no_sink);
+        self.m.attention_weights(self.layer, &a)
+    }
 
-pub(super) fn rope(m: &Qwen2, x: &Tensor, pos: &[usize]) -> Result<Tensor> {
-    let (cos, sin) = m.rope_at(pos)?;
-    rope_rotate_half(x, &f32t(&cos, x.device())?, &f32t(&sin, x.device())?)
-}
-
-/// Additive mask `[i,j]`: key t allowed iff t ≤ q_pos; the sink key 0 masked too when asked.
-pub(super) fn mask(
-    q_pos: &[usize],
-    j: usize,
-    sink: bool,
-    dev: &Device,
-) -> Result<(Tensor, Tensor)> {
-    // the model's mask; keep = 1 where a key is allowed
-    let add = crate::model::qwen2::query_mask(q_pos, j, sink.then_some(0), dev)?;
-    let keep = add.eq(0f32)?.to_dtype(DType::F32)?;
-    Ok((add, keep))
-}
-
-/// Post-softmax weights of one head `[b,1,i,j]` (f32, autograd-safe).
-pub(super) fn head_probs(
-    m: &Qwen2,
-    p: &HeadParams,
-    xq: &Tensor,
-    xk: &Tensor,
-    q_pos: &[usize],
-    no_sink: NoSink,
-) -> Result<Tensor> {
-    let d = p.wq.dim(1)?;
-    let j = xk.dim(1)?;
-    let q = rope(m, &project(xq, &p.wq, &p.bq)?, q_pos)?; // [bq,1,i,d]
-    let kpos: Vec<usize> = (0..j).collect();
-    let k = rope(m, &project(xk, &p.wk, &p.bk)?, &kpos)?; // [bk,1,j,d]
-    let scores = (q.broadcast_matmul(&k.transpose(2, 3)?)? / (d as f64).sqrt())?; // [b,1,i,j]
-    let (add, keep) = mask(q_pos, j, no_sink == NoSink::MaskBeforeSoftmax, xq.device())?;
-    let w = softmax_last(&scores.broadcast_add(&add)?)?;
-    Ok(match no_sink {
-        NoSink::Off => w,
-        // rows with no allowed key (query at 0) are zeroed, as in the model
-        NoSink::MaskBeforeSoftmax => w.broadcast_mul(&keep)?,
-        NoSink::ZeroAfterSoftmax => {
-            let mut z = vec![1f32; j];
-            z[0] = 0.0;
-            w.broadcast_mul(&Tensor::from_vec(z, j, xq.device())?)?
-        }
-    })
-}
-
-/// One head's residual contribution `[b,i,e]` from weights `[b,1,i,j]` and xv `[b,j,e]`.
-pub(super) fn head_apply(p: &HeadParams, w: &Tensor, xv: &Tensor) -> Result<Tensor> {
-    let v = project(xv, &p.wv, &p.bv)?; // [bv,1,j,d]
-    let o = w.broadcast_matmul(&v)?.squeeze(1)?; // [b,i,d]
-    Ok(o.broadcast_matmul(&p.wo)?)
+    /// The head's residual contribution `[b,i,e]` from weights `[b|1,1,i,j]`, the query-side
+    /// input xq `[b|1,i,e]` (for its shape) and xv `[b|1,j,e]`.
+    pub(super) fn apply(
+        &self,
+        w: &Tensor,
+        xq: &Tensor,
+        xv: &Tensor,
+        q_pos: &[usize],
+    ) -> Result<Tensor> {
+        let a = AttnInputs::new(xq, xv, xv, q_pos)
+            .heads(&self.head)
+            .with_weights(w);
+        self.m.attention(self.layer, &a)
+    }
 }
 
 /// Linearised RMSNorm backward (A5): gx = w ⊙ gy ⊙ rsqrt(var + eps). gy `[1,k,e]`, var `[1,k,1]`.

@@ -9,7 +9,6 @@
 pub mod cli;
 pub mod client;
 pub mod server;
-pub mod spread;
 pub mod wire;
 
 pub use client::Remote;

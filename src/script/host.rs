@@ -196,7 +196,7 @@ fn guarded_eval(
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         engine.eval_ast_with_scope::<Dynamic>(scope, ast)
     }))
-    .unwrap_or_else(|p| Err(format!("internal error (panic): {}", panic_message(&p)).into()))
+    .unwrap_or_else(|p| Err(format!("internal error (panic): {}", panic_message(&*p)).into()))
 }
 
 fn configure_engine(engine: &mut Engine, state: &Arc<HostState>) {

@@ -269,13 +269,4 @@ pub fn interrupted_error() -> Box<EvalAltResult> {
     ))
 }
 
-/// The text of a caught panic payload.
-pub fn panic_message(p: &Box<dyn Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
-}
+pub use crate::backend::spread::panic_message;

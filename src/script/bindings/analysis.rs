@@ -1,7 +1,7 @@
 //! Analysis bindings (spec §5): head clustering (V9–V12) with its plot, attention-pattern
 //! labels and scores (V1–V2).
 
-use super::args::{guard, options, usize_list};
+use super::args::{Num, guard, options, usize_list};
 use super::puzzle::ScriptSample;
 use crate::analysis::{
     ClusterMethod, ClusterOptions, Clustering, DistanceKind, HeadKey, PatternLabels,
@@ -14,7 +14,7 @@ use crate::vis::plots::{
     DendrogramOptions, lens_rows, plot_clustering, plot_group_patterns, plot_logit_lens,
 };
 use anyhow::{Result, anyhow, bail, ensure};
-use rhai::{Array, Dynamic, FLOAT, INT, Map};
+use rhai::{Array, Dynamic, INT, Map};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -50,12 +50,6 @@ fn head_data(arr: &Array) -> Result<Vec<(HeadKey, candle_core::Tensor)>> {
         .collect()
 }
 
-fn num(v: &Dynamic, key: &str) -> Result<f64> {
-    v.as_float()
-        .or_else(|_| v.as_int().map(|i| i as FLOAT))
-        .map_err(|t| anyhow!("{key} must be a number, got {t}"))
-}
-
 /// Options of `cluster_heads(data, opts)`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,36 +83,44 @@ fn cluster_options(map: &Map) -> Result<ClusterOptions> {
     Ok(o)
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DendrogramKeys {
+    #[serde(default)]
+    figsize: Option<[Num; 2]>,
+    #[serde(default)]
+    width_ratios: Option<[Num; 2]>,
+    #[serde(default, deserialize_with = "super::args::number")]
+    dpi: Option<f64>,
+    #[serde(default, deserialize_with = "super::args::number")]
+    bar_height: Option<f64>,
+    #[serde(default, deserialize_with = "super::args::number")]
+    leaf_font_size: Option<f64>,
+    #[serde(default)]
+    strengths: Option<Vec<Num>>,
+}
+
 fn dendrogram_options(map: &Map) -> Result<DendrogramOptions> {
+    let k: DendrogramKeys = options(map)?;
     let mut o = DendrogramOptions::default();
-    let two = |v: &Dynamic, key: &str| -> Result<(f64, f64)> {
-        let a = v
-            .read_lock::<Array>()
-            .filter(|a| a.len() == 2)
-            .ok_or_else(|| anyhow!("{key} must be [a, b]"))?;
-        Ok((num(&a[0], key)?, num(&a[1], key)?))
-    };
-    for (k, v) in map {
-        match k.as_str() {
-            "figsize" => o.figsize = two(v, k)?,
-            "width_ratios" => o.width_ratios = two(v, k)?,
-            "dpi" => o.dpi = num(v, k)?,
-            "bar_height" => o.bar_height = num(v, k)?,
-            "leaf_font_size" => o.leaf_font_size = num(v, k)?,
-            "strengths" => {
-                let a = v
-                    .read_lock::<Array>()
-                    .ok_or_else(|| anyhow!("strengths must be an array"))?;
-                o.strengths = Some(
-                    a.iter()
-                        .map(|x| num(x, "strengths"))
-                        .collect::<Result<_>>()?,
-                );
-            }
-            other => bail!(
-                "unknown option {other:?} (known: figsize, width_ratios, dpi, bar_height, leaf_font_size, strengths)"
-            ),
-        }
+    let pair = |[a, b]: [Num; 2]| (a.0, b.0);
+    if let Some(v) = k.figsize {
+        o.figsize = pair(v);
+    }
+    if let Some(v) = k.width_ratios {
+        o.width_ratios = pair(v);
+    }
+    if let Some(v) = k.dpi {
+        o.dpi = v;
+    }
+    if let Some(v) = k.bar_height {
+        o.bar_height = v;
+    }
+    if let Some(v) = k.leaf_font_size {
+        o.leaf_font_size = v;
+    }
+    if let Some(v) = k.strengths {
+        o.strengths = Some(v.into_iter().map(|n| n.0).collect());
     }
     Ok(o)
 }

@@ -17,7 +17,7 @@ pub fn guard<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> RResult<T>
             Err(crate::script::state::interrupted_error())
         }
         Ok(Err(e)) => Err(format!("{name}(): {e:#}").into()),
-        Err(p) => Err(format!("{name}(): internal error (panic): {}", panic_message(&p)).into()),
+        Err(p) => Err(format!("{name}(): internal error (panic): {}", panic_message(&*p)).into()),
     }
 }
 
@@ -78,24 +78,57 @@ pub fn options<T: serde::de::DeserializeOwned>(map: &rhai::Map) -> anyhow::Resul
     })
 }
 
+/// A number option that takes an int or a float (Rhai keeps them apart; a plain `f64` field
+/// would refuse `1`). Use it inside arrays (`[Num; 2]`, `Vec<Num>`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Num(pub f64);
+
+impl<'de> serde::Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Num, E> {
+                Ok(Num(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Num, E> {
+                Ok(Num(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Num, E> {
+                Ok(Num(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `#[serde(default, deserialize_with = "args::number")]` for an `Option<f64>` option that takes
-/// an int or a float (Rhai keeps them apart; a plain `f64` field would refuse `1`).
+/// an int or a float.
 pub fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    struct Num;
-    impl serde::de::Visitor<'_> for Num {
-        type Value = f64;
+    <Num as serde::Deserialize>::deserialize(d).map(|n| Some(n.0))
+}
+
+/// `#[serde(default, deserialize_with = "args::count")]` for an `Option<usize>` option: an int
+/// ≥ 0 (a negative int or a float is an error saying so).
+pub fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    struct C;
+    impl serde::de::Visitor<'_> for C {
+        type Value = usize;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a number")
+            f.write_str("an int >= 0")
         }
-        fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
-            Ok(v)
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom(format!("must be >= 0, got {v}")))
         }
-        fn visit_i64<E>(self, v: i64) -> Result<f64, E> {
-            Ok(v as f64)
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
         }
-        fn visit_u64<E>(self, v: u64) -> Result<f64, E> {
-            Ok(v as f64)
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<usize, E> {
+            Err(E::custom(format!("must be an int, got {v}")))
         }
     }
-    d.deserialize_any(Num).map(Some)
+    d.deserialize_any(C).map(Some)
 }

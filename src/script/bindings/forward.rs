@@ -1,14 +1,14 @@
 //! `forward` of a dataset into a model's activation cache: capture options, skipping cached
 //! samples, token-count checks, progress and interrupts.
 
-use super::args::{RResult, guard, usize_list};
+use super::args::{RResult, guard, options};
 use super::model::{Cached, ScriptModel};
 use super::puzzle::ScriptSample;
 use crate::backend::{Backend, SampleKey};
 use crate::model::{CaptureSpec, SampleInput};
 use crate::script::docs::Registrar;
 use crate::script::state::HostState;
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use candle_core::DType;
 use rhai::{Array, Dynamic, Map};
 use std::sync::Arc;
@@ -83,48 +83,46 @@ impl Default for ForwardOptions {
     }
 }
 
-fn bool_opt(k: &str, v: &Dynamic) -> Result<bool> {
-    v.as_bool()
-        .map_err(|t| anyhow!("{k} must be a bool, got {t}"))
+/// The option map of `forward(..., opts)`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForwardKeys {
+    #[serde(default)]
+    layers: Option<Vec<usize>>,
+    #[serde(default)]
+    positions: Option<PositionsKey>,
+    #[serde(default)]
+    dtype: Option<String>,
+    #[serde(default)]
+    logits: Option<bool>,
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged, expecting = "an array of ints or a span name such as \"A-\"")]
+enum PositionsKey {
+    Fixed(Vec<usize>),
+    Span(String),
 }
 
 pub(super) fn forward_options(map: &Map) -> Result<ForwardOptions> {
-    let mut o = ForwardOptions::default();
-    for (k, v) in map {
-        match k.as_str() {
-            "layers" => {
-                let arr = v
-                    .read_lock::<Array>()
-                    .ok_or_else(|| anyhow!("layers must be an array of ints"))?;
-                o.layers = Some(usize_list("layers", &arr)?);
-            }
-            "positions" => {
-                o.positions = if let Some(arr) = v.read_lock::<Array>() {
-                    CapturePositions::Fixed(usize_list("positions", &arr)?)
-                } else if v.is_string() {
-                    CapturePositions::Span(v.clone().into_string().unwrap_or_default())
-                } else {
-                    bail!(
-                        "positions must be an array of ints or a span name such as \"A-\", got {}",
-                        v.type_name()
-                    )
-                };
-            }
-            "dtype" => {
-                let name = v
-                    .clone()
-                    .into_string()
-                    .map_err(|t| anyhow!("dtype must be a string, got {t}"))?;
-                o.dtype = crate::model::config::parse_dtype(&name)?;
-            }
-            "logits" => o.logits = bool_opt(k, v)?,
-            "force" => o.force = bool_opt(k, v)?,
-            other => {
-                bail!("unknown option {other:?} (known: layers, positions, dtype, logits, force)")
-            }
-        }
-    }
-    Ok(o)
+    let k: ForwardKeys = options(map)?;
+    let d = ForwardOptions::default();
+    Ok(ForwardOptions {
+        layers: k.layers,
+        positions: match k.positions {
+            None => d.positions,
+            Some(PositionsKey::Fixed(p)) => CapturePositions::Fixed(p),
+            Some(PositionsKey::Span(s)) => CapturePositions::Span(s),
+        },
+        dtype: match k.dtype {
+            None => d.dtype,
+            Some(name) => crate::model::config::parse_dtype(&name)?,
+        },
+        logits: k.logits.unwrap_or(d.logits),
+        force: k.force.unwrap_or(d.force),
+    })
 }
 
 impl ForwardOptions {

@@ -1,7 +1,7 @@
 //! Puzzle bindings (spec §1): `gen_puzzle`, `gen_prompt`, `gen_dataset`, JSONL datasets,
 //! tokenizers, and the `Puzzle` and `Sample` script types with their getters.
 
-use super::args::{RResult, guard};
+use super::args::{RResult, guard, options};
 use crate::puzzle::dataset::{read_jsonl, write_jsonl};
 use crate::puzzle::prompt::gen_prompt;
 use crate::puzzle::sample::DEFAULT_LAST_K;
@@ -27,19 +27,49 @@ pub struct ScriptSample(pub Arc<Sample>);
 #[derive(Clone)]
 pub struct ScriptTokenizer(pub Arc<tokenizers::Tokenizer>);
 
-const PUZZLE_KEYS: [&str; 10] = [
-    "relations",
-    "n",
-    "m",
-    "frame",
-    "n_color",
-    "n_train",
-    "n_test",
-    "Q_train",
-    "Q_test",
-    "seed",
-];
+/// The keys of `gen_puzzle(params)` (missing keys keep the W1 defaults).
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PuzzleKeys {
+    #[serde(default)]
+    relations: Option<String>,
+    #[serde(default, deserialize_with = "super::args::count")]
+    n: Option<usize>,
+    #[serde(default, deserialize_with = "super::args::count")]
+    m: Option<usize>,
+    #[serde(default)]
+    frame: Option<String>,
+    #[serde(default, deserialize_with = "super::args::count")]
+    n_color: Option<usize>,
+    #[serde(default, deserialize_with = "super::args::count")]
+    n_train: Option<usize>,
+    #[serde(default, deserialize_with = "super::args::count")]
+    n_test: Option<usize>,
+    #[serde(default, rename = "Q_train", deserialize_with = "super::args::count")]
+    q_train: Option<usize>,
+    #[serde(default, rename = "Q_test", deserialize_with = "super::args::count")]
+    q_test: Option<usize>,
+    #[serde(default, deserialize_with = "super::args::count")]
+    seed: Option<usize>,
+}
+
+/// The keys of `gen_prompt(puzzle, opts)` (missing keys keep the defaults).
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptKeys {
+    #[serde(default)]
+    style: Option<String>,
+    #[serde(default)]
+    transpose: Option<bool>,
+    #[serde(default)]
+    color_quote: Option<String>,
+    #[serde(default)]
+    remove_instructions: Option<bool>,
+}
+
+/// Prompt keys, for splitting the one map of `gen_dataset` into its parts.
 const PROMPT_KEYS: [&str; 4] = ["style", "transpose", "color_quote", "remove_instructions"];
+/// The keys only `gen_dataset` takes (their values may be script objects, e.g. a Tokenizer).
 const DATASET_KEYS: [&str; 2] = ["seeds", "tokenizer"];
 
 fn get_usize(v: &Dynamic, key: &str) -> Result<usize> {
@@ -56,58 +86,67 @@ fn get_str(v: &Dynamic, key: &str) -> Result<String> {
         .map_err(|t| anyhow!("{key} must be a string, got {t}"))
 }
 
-fn get_bool(v: &Dynamic, key: &str) -> Result<bool> {
-    v.as_bool()
-        .map_err(|t| anyhow!("{key} must be a bool, got {t}"))
-}
-
-/// Reject keys no group knows (typos must not be silently ignored).
-fn check_keys(map: &Map, groups: &[&[&str]]) -> Result<()> {
-    for k in map.keys() {
-        let known = groups.iter().any(|g| g.contains(&k.as_str()));
-        if !known {
-            let all: Vec<&str> = groups.iter().flat_map(|g| g.iter().copied()).collect();
-            bail!("unknown parameter {k:?} (known: {})", all.join(", "));
-        }
-    }
-    Ok(())
-}
-
 /// Puzzle parameters from a script map (missing keys keep the W1 defaults).
 pub fn puzzle_params(map: &Map) -> Result<PuzzleParams> {
-    let mut p = PuzzleParams::default();
-    for (k, v) in map {
-        match k.as_str() {
-            "relations" => p.relations = get_str(v, k)?,
-            "n" => p.n = get_usize(v, k)?,
-            "m" => p.m = get_usize(v, k)?,
-            "frame" => p.frame = Frame::parse(&get_str(v, k)?)?,
-            "n_color" => p.n_color = get_usize(v, k)?,
-            "n_train" => p.n_train = get_usize(v, k)?,
-            "n_test" => p.n_test = get_usize(v, k)?,
-            "Q_train" => p.q_train = get_usize(v, k)?,
-            "Q_test" => p.q_test = get_usize(v, k)?,
-            "seed" => p.seed = get_usize(v, k)? as u64,
-            _ => {}
-        }
-    }
-    Ok(p)
+    let k: PuzzleKeys = options(map)?;
+    let d = PuzzleParams::default();
+    Ok(PuzzleParams {
+        relations: k.relations.unwrap_or(d.relations),
+        n: k.n.unwrap_or(d.n),
+        m: k.m.unwrap_or(d.m),
+        frame: match k.frame {
+            Some(f) => Frame::parse(&f)?,
+            None => d.frame,
+        },
+        n_color: k.n_color.unwrap_or(d.n_color),
+        n_train: k.n_train.unwrap_or(d.n_train),
+        n_test: k.n_test.unwrap_or(d.n_test),
+        q_train: k.q_train.unwrap_or(d.q_train),
+        q_test: k.q_test.unwrap_or(d.q_test),
+        seed: k.seed.map_or(d.seed, |v| v as u64),
+    })
 }
 
 /// Prompt options from a script map (missing keys keep the defaults).
 pub fn prompt_options(map: &Map) -> Result<PromptOptions> {
-    let mut o = PromptOptions::default();
-    for (k, v) in map {
-        match k.as_str() {
-            "style" => o.style = Style::parse(&get_str(v, k)?)?,
-            "transpose" => o.transpose = get_bool(v, k)?,
-            "color_quote" => o.color_quote = get_str(v, k)?,
-            "remove_instructions" => o.remove_instructions = get_bool(v, k)?,
-            _ => {}
-        }
-    }
+    let k: PromptKeys = options(map)?;
+    let d = PromptOptions::default();
+    let o = PromptOptions {
+        style: match k.style {
+            Some(s) => Style::parse(&s)?,
+            None => d.style,
+        },
+        transpose: k.transpose.unwrap_or(d.transpose),
+        color_quote: k.color_quote.unwrap_or(d.color_quote),
+        remove_instructions: k.remove_instructions.unwrap_or(d.remove_instructions),
+    };
     o.validate()?;
     Ok(o)
+}
+
+/// Splits the map of `gen_dataset` into its puzzle and prompt parts (the dataset keys are read
+/// directly); an unknown key is reported by the puzzle part, with the other keys named.
+fn dataset_parts(map: &Map) -> Result<(PuzzleParams, PromptOptions)> {
+    let (mut puzzle, mut prompt) = (Map::new(), Map::new());
+    for (k, v) in map {
+        if PROMPT_KEYS.contains(&k.as_str()) {
+            prompt.insert(k.clone(), v.clone());
+        } else if !DATASET_KEYS.contains(&k.as_str()) {
+            puzzle.insert(k.clone(), v.clone());
+        }
+    }
+    let params = puzzle_params(&puzzle).map_err(|e| {
+        if e.to_string().starts_with("unknown option") {
+            anyhow!(
+                "{e}; also: {}, {}",
+                PROMPT_KEYS.join(", "),
+                DATASET_KEYS.join(", ")
+            )
+        } else {
+            e
+        }
+    })?;
+    Ok((params, prompt_options(&prompt)?))
 }
 
 /// Seeds: `"A..B"`, `"A..=B"`, `"A"` or `[A, B]` (half-open).
@@ -179,10 +218,8 @@ fn dataset_tokenizer(st: &HostState, map: &Map) -> Result<Option<ScriptTokenizer
 /// Generate one sample per seed (the W1 dataset), with progress and interrupts.
 fn gen_dataset(st: &HostState, map: &Map) -> RResult<Array> {
     let (params, opts, seeds, tok) = guard("gen_dataset", || {
-        check_keys(map, &[&PUZZLE_KEYS, &PROMPT_KEYS, &DATASET_KEYS])?;
-        let params = puzzle_params(map)?;
+        let (params, opts) = dataset_parts(map)?;
         params.validate()?;
-        let opts = prompt_options(map)?;
         let seeds = seed_range(map.get("seeds").unwrap_or(&Dynamic::from("0..25")))?;
         let tok = dataset_tokenizer(st, map)?;
         Ok((params, opts, seeds, tok))
@@ -250,7 +287,6 @@ fn register_generation(r: &mut Registrar, state: &Arc<HostState>) {
         "Generate a puzzle (P5). Keys (defaults): relations (\"side+at\"), n, m (5), frame (\"corner\"), n_color (5), n_train (5), n_test (0), Q_train (4), Q_test (1), seed (0).",
         |map: Map| {
             guard("gen_puzzle", || {
-                check_keys(&map, &[&PUZZLE_KEYS])?;
                 Ok(ScriptPuzzle(Arc::new(gen_puzzle(&puzzle_params(&map)?)?)))
             })
         },
@@ -272,7 +308,6 @@ fn register_generation(r: &mut Registrar, state: &Arc<HostState>) {
         "The full prompt (P9). Keys: style (\"dict\", \"list\", \"markdown\"), transpose (true), color_quote (\"\"), remove_instructions (false).",
         |p: ScriptPuzzle, map: Map| {
             guard("gen_prompt", || {
-                check_keys(&map, &[&PROMPT_KEYS])?;
                 let mut puzzle = (*p.0).clone();
                 gen_prompt(&mut puzzle, &prompt_options(&map)?)
             })

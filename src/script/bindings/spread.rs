@@ -8,9 +8,9 @@ use super::forward::{ForwardOptions, forward_one, forward_options, samples_of};
 use super::model::{Cached, ScriptModel};
 use super::util::mean_of;
 use crate::backend::Backend;
-use crate::remote::spread::spread_map;
+use crate::backend::spread::{run_shares, shares_of, spread_map};
 use crate::script::docs::Registrar;
-use crate::script::state::{HostState, panic_message};
+use crate::script::state::HostState;
 use anyhow::{Result, anyhow, bail, ensure};
 use rhai::{Array, Dynamic, EvalAltResult, FnPtr, Map, NativeCallContext};
 use std::sync::Arc;
@@ -84,59 +84,6 @@ fn item_models(models: &[ScriptModel], items: &Array) -> Vec<ScriptModel> {
         .collect()
 }
 
-/// Groups item positions by model (the same `Arc`), in first-seen order.
-fn groups(item_models: &[ScriptModel]) -> Vec<Vec<usize>> {
-    let mut keys: Vec<*const ()> = Vec::new();
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    for (j, m) in item_models.iter().enumerate() {
-        let key = Arc::as_ptr(&m.0) as *const ();
-        match keys.iter().position(|&k| k == key) {
-            Some(g) => out[g].push(j),
-            None => {
-                keys.push(key);
-                out.push(vec![j]);
-            }
-        }
-    }
-    out
-}
-
-type Slot = (usize, RResult<Dynamic>);
-
-/// Calls `f(item, model)` for one model's share, in order, stopping at the first error.
-fn run_share(
-    st: &HostState,
-    ctx: &NativeCallContext,
-    f: &FnPtr,
-    items: &Array,
-    item_models: &[ScriptModel],
-    share: &[usize],
-    pb: &indicatif::ProgressBar,
-) -> Vec<Slot> {
-    let mut out = Vec::with_capacity(share.len());
-    for &j in share {
-        if let Err(e) = st.check_interrupt() {
-            out.push((j, Err(e)));
-            break;
-        }
-        let m = &item_models[j];
-        let args = [items[j].clone(), Dynamic::from(m.clone())];
-        let r =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call_raw(ctx, None, args)))
-                .unwrap_or_else(|p| {
-                    Err(format!("internal error (panic): {}", panic_message(&p)).into())
-                })
-                .map_err(|e| name_item(e, j, m));
-        let failed = r.is_err();
-        out.push((j, r));
-        if failed {
-            break;
-        }
-        pb.inc(1);
-    }
-    out
-}
-
 /// Prefix an error with the item and its model (interrupts pass through unchanged).
 fn name_item(e: Box<EvalAltResult>, j: usize, m: &ScriptModel) -> Box<EvalAltResult> {
     if matches!(*e, EvalAltResult::ErrorTerminated(..)) {
@@ -158,46 +105,32 @@ fn mr_spread(
         models_of(models)
     })?;
     let item_models = item_models(&models, items);
-    let shares = groups(&item_models);
+    let keys: Vec<*const ()> = item_models
+        .iter()
+        .map(|m| Arc::as_ptr(&m.0) as *const ())
+        .collect();
+    let shares = shares_of(&keys);
     let pb = st.progress(items.len() as u64, "mr");
-    let slots: Vec<Slot> = std::thread::scope(|s| {
-        let handles: Vec<_> = shares
-            .iter()
-            .map(|share| {
-                let (item_models, pb) = (&item_models, &pb);
-                s.spawn(move || run_share(st, ctx, f, items, item_models, share, pb))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec![(0, Err("mr(): a worker thread panicked".into()))])
-            })
-            .collect()
-    });
+    let vals: RResult<Vec<Dynamic>> = run_shares(
+        items.len(),
+        &shares,
+        &|j| {
+            st.check_interrupt()?;
+            let m = &item_models[j];
+            let args = [items[j].clone(), Dynamic::from(m.clone())];
+            let v = f
+                .call_raw(ctx, None, args)
+                .map_err(|e| name_item(e, j, m))?;
+            pb.inc(1);
+            Ok::<Dynamic, Box<EvalAltResult>>(v)
+        },
+        &|msg| format!("mr(): internal error (panic): {msg}").into(),
+        &|j| format!("mr(): no result for item {j}").into(),
+    );
     pb.finish_and_clear();
     st.check_interrupt()?;
-    let mut vals: Vec<Option<Dynamic>> = vec![None; items.len()];
-    let mut first_err: Option<(usize, Box<EvalAltResult>)> = None;
-    for (j, r) in slots {
-        match r {
-            Ok(v) => vals[j] = Some(v),
-            Err(e) if first_err.as_ref().is_none_or(|(k, _)| j < *k) => first_err = Some((j, e)),
-            Err(_) => {}
-        }
-    }
-    if let Some((_, e)) = first_err {
-        return Err(e);
-    }
-    guard("mr", || {
-        let vals = vals
-            .into_iter()
-            .enumerate()
-            .map(|(j, v)| v.ok_or_else(|| anyhow!("no result for item {j}")))
-            .collect::<Result<Vec<_>>>()?;
-        mean_of(&vals)
-    })
+    let vals = vals?;
+    guard("mr", || mean_of(&vals))
 }
 
 /// Register `forward(models: Array, ...)` (model domain).
