@@ -31,19 +31,19 @@ pub fn shares_of<K: PartialEq>(labels: &[K]) -> Vec<Vec<usize>> {
 }
 
 /// Runs `f(j)` for every item position in `shares` (each share on its own thread, in order,
-/// stopping at its first error). A panic inside `f` becomes `on_panic(message)`. Returns the
+/// stopping at its first error). A panic inside `f(j)` becomes `on_panic(j, message)`. Returns the
 /// `n_items` results in item order, or the error of the lowest failing item; `missing(j)` is the
 /// error for an item no share covered.
 pub fn run_shares<T: Send, E: Send>(
     n_items: usize,
     shares: &[Vec<usize>],
     f: &(dyn Fn(usize) -> Result<T, E> + Sync),
-    on_panic: &(dyn Fn(String) -> E + Sync),
+    on_panic: &(dyn Fn(usize, String) -> E + Sync),
     missing: &dyn Fn(usize) -> E,
 ) -> Result<Vec<T>, E> {
     let run_one = |j: usize| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(j)))
-            .unwrap_or_else(|p| Err(on_panic(panic_message(p.as_ref()))))
+            .unwrap_or_else(|p| Err(on_panic(j, panic_message(p.as_ref()))))
     };
     let slots: Vec<(usize, Result<T, E>)> = std::thread::scope(|s| {
         let handles: Vec<_> = shares
@@ -69,7 +69,7 @@ pub fn run_shares<T: Send, E: Send>(
             .flat_map(|(h, share)| {
                 h.join().unwrap_or_else(|p| {
                     let j = share.first().copied().unwrap_or(0);
-                    vec![(j, Err(on_panic(panic_message(p.as_ref()))))]
+                    vec![(j, Err(on_panic(j, panic_message(p.as_ref()))))]
                 })
             })
             .collect()
@@ -121,7 +121,10 @@ pub fn spread_map<I: Sync, T: Send>(
             let b = backends[j % n];
             f(b, &items[j]).with_context(|| format!("on {}", b.describe()))
         },
-        &|msg| anyhow::anyhow!("internal error (panic): {msg}"),
+        &|j, msg| {
+            let b = backends[j % n];
+            anyhow::anyhow!("on {}: internal error (panic): {msg}", b.describe())
+        },
         &|j| anyhow::anyhow!("no result for item {j}"),
     )
 }
@@ -159,7 +162,7 @@ mod tests {
     fn results_in_item_order_and_lowest_error_wins() {
         let shares = vec![vec![0, 2, 4], vec![1, 3]];
         let sq = |j: usize| -> Result<usize, String> { Ok(j * j) };
-        let ok = run_shares(5, &shares, &sq, &|m| m, &|j| format!("missing {j}")).unwrap();
+        let ok = run_shares(5, &shares, &sq, &|_, m| m, &|j| format!("missing {j}")).unwrap();
         assert_eq!(ok, vec![0, 1, 4, 9, 16]);
         let bad = |j: usize| -> Result<usize, String> {
             if j == 4 {
@@ -171,13 +174,17 @@ mod tests {
                 Ok(j)
             }
         };
-        let e = run_shares(5, &shares, &bad, &|m| m, &|j| format!("missing {j}")).unwrap_err();
+        let e = run_shares(5, &shares, &bad, &|_, m| m, &|j| format!("missing {j}")).unwrap_err();
         assert_eq!(e, "item 3");
         let only4 =
             |j: usize| -> Result<usize, String> { if j == 4 { panic!("boom") } else { Ok(j) } };
-        let e = run_shares(5, &shares, &only4, &|m| m, &|j| format!("missing {j}")).unwrap_err();
-        assert_eq!(e, "boom");
-        let e = run_shares(3, &[vec![0, 1]], &sq, &|m| m, &|j| format!("missing {j}")).unwrap_err();
+        let panicked = |j: usize, m: String| format!("{j}: {m}");
+        let e = run_shares(5, &shares, &only4, &panicked, &|j| format!("missing {j}")).unwrap_err();
+        assert_eq!(e, "4: boom");
+        let e = run_shares(3, &[vec![0, 1]], &sq, &|_, m| m, &|j| {
+            format!("missing {j}")
+        })
+        .unwrap_err();
         assert_eq!(e, "missing 2");
     }
 }

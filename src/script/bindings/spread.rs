@@ -124,7 +124,14 @@ fn mr_spread(
             pb.inc(1);
             Ok::<Dynamic, Box<EvalAltResult>>(v)
         },
-        &|msg| format!("mr(): internal error (panic): {msg}").into(),
+        &|j, msg| {
+            let m = &item_models[j];
+            format!(
+                "mr(): item {j} on {}: internal error (panic): {msg}",
+                m.0.describe()
+            )
+            .into()
+        },
         &|j| format!("mr(): no result for item {j}").into(),
     );
     pb.finish_and_clear();
