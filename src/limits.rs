@@ -51,6 +51,13 @@ pub const BATCH_SAMPLES: Limit = Limit {
     default: 100_000,
 };
 
+/// Intervention sets in one intervened forward request (each set is one forward).
+pub const INTERVENTION_SETS: Limit = Limit {
+    what: "intervention sets in one request",
+    env: "MINARC_MAX_INTERVENTION_SETS",
+    default: 65_536,
+};
+
 /// Generic count bound for script arguments that size a loop or a list (top-k, number of
 /// puzzles, grid side, …) where no tighter bound is known.
 pub const COUNT: Limit = Limit {

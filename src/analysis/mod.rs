@@ -7,6 +7,7 @@
 //! against any [`crate::backend::Backend`]: [`lens`] (head matching scores V3, logit lens V4, head
 //! lens V6, circuit evaluation V7) and [`show_attn`] (V8).
 
+pub mod causal;
 pub mod cluster;
 pub mod distance;
 pub mod lens;

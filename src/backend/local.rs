@@ -9,10 +9,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
 
 use super::lru::{CacheStats, Evicted, Lru};
-use super::{Act, Backend, CachedSample, HeadSel, SampleInput, SampleKey};
+use super::{Act, Backend, CachedSample, HeadSel, InterveneOptions, SampleInput, SampleKey};
 use crate::ig::{self, NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
 use crate::model::components::{AttnInputs, Norm};
 use crate::model::config::ModelConfig;
+use crate::model::intervene::{IntervenedRun, Intervention};
 use crate::model::loader::LoadOptions;
 use crate::model::outputs::CaptureSpec;
 use crate::model::qwen2::Qwen2;
@@ -522,5 +523,43 @@ impl Backend for Local {
 
     fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor> {
         ig::attribute_residual(&self.model, &*self.sample(key)?, req)
+    }
+
+    fn intervene(
+        &self,
+        key: &SampleKey,
+        sets: &[Vec<Intervention>],
+        opts: &InterveneOptions,
+    ) -> Result<Vec<IntervenedRun>> {
+        crate::limits::INTERVENTION_SETS.check(sets.len(), "intervention sets")?;
+        let sample = self.sample(key)?;
+        let ids = &sample.token_ids;
+        let s = ids.len();
+        let logit_pos = opts.positions_for(&sample.input, s);
+        for (i, set) in sets.iter().enumerate() {
+            self.model
+                .check_interventions(s, set)
+                .with_context(|| format!("intervention set {i}"))?;
+        }
+        let cfg = self.model.config();
+        // one chunk's activations stay near 256 MiB: per set ≈ s·(2·inter + 8·e + n·s) f32
+        let per_set =
+            s * (2 * cfg.intermediate_size + 8 * cfg.hidden_size + cfg.num_attention_heads * s) * 4;
+        let chunk = ((256usize << 20) / per_set.max(1)).clamp(1, 16);
+        let mut out = Vec::with_capacity(sets.len());
+        for c in sets.chunks(chunk) {
+            crate::cancel::check()?;
+            out.extend(
+                self.model
+                    .forward_intervened(ids, c, &logit_pos, &opts.hidden_layers)
+                    .with_context(|| {
+                        format!(
+                            "intervened forward of sample {} of dataset {:?}",
+                            key.index, key.dataset
+                        )
+                    })?,
+            );
+        }
+        Ok(out)
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ig::{NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
 use crate::model::config::ModelConfig;
+use crate::model::intervene::{IntervenedRun, Intervention};
 use crate::model::outputs::CaptureSpec;
 
 pub use crate::model::sample::{CachedSample, SampleInput};
@@ -69,6 +70,31 @@ pub enum HeadSel {
     Many(Vec<usize>),
     /// Every query head.
     All,
+}
+
+/// What [`Backend::intervene`] returns besides the logits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterveneOptions {
+    /// Positions whose logits are returned (None: the sample's answer_indices, or the last
+    /// position when it has none).
+    #[serde(default)]
+    pub logit_positions: Option<Vec<usize>>,
+    /// Layers whose residual streams are returned (hidden_states\[l\], l in 0..=L).
+    #[serde(default)]
+    pub hidden_layers: Vec<usize>,
+}
+
+impl InterveneOptions {
+    /// The logit positions in force for a sample: the asked ones, else its answer_indices,
+    /// else its last position.
+    pub fn positions_for(&self, input: &SampleInput, seq_len: usize) -> Vec<usize> {
+        match &self.logit_positions {
+            Some(p) => p.clone(),
+            None if !input.answer_indices.is_empty() => input.answer_indices.clone(),
+            None => vec![seq_len.saturating_sub(1)],
+        }
+    }
 }
 
 /// A model that can forward samples, cache their activations and answer questions about them.
@@ -165,4 +191,13 @@ pub trait Backend: Send + Sync {
     fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor>;
     /// A18: residual attribution `[L',H+1,g]` of downstream gradients to heads and MLPs.
     fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor>;
+    /// Forwards the tokens of a cached sample once per intervention set (an empty set is the
+    /// clean run) and returns, per set, the logits `[k,v]` at the option's positions and the
+    /// asked residual streams. The sample's cache is never changed.
+    fn intervene(
+        &self,
+        key: &SampleKey,
+        sets: &[Vec<Intervention>],
+        opts: &InterveneOptions,
+    ) -> Result<Vec<IntervenedRun>>;
 }

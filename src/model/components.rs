@@ -394,32 +394,12 @@ impl Qwen2 {
         labels: &[u32],
         candidate_ids: &[u32],
     ) -> Result<Tensor> {
-        let (b, k) = self.check_hidden(x, "lm_head input")?;
-        let v = self.cfg.vocab_size;
+        let (_, k) = self.check_hidden(x, "lm_head input")?;
         if labels.len() != k {
             bail!("{} labels for {k} positions", labels.len());
         }
-        if let Some(&t) = labels
-            .iter()
-            .chain(candidate_ids)
-            .find(|&&t| t as usize >= v)
-        {
-            bail!("token id {t} out of range (vocab size {v})");
-        }
-        let mut logits = self.lm_head(x)?.to_dtype(DType::F32)?; // [b,k,v]
-        if !candidate_ids.is_empty() {
-            let mut m = vec![-1e4f32; v];
-            for &c in candidate_ids {
-                m[c as usize] = 0.0;
-            }
-            logits = logits.broadcast_add(&candle_core::Tensor::from_vec(m, v, &self.device)?)?;
-        }
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let idx = Tensor::new(labels, &self.device)?
-            .reshape((1, k, 1))?
-            .broadcast_as((b, k, 1))?
-            .contiguous()?;
-        Ok(logp.gather(&idx, 2)?.squeeze(2)?.mean(1)?) // [b]
+        let logits = self.lm_head(x)?.to_dtype(DType::F32)?; // [b,k,v]
+        super::ops::label_log_prob(&logits, labels, candidate_ids)
     }
 
     fn check_attn_out(&self, attn_out: &Tensor) -> Result<(usize, usize)> {

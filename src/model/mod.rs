@@ -9,6 +9,7 @@ pub mod cli;
 pub mod components;
 pub mod config;
 pub mod fixture;
+pub mod intervene;
 pub mod loader;
 pub mod ops;
 pub mod outputs;
@@ -18,6 +19,7 @@ pub mod weights;
 
 pub use components::{AttnInputs, NoSink, Norm};
 pub use config::{ModelConfig, parse_device, parse_dtype};
+pub use intervene::{Edit, EditKind, IntervenedRun, Intervention, Site};
 pub use loader::LoadOptions;
 pub use outputs::{CaptureSpec, Outputs};
 pub use qwen2::Qwen2;

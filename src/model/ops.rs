@@ -36,6 +36,39 @@ pub fn rms_apply(x: &Tensor, variance: &Tensor, w: &Tensor, eps: f64) -> Result<
     Ok(y.to_dtype(w.dtype())?.broadcast_mul(w)?)
 }
 
+/// A2–A4 on logits `[b,k,v]` f32: per example, the mean over the k positions of
+/// log-softmax(logits + mask)\[label\], mask = −1e4 everywhere except 0 at `candidate_ids`
+/// (empty list = no mask) → `[b]`. The one implementation of the objective (the lm_head node
+/// and the causal metrics use it). Autograd-safe.
+pub fn label_log_prob(logits: &Tensor, labels: &[u32], candidate_ids: &[u32]) -> Result<Tensor> {
+    let (b, k, v) = logits.dims3()?;
+    if labels.len() != k {
+        bail!("{} labels for {k} positions", labels.len());
+    }
+    if let Some(&t) = labels
+        .iter()
+        .chain(candidate_ids)
+        .find(|&&t| t as usize >= v)
+    {
+        bail!("token id {t} out of range (vocab size {v})");
+    }
+    let dev = logits.device();
+    let mut logits = logits.clone();
+    if !candidate_ids.is_empty() {
+        let mut m = vec![-1e4f32; v];
+        for &c in candidate_ids {
+            m[c as usize] = 0.0;
+        }
+        logits = logits.broadcast_add(&Tensor::from_vec(m, v, dev)?)?;
+    }
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let idx = Tensor::new(labels, dev)?
+        .reshape((1, k, 1))?
+        .broadcast_as((b, k, 1))?
+        .contiguous()?;
+    Ok(logp.gather(&idx, 2)?.squeeze(2)?.mean(1)?)
+}
+
 /// Composed (autograd-safe) softmax over the last dim.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
+use super::intervene::LayerEdits;
 use super::loader::{LoadOptions, WeightFiles};
 use super::ops::{NEG_MASK, linear, rms_apply, rms_variance};
 use super::outputs::{CaptureSpec, Outputs, store};
@@ -27,7 +28,8 @@ pub struct Qwen2 {
 
 /// Per-layer intermediate results of one decoder layer in the forward.
 struct LayerOut {
-    attn_out: Tensor,
+    /// `[b,s,n,d]` (None when an edited pattern took the component path).
+    attn_out: Option<Tensor>,
     mlp_output: Tensor,
     input_var: Tensor,
     post_var: Tensor,
@@ -207,7 +209,11 @@ impl Qwen2 {
             let (h, lo) = self.layer_forward(lw, &x, &mask)?;
             if spec.has_layer(l) {
                 out.hidden_states[l] = Some(store(&x, rows, dt)?);
-                out.attn_outs[l] = Some(store(&lo.attn_out, rows, dt)?);
+                out.attn_outs[l] = lo
+                    .attn_out
+                    .as_ref()
+                    .map(|a| store(a, rows, dt))
+                    .transpose()?;
                 out.mlp_outputs[l] = Some(store(&lo.mlp_output, rows, dt)?);
                 out.input_norm_vars[l] = Some(store(&lo.input_var, rows, DType::F32)?);
                 out.post_attn_norm_vars[l] = Some(store(&lo.post_var, rows, DType::F32)?);
@@ -231,25 +237,67 @@ impl Qwen2 {
         Ok(out)
     }
 
-    /// One decoder layer on x `[1,s,e]` → (x + attn + mlp, captured pieces).
+    /// One decoder layer on x `[b,s,e]` → (x + attn + mlp, captured pieces).
     fn layer_forward(
         &self,
         lw: &LayerWeights,
         x: &Tensor,
         mask: &Tensor,
     ) -> Result<(Tensor, LayerOut)> {
+        self.layer_core(lw, x, mask, None)
+    }
+
+    /// One decoder layer with the interventions of layer `l` (see [`super::intervene`]).
+    pub(crate) fn layer_forward_edited(
+        &self,
+        l: usize,
+        lw: &LayerWeights,
+        x: &Tensor,
+        mask: &Tensor,
+        edits: &LayerEdits,
+    ) -> Result<Tensor> {
+        Ok(self.layer_core(lw, x, mask, Some((l, edits)))?.0)
+    }
+
+    fn layer_core(
+        &self,
+        lw: &LayerWeights,
+        x: &Tensor,
+        mask: &Tensor,
+        edits: Option<(usize, &LayerEdits)>,
+    ) -> Result<(Tensor, LayerOut)> {
         let eps = self.cfg.rms_norm_eps;
         let input_var = rms_variance(x)?;
         let xn = rms_apply(x, &input_var, &lw.input_norm, eps)?;
-        let attn_out = self.attn_fast(lw, &xn, mask)?; // [1,s,n,d]
-        let (b, s, n, d) = attn_out.dims4()?;
-        let attn_output = linear(&attn_out.reshape((b, s, n * d))?, &lw.wo_t, None)?;
+        let (attn_out, attn_output) = match edits {
+            Some((l, le)) if le.has_pattern() => {
+                let (o, w) = self.attn_output_patterned(l, &xn, le)?;
+                let o = self.apply_head_edits(l, &o, None, Some((&xn, &w)), le)?;
+                (None, o)
+            }
+            _ => {
+                let attn_out = self.attn_fast(lw, &xn, mask)?; // [b,s,n,d]
+                let (b, s, n, d) = attn_out.dims4()?;
+                let mut o = linear(&attn_out.reshape((b, s, n * d))?, &lw.wo_t, None)?;
+                if let Some((l, le)) = edits {
+                    o = self.apply_head_edits(l, &o, Some(&attn_out), None, le)?;
+                }
+                (Some(attn_out), o)
+            }
+        };
+        let attn_output = match edits {
+            Some((_, le)) => self.apply_edits(&attn_output, None, le.attn())?,
+            None => attn_output,
+        };
         let h_mid = (x + attn_output)?;
         let post_var = rms_variance(&h_mid)?;
         let xn2 = rms_apply(&h_mid, &post_var, &lw.post_norm, eps)?;
         let gate = linear(&xn2, &lw.w_gate_t, None)?;
         let up = linear(&xn2, &lw.w_up_t, None)?;
-        let mlp_output = linear(&(gate.silu()? * up)?, &lw.w_down_t, None)?;
+        let mut mlp_output = linear(&(gate.silu()? * up)?, &lw.w_down_t, None)?;
+        if let Some((_, le)) = edits {
+            mlp_output = self.apply_edits(&mlp_output, None, le.mlp())?;
+        }
         let h = (h_mid + &mlp_output)?;
         Ok((
             h,

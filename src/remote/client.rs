@@ -16,8 +16,9 @@ use super::wire::{
 };
 use super::wire::{LensLogitsWire, NodeForwardWire, NodeGradWire, ResidualGradMeta, ResidualWire};
 use crate::attribution::{NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
-use crate::backend::{Act, Backend, HeadSel, SampleKey};
+use crate::backend::{Act, Backend, HeadSel, InterveneOptions, SampleKey};
 use crate::model::{CaptureSpec, ModelConfig, SampleInput};
+use crate::model::{IntervenedRun, Intervention};
 
 /// A model served by `minarc serve` on another machine, usable wherever a [`Backend`] is.
 pub struct Remote {
@@ -528,5 +529,65 @@ impl Backend for Remote {
 
     fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor> {
         self.attribute_residual_on(&key.dataset, Some(key.index), req)
+    }
+
+    fn intervene(
+        &self,
+        key: &SampleKey,
+        sets: &[Vec<Intervention>],
+        opts: &InterveneOptions,
+    ) -> Result<Vec<IntervenedRun>> {
+        let w = wire::InterveneWire {
+            dataset: key.dataset.clone(),
+            sample: key.index,
+            sets: sets
+                .iter()
+                .map(|set| {
+                    set.iter()
+                        .map(|iv| wire::InterventionWire {
+                            site: iv.site.clone(),
+                            positions: iv.positions.clone(),
+                            edit: iv.edit.kind(),
+                        })
+                        .collect()
+                })
+                .collect(),
+            options: opts.clone(),
+        };
+        let mut names = Vec::new();
+        for (i, set) in sets.iter().enumerate() {
+            for (j, iv) in set.iter().enumerate() {
+                if let Some(t) = iv.edit.value() {
+                    names.push((wire::value_name(i, j), t.to_dtype(DType::F32)?));
+                }
+            }
+        }
+        let named: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let (mut ts, _) = self.post_tensors("/intervene", &w, &named)?;
+        (0..sets.len())
+            .map(|i| {
+                let logits = ts.remove(&wire::logits_name(i)).ok_or_else(|| {
+                    anyhow!("server at {} sent no logits for set {i}", self.url())
+                })?;
+                let hidden_states = opts
+                    .hidden_layers
+                    .iter()
+                    .map(|&l| {
+                        ts.remove(&wire::hidden_name(i, l))
+                            .map(|t| (l, t))
+                            .ok_or_else(|| {
+                                anyhow!(
+                                    "server at {} sent no layer-{l} residual for set {i}",
+                                    self.url()
+                                )
+                            })
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(IntervenedRun {
+                    logits,
+                    hidden_states,
+                })
+            })
+            .collect()
     }
 }

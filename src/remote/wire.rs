@@ -409,6 +409,52 @@ pub fn grad_name(i: usize) -> String {
     format!("grad.{i}")
 }
 
+/// One intervention on the wire: its site, positions and edit kind; a Set/Add value travels as
+/// the safetensors tensor [`value_name`]`(set, index)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterventionWire {
+    /// Where.
+    pub site: crate::model::Site,
+    /// Positions (null = all).
+    #[serde(default)]
+    pub positions: Option<Vec<usize>>,
+    /// zero, set or add.
+    pub edit: crate::model::EditKind,
+}
+
+/// Request of `POST /intervene`: a safetensors body whose `__metadata__.request` is this JSON
+/// and whose tensors are the Set/Add values `value.{set}.{index}`. Response: tensors
+/// `logits.{set}` `[k,v]` and `hidden.{set}.{layer}` `[1,s,e]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterveneWire {
+    /// Dataset name.
+    pub dataset: String,
+    /// Sample index.
+    pub sample: usize,
+    /// Intervention sets (each one forward; an empty set is the clean run).
+    pub sets: Vec<Vec<InterventionWire>>,
+    /// Logit positions and residual layers to return.
+    #[serde(default)]
+    pub options: crate::backend::InterveneOptions,
+}
+
+/// Tensor name of the value of intervention `index` of set `set`.
+pub fn value_name(set: usize, index: usize) -> String {
+    format!("value.{set}.{index}")
+}
+
+/// Tensor name of the logits of set `set` in an `/intervene` response.
+pub fn logits_name(set: usize) -> String {
+    format!("logits.{set}")
+}
+
+/// Tensor name of the residual of `layer` of set `set` in an `/intervene` response.
+pub fn hidden_name(set: usize, layer: usize) -> String {
+    format!("hidden.{set}.{layer}")
+}
+
 /// `__metadata__` key of the scalar part of a node-gradient response.
 pub const RESULT_KEY: &str = "result";
 

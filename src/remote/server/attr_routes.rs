@@ -257,3 +257,62 @@ pub(super) async fn attribute_residual(
     })
     .await
 }
+
+pub(super) async fn intervene(
+    State(st): State<Shared>,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let (w, mut ts) = tensor_request::<wire::InterveneWire>(&body, |n| n.starts_with("value."))?;
+    crate::limits::INTERVENTION_SETS
+        .check(w.sets.len(), "sets")
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let mut sets = Vec::with_capacity(w.sets.len());
+    for (i, set) in w.sets.iter().enumerate() {
+        let mut out = Vec::with_capacity(set.len());
+        for (j, iv) in set.iter().enumerate() {
+            let value = ts.remove(&wire::value_name(i, j));
+            let edit = crate::model::Edit::from_parts(iv.edit, value).map_err(|e| {
+                ApiError::bad(format!(
+                    "sets[{i}][{j}]: {e:#} (tensor {:?})",
+                    wire::value_name(i, j)
+                ))
+            })?;
+            out.push(crate::model::Intervention {
+                site: iv.site.clone(),
+                positions: iv.positions.clone(),
+                edit,
+            });
+        }
+        sets.push(out);
+    }
+    if let Some(extra) = ts.keys().next() {
+        return Err(ApiError::bad(format!(
+            "tensor {extra:?} belongs to no set/intervention of the request"
+        )));
+    }
+    let local = st.local();
+    let key = SampleKey::new(&w.dataset, w.sample);
+    let s = check_sample(&local, &key)?;
+    for (i, set) in sets.iter().enumerate() {
+        local
+            .model()
+            .check_interventions(s, set)
+            .map_err(|e| ApiError::bad(format!("sets[{i}]: {e:#}")))?;
+    }
+    let opts = w.options;
+    let runs = heavy(&st, move || {
+        local
+            .intervene(&key, &sets, &opts)
+            .map_err(ApiError::unprocessable)
+    })
+    .await?;
+    let mut names = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        names.push((wire::logits_name(i), &r.logits));
+        for (l, h) in &r.hidden_states {
+            names.push((wire::hidden_name(i, *l), h));
+        }
+    }
+    let named: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    tensor_response(&named, HashMap::new())
+}

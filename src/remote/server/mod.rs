@@ -166,6 +166,7 @@ pub fn router(state: Shared) -> Router {
         .route("/node_forward", post(node_forward))
         .route("/attribute_residual", post(attribute_residual))
         .route("/lens_logits", post(lens_logits))
+        .route("/intervene", post(intervene))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))

@@ -192,7 +192,7 @@ pub fn register(r: &mut Registrar) {
 }
 
 /// Resolution of the bitmap plots.
-const PLOT_DPI: f64 = 150.0;
+pub(crate) const PLOT_DPI: f64 = 150.0;
 
 fn register_plots(r: &mut Registrar) {
     r.func(

@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod args;
 pub mod attribution;
+pub mod causal;
 pub mod forward;
 pub mod graph_ops;
 pub mod lens;
@@ -37,4 +38,5 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     graph_ops::register(&mut Registrar::new(engine, docs, "attribution"));
     vis::register(&mut Registrar::new(engine, docs, "vis"));
     lens::register(&mut Registrar::new(engine, docs, "lens"));
+    causal::register(&mut Registrar::new(engine, docs, "causal"), state);
 }

@@ -5,6 +5,7 @@
 //! * [`plot_group_patterns`]: V13 average attention pattern per cluster.
 //! * [`plot_logit_lens`]: V5 grouped bars (resid / attn / mlp per layer).
 //! * [`plot_attention`]: one head's attention over chosen query rows, with token labels.
+//! * [`plot_ablation_curve`]: a metric after ablating the top-k vs k random heads.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,11 +20,13 @@ use super::GqaConfig;
 use super::colors::{ColorMap, Rgb, TAB10, qualitative};
 use crate::analysis::{Clustering, HeadKey, LinkageRow, head_label};
 
+mod ablation;
 mod attention;
 mod clustering;
 mod logit_lens;
 mod patterns;
 
+pub use ablation::{AblationCurveData, plot_ablation_curve};
 pub use attention::{display_token, plot_attention};
 pub use clustering::{DendrogramOptions, gqa_colors, plot_clustering};
 pub use logit_lens::{lens_rows, plot_logit_lens};
