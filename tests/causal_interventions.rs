@@ -600,3 +600,123 @@ fn zero_ablating_a_head_of_a_one_layer_model_matches_f64() {
         "effect of zeroing a head differs from f64 by {worst}"
     );
 }
+
+/// Log-softmax of a row in f64.
+fn log_softmax64(r: &[f64]) -> Vec<f64> {
+    let m = r.iter().cloned().fold(f64::MIN, f64::max);
+    let z = r.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
+    r.iter().map(|x| x - z).collect()
+}
+
+#[test]
+fn metrics_of_an_intervened_run_match_a_hand_computation_in_f64() {
+    use minarc::analysis::causal::run_sets;
+    use minarc::model::SampleInput;
+    let s = 12;
+    let b = backend(s);
+    let ids = ids_of(&b, s, 7);
+    let (labels, cands, answers) = (
+        vec![40u32, 44, 41],
+        vec![40u32, 41, 42, 43, 44],
+        vec![4, 7, 11],
+    );
+    let input = SampleInput {
+        index: 0,
+        prompt: "ids".into(),
+        labels: labels.clone(),
+        candidate_ids: cands.clone(),
+        answer_indices: answers.clone(),
+    };
+    b.forward_ids("lab", &input, &ids, &CaptureSpec::full(), false)
+        .unwrap();
+    let key = SampleKey::new("lab", 0);
+    let sets = vec![
+        vec![iv(Site::Head { layer: 1, head: 2 }, None, Edit::Zero)],
+        vec![iv(Site::Mlp { layer: 0 }, Some(vec![2, 3]), Edit::Zero)],
+    ];
+    let runs = run_sets(&b, &key, &sets, &[], &indicatif::ProgressBar::hidden()).unwrap();
+    let rows = |t: &Tensor| -> Vec<Vec<f64>> {
+        t.to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(f64::from).collect())
+            .collect()
+    };
+    let clean = rows(&runs.clean_logits);
+    // the clean logits are the model's own at the answer positions
+    let cached = b.logits(&key, Some(&answers)).unwrap().squeeze(0).unwrap();
+    assert_eq!(max_abs_diff(&runs.clean_logits, &cached), 0.0);
+    let mut checked = 0;
+    for (m, logits) in std::iter::once((&runs.clean, &runs.clean_logits))
+        .chain(runs.metrics.iter().zip(&runs.logits))
+    {
+        let r = rows(logits);
+        let (mut obj, mut acc, mut diff, mut kl) = (0f64, 0f64, 0f64, 0f64);
+        for (p, &label) in labels.iter().enumerate() {
+            // over the candidates only
+            let c: Vec<f64> = cands.iter().map(|&t| r[p][t as usize]).collect();
+            let lp = log_softmax64(&c);
+            let li = cands.iter().position(|&t| t == label).unwrap();
+            obj += lp[li];
+            let best = (0..c.len()).max_by(|&a, &b| c[a].total_cmp(&c[b])).unwrap();
+            acc += f64::from(u8::from(best == li));
+            let foil = (0..c.len())
+                .filter(|&i| i != li)
+                .map(|i| c[i])
+                .fold(f64::MIN, f64::max);
+            diff += c[li] - foil;
+            let (pc, pq) = (log_softmax64(&clean[p]), log_softmax64(&r[p]));
+            kl += pc
+                .iter()
+                .zip(&pq)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>();
+        }
+        let n = labels.len() as f64;
+        for (name, got, want) in [
+            ("objective", m.objective, obj / n),
+            ("accuracy", m.accuracy, acc / n),
+            ("logit_diff", m.logit_diff, diff / n),
+            ("kl", m.kl, kl / n),
+        ] {
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{name}: {got} vs hand {want}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+    assert_eq!(runs.clean.kl, 0.0);
+    assert!(runs.metrics[0].kl > 1e-6, "the ablation changed nothing");
+}
+
+#[test]
+fn spearman_matches_scipy() {
+    use minarc::analysis::causal::spearman;
+    // scipy.stats.spearmanr(a, b).statistic, scipy 1.17.1
+    let cases: [(&[f64], &[f64], f64); 2] = [
+        (
+            &[1.0, 2.0, 3.0, 4.0, 5.0],
+            &[5.0, 6.0, 7.0, 8.0, 7.0],
+            0.8207826816681233,
+        ),
+        (
+            &[0.3, -1.2, 2.5, 2.5, 0.0, 7.1],
+            &[1.0, 3.0, 2.0, 5.0, 4.0, 6.0],
+            0.4638168285219587,
+        ),
+    ];
+    for (a, b, want) in cases {
+        let got = spearman(a, b).unwrap();
+        assert!((got - want).abs() < 1e-12, "{got} vs scipy {want}");
+    }
+    assert!(
+        spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0])
+            .unwrap()
+            .is_nan()
+    );
+    assert!(spearman(&[1.0], &[1.0]).is_err());
+    assert!(spearman(&[1.0, 2.0], &[1.0]).is_err());
+    assert!(spearman(&[1.0, f64::NAN], &[1.0, 2.0]).is_err());
+}

@@ -48,6 +48,7 @@ fn extra_args(name: &str) -> Vec<String> {
         // k = 5 of the tiny model's 8 heads: the ranking must keep the 5 largest magnitudes
         "top_heads.rhai" => &["--n", "2", "--k", "5"],
         "expand.rhai" => &["--n", "2"],
+        "validate.rhai" => &["--n", "2", "--k", "4", "--draws", "2", "--each", "1"],
         _ => &[],
     };
     v.iter().map(|s| s.to_string()).collect()
@@ -300,6 +301,59 @@ fn check_single_head_run(r: &Run) {
     assert!(r.out.contains("act"), "show_attn rows missing");
 }
 
+/// The ablation curve, faithfulness and per-head sweep of validate.rhai, as (name, value) pairs.
+fn validate_numbers(m: &Map) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let curve = map(&m["curve"]);
+    for part in ["top", "random_mean", "random_std"] {
+        let by = map(&curve[part]);
+        for metric in ["objective", "accuracy", "logit_diff", "kl"] {
+            for (i, v) in array(&by[metric]).iter().enumerate() {
+                out.push((format!("{part}.{metric}[{i}]"), num(v)));
+            }
+        }
+    }
+    let f = map(&m["circuit"]);
+    for part in ["full", "empty", "circuit"] {
+        for (k, v) in map(&f[part]) {
+            out.push((format!("faithfulness.{part}.{k}"), num(&v)));
+        }
+    }
+    out
+}
+
+fn check_validate_run(r: &Run) {
+    for h in [
+        "ABLATION CURVE",
+        "FAITHFULNESS",
+        "EACH HEAD ABLATED",
+        "top 4 attributed heads",
+    ] {
+        assert!(r.out.contains(h), "validate output lacks {h:?}:\n{}", r.out);
+    }
+    let m = map(&r.value);
+    let top = check_top_heads("validate", &array(&m["top_heads"]), L);
+    assert_eq!(top.len(), 4);
+    let curve = map(&m["curve"]);
+    assert_eq!(array(&curve["ks"]).len(), 4);
+    let ranked = array(&curve["ranked"]);
+    for (t, r) in top.iter().zip(&ranked) {
+        let r = array(r);
+        assert_eq!((t.0, t.1), (num(&r[0]) as usize, num(&r[1]) as usize));
+    }
+    assert_eq!(num(&curve["draws"]), 2.0);
+    for (name, v) in validate_numbers(&m) {
+        assert!(v.is_finite(), "validate: {name} = {v}");
+    }
+    // the ablation leaves the model's predictions somewhere: KL ≥ 0 and accuracy in [0, 1]
+    let top_kl = array(&map(&curve["top"])["kl"]);
+    assert!(top_kl.iter().all(|v| num(v) >= 0.0));
+    assert!(num(&map(&m["each"])["spearman"]).abs() <= 1.0);
+    let f = map(&m["circuit"]);
+    assert_eq!(num(&f["kept"]), 4.0);
+    assert_eq!(num(&f["total"]), (L * (H + 1)) as f64);
+}
+
 #[test]
 fn every_shipped_script_runs_on_the_tiny_fixture() {
     let scripts: Vec<PathBuf> = rhai_files("scripts")
@@ -315,6 +369,7 @@ fn every_shipped_script_runs_on_the_tiny_fixture() {
         "expand.rhai",
         "logit_lens.rhai",
         "single_head.rhai",
+        "validate.rhai",
     ] {
         assert!(names.iter().any(|n| n == required), "{required} is missing");
     }
@@ -330,6 +385,7 @@ fn every_shipped_script_runs_on_the_tiny_fixture() {
             "expand.rhai" => check_expand_run(&r),
             "logit_lens.rhai" => check_logit_lens_run(&r),
             "single_head.rhai" => check_single_head_run(&r),
+            "validate.rhai" => check_validate_run(&r),
             _ => {} // a new script: it ran, printed finite numbers and wrote valid files
         }
     }
@@ -383,6 +439,44 @@ fn top_heads_gives_the_same_heads_and_scores_locally_and_remotely() {
     }
     eprintln!("top_heads local vs remote: max |diff| = {max_diff:e}");
     assert!(max_diff <= 1e-6, "local vs remote max |diff| = {max_diff}");
+    srv.shutdown().unwrap();
+}
+
+#[test]
+fn validate_gives_the_same_curve_and_faithfulness_locally_and_remotely() {
+    let script = repo().join("scripts/validate.rhai");
+    let out = tempfile::tempdir().unwrap();
+    let local = run_script(&script, &model_dir().display().to_string(), out.path());
+    let backend = minarc::backend::Local::load(
+        model_dir(),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let srv = minarc::remote::RunningServer::start(
+        backend,
+        minarc::remote::ServeOptions {
+            port: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out2 = tempfile::tempdir().unwrap();
+    let remote = run_script(&script, &srv.url(), out2.path());
+    assert!(remote.out.contains("remote"), "not served remotely");
+    let (a, b) = (map(&local.value), map(&remote.value));
+    let heads = |m: &Map| -> Vec<(usize, usize)> {
+        check_top_heads("validate", &array(&m["top_heads"]), L)
+            .into_iter()
+            .map(|t| (t.0, t.1))
+            .collect()
+    };
+    assert_eq!(heads(&a), heads(&b), "different top heads");
+    let (na, nb) = (validate_numbers(&a), validate_numbers(&b));
+    assert_eq!(na.len(), nb.len());
+    for ((name, x), (_, y)) in na.iter().zip(&nb) {
+        assert_eq!(x.to_bits(), y.to_bits(), "{name}: local {x} vs remote {y}");
+    }
     srv.shutdown().unwrap();
 }
 

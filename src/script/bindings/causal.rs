@@ -92,7 +92,10 @@ fn source(
     };
     needs("dataset", spec.dataset.is_none() || kind == "mean")?;
     needs("over", spec.over.is_none() || kind == "mean")?;
-    needs("from", from.is_none() || matches!(kind, "resample" | "patch"))?;
+    needs(
+        "from",
+        from.is_none() || matches!(kind, "resample" | "patch"),
+    )?;
     needs("value", value.is_none() || matches!(kind, "set" | "add"))?;
     Ok(match kind {
         "zero" => Source::Zero,
@@ -103,9 +106,9 @@ fn source(
                 .unwrap_or_else(|| own_dataset.to_string()),
             over: spec.over.unwrap_or(MeanOver::All),
         },
-        "resample" | "patch" => Source::From(
-            from.ok_or_else(|| anyhow!("kind {kind:?} needs from: a Cached sample"))?,
-        ),
+        "resample" | "patch" => {
+            Source::From(from.ok_or_else(|| anyhow!("kind {kind:?} needs from: a Cached sample"))?)
+        }
         "set" => Source::Set(value.ok_or_else(|| anyhow!("kind \"set\" needs value: a Tensor"))?),
         "add" => Source::Add(value.ok_or_else(|| anyhow!("kind \"add\" needs value: a Tensor"))?),
         other => bail!("unknown kind {other:?} ({KINDS})"),
@@ -176,15 +179,18 @@ fn ablation_set(v: &Dynamic, own_dataset: &str) -> Result<Vec<Ablation>> {
     if let Some(m) = v.read_lock::<Map>() {
         return Ok(vec![ablation(&m, own_dataset)?]);
     }
-    let arr = v
-        .read_lock::<Array>()
-        .ok_or_else(|| anyhow!("an intervention set is an array of maps, got {}", v.type_name()))?;
+    let arr = v.read_lock::<Array>().ok_or_else(|| {
+        anyhow!(
+            "an intervention set is an array of maps, got {}",
+            v.type_name()
+        )
+    })?;
     arr.iter()
         .enumerate()
         .map(|(i, x)| {
-            let m = x.read_lock::<Map>().ok_or_else(|| {
-                anyhow!("intervention {i} must be a map, got {}", x.type_name())
-            })?;
+            let m = x
+                .read_lock::<Map>()
+                .ok_or_else(|| anyhow!("intervention {i} must be a map, got {}", x.type_name()))?;
             ablation(&m, own_dataset).map_err(|e| anyhow!("intervention {i}: {e:#}"))
         })
         .collect()
@@ -247,7 +253,13 @@ struct InterveneOpts {
     hidden_layers: Vec<usize>,
 }
 
-fn intervene(st: &HostState, m: &ScriptModel, c: &Cached, set: &Dynamic, opts: &Map) -> Result<Map> {
+fn intervene(
+    st: &HostState,
+    m: &ScriptModel,
+    c: &Cached,
+    set: &Dynamic,
+    opts: &Map,
+) -> Result<Map> {
     let o: InterveneOpts = options(opts)?;
     let b = c.backend(m);
     let key = SampleKey::new(c.dataset.clone(), c.sample.0.index);
@@ -257,7 +269,10 @@ fn intervene(st: &HostState, m: &ScriptModel, c: &Cached, set: &Dynamic, opts: &
     let r = causal::run_sets(b, &key, &ivs, &o.hidden_layers, &bar)?;
     bar.finish_and_clear();
     let mut out = Map::new();
-    out.insert("metrics".into(), Dynamic::from_map(metrics_map(&r.metrics[0])));
+    out.insert(
+        "metrics".into(),
+        Dynamic::from_map(metrics_map(&r.metrics[0])),
+    );
     out.insert("clean".into(), Dynamic::from_map(metrics_map(&r.clean)));
     out.insert("logits".into(), Dynamic::from(Tensor(r.logits[0].clone())));
     out.insert("clean_logits".into(), Dynamic::from(Tensor(r.clean_logits)));
@@ -325,7 +340,10 @@ struct CausalOpts {
 impl CausalOpts {
     fn parse(map: &Map, allowed: &[&str]) -> Result<(Self, Option<SampleKey>)> {
         let (rest, from, value) = take_objects(map)?;
-        ensure!(value.is_none(), "option value: sweeps ablate, they take no value");
+        ensure!(
+            value.is_none(),
+            "option value: sweeps ablate, they take no value"
+        );
         for k in rest.keys() {
             ensure!(
                 allowed.contains(&k.as_str()),
@@ -386,8 +404,7 @@ fn ablate_each(st: &HostState, m: &ScriptModel, rs: &Array, opts: &Map) -> Resul
     let (nl, nh) = (cfg.num_hidden_layers, cfg.num_attention_heads);
     let comps = Component::all(nl, nh, o.mlp.unwrap_or(true));
     let bar = st.progress((comps.len() * keys.len()) as u64, "ablate_each");
-    let (clean, rows) =
-        causal::ablate_each(b, &keys, &comps, &src, o.positions.as_deref(), &bar)?;
+    let (clean, rows) = causal::ablate_each(b, &keys, &comps, &src, o.positions.as_deref(), &bar)?;
     bar.finish_and_clear();
     // effect [L, H+1] of the metric (MLP in column H; 0 where nothing was ablated)
     let mut eff = vec![0f32; nl * (nh + 1)];
@@ -400,14 +417,26 @@ fn ablate_each(st: &HostState, m: &ScriptModel, rs: &Array, opts: &Map) -> Resul
     }
     let mut out = Map::new();
     out.insert("clean".into(), Dynamic::from_map(metrics_map(&clean)));
-    out.insert("rows".into(), Dynamic::from_array(sweep_rows(&clean, &rows, nh)));
-    out.insert("effect".into(), Dynamic::from(Tensor::from_f32(eff, &[nl, nh + 1])?));
+    out.insert(
+        "rows".into(),
+        Dynamic::from_array(sweep_rows(&clean, &rows, nh)),
+    );
+    out.insert(
+        "effect".into(),
+        Dynamic::from(Tensor::from_f32(eff, &[nl, nh + 1])?),
+    );
     out.insert("metric".into(), metric.into());
     out.insert("ablation".into(), describe(&src).into());
     Ok(out)
 }
 
-fn patch_each(st: &HostState, m: &ScriptModel, c: &Cached, src: &Cached, opts: &Map) -> Result<Map> {
+fn patch_each(
+    st: &HostState,
+    m: &ScriptModel,
+    c: &Cached,
+    src: &Cached,
+    opts: &Map,
+) -> Result<Map> {
     let (o, _) = CausalOpts::parse(opts, &["layers", "positions", "metric"])?;
     let b = c.backend(m);
     let key = SampleKey::new(c.dataset.clone(), c.sample.0.index);
@@ -417,7 +446,10 @@ fn patch_each(st: &HostState, m: &ScriptModel, c: &Cached, src: &Cached, opts: &
     let layers = o.layers.clone().unwrap_or_else(|| (0..nl).collect());
     let s = b.seq_len(&key)?;
     let positions = o.positions.clone().unwrap_or_else(|| (0..s).collect());
-    ensure!(!layers.is_empty() && !positions.is_empty(), "no layers or no positions to patch");
+    ensure!(
+        !layers.is_empty() && !positions.is_empty(),
+        "no layers or no positions to patch"
+    );
     let bar = st.progress((layers.len() * positions.len()) as u64, "patch_each");
     let (clean, rows) = causal::patch_each_position(b, &key, &from, &layers, &positions, &bar)?;
     bar.finish_and_clear();
@@ -436,7 +468,10 @@ fn patch_each(st: &HostState, m: &ScriptModel, c: &Cached, src: &Cached, opts: &
         Dynamic::from(Tensor::from_f32(eff, &[layers.len(), positions.len()])?),
     );
     out.insert("layers".into(), Dynamic::from_array(int_array(&layers)));
-    out.insert("positions".into(), Dynamic::from_array(int_array(&positions)));
+    out.insert(
+        "positions".into(),
+        Dynamic::from_array(int_array(&positions)),
+    );
     out.insert("metric".into(), metric.into());
     Ok(out)
 }
@@ -532,11 +567,19 @@ fn curve_map(c: &AblationCurve, src: &Source) -> Result<Map> {
         let st = c.random_stats(name)?;
         mean.insert(
             name.into(),
-            Dynamic::from_array(st.iter().map(|s| Dynamic::from_float(s.0 as FLOAT)).collect()),
+            Dynamic::from_array(
+                st.iter()
+                    .map(|s| Dynamic::from_float(s.0 as FLOAT))
+                    .collect(),
+            ),
         );
         std.insert(
             name.into(),
-            Dynamic::from_array(st.iter().map(|s| Dynamic::from_float(s.1 as FLOAT)).collect()),
+            Dynamic::from_array(
+                st.iter()
+                    .map(|s| Dynamic::from_float(s.1 as FLOAT))
+                    .collect(),
+            ),
         );
     }
     out.insert("top".into(), Dynamic::from_map(top));
@@ -551,7 +594,10 @@ fn curve_map(c: &AblationCurve, src: &Source) -> Result<Map> {
                 .collect(),
         ),
     );
-    out.insert("draws".into(), Dynamic::from_int(c.random.first().map_or(0, Vec::len) as INT));
+    out.insert(
+        "draws".into(),
+        Dynamic::from_int(c.random.first().map_or(0, Vec::len) as INT),
+    );
     out.insert("ablation".into(), describe(src).into());
     Ok(out)
 }
@@ -580,7 +626,9 @@ fn ablation_curve(
         seed: o.seed.unwrap_or(0),
         source: src.clone(),
     };
-    let steps = k_max.saturating_mul(draws.saturating_add(1)).saturating_mul(keys.len());
+    let steps = k_max
+        .saturating_mul(draws.saturating_add(1))
+        .saturating_mul(keys.len());
     let bar = st.progress(steps as u64, "ablation_curve");
     let c = causal::ablation_curve(b, &keys, &ranked, &pool, &copts, &bar)?;
     bar.finish_and_clear();
