@@ -643,8 +643,10 @@ fn metrics_of_an_intervened_run_match_a_hand_computation_in_f64() {
             .collect()
     };
     let clean = rows(&runs.clean_logits);
-    // the clean logits are the model's own at the answer positions
-    let cached = b.logits(&key, Some(&answers)).unwrap().squeeze(0).unwrap();
+    // the clean logits are the model's own at the positions that predict the answers (the
+    // token before each answer, spec: pos = answer_indices − 1)
+    let before: Vec<usize> = answers.iter().map(|a| a - 1).collect();
+    let cached = b.logits(&key, Some(&before)).unwrap().squeeze(0).unwrap();
     assert_eq!(max_abs_diff(&runs.clean_logits, &cached), 0.0);
     let mut checked = 0;
     for (m, logits) in std::iter::once((&runs.clean, &runs.clean_logits))

@@ -71,6 +71,11 @@ let first = mean_of.call(|r| intervene(model, r, [#{{site: "head", layer: 0, hea
 let p = rs[0].answer_indices[0];
 let pe = patch_each(model, rs[0], rs[1], #{{layers: [1], positions: [p - 1, p]}});
 let patched = intervene(model, rs[0], [#{{site: "resid", layer: 1, positions: [p], kind: "patch", from: rs[1]}}]).metrics.objective;
+let g = Graph(model, rs.len());
+let lm = Node(g, {L}, (), "lm_head", "A-->A-");
+attribute_step(g, model, rs[0], [lm]);
+let f_x = completeness(g, lm, rs[0]).f_x;
+let obj0 = intervene(model, rs[0], []).clean.objective;
 plot_ablation_curve(c, "{out}/curve.png", #{{metric: "kl"}});
 plot_ablation_curve(c, "{out}/curve.svg", #{{}});
 #{{one: one, row: row.objective, d_row: row.d_objective, effect: e.effect[1][2], clean: e.clean.objective,
@@ -80,6 +85,7 @@ plot_ablation_curve(c, "{out}/curve.svg", #{{}});
    top_last: c.top.objective[{LH} - 1], rand_last: c.random_mean.objective[{LH} - 1],
    sd_last: c.random_std.objective[{LH} - 1], top_first: c.top.objective[0], first: first,
    pe: pe.rows[1].objective, pe_shape: pe.effect.shape, patched: patched,
+   f_x: f_x, obj0: obj0,
    rho: spearman(from_array([1, 2, 3, 4, 5]), from_array([5, 6, 7, 8, 7]))}}
 "#,
         prelude = prelude(dir.path()),
@@ -92,6 +98,13 @@ plot_ablation_curve(c, "{out}/curve.svg", #{{}});
         .try_cast::<Map>()
         .unwrap();
     let g = |k: &str| num(&v[k]);
+    // the clean objective is the lm_head node's objective of the attribution (f(x) of its IG)
+    assert!(
+        (g("f_x") - g("obj0")).abs() < 1e-5,
+        "{} vs {}",
+        g("f_x"),
+        g("obj0")
+    );
     // a sweep row is the single intervention averaged over the samples
     assert!(
         (g("row") - g("one")).abs() < 1e-12,

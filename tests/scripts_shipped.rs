@@ -270,7 +270,10 @@ fn check_expand_run(r: &Run) {
 fn check_logit_lens_run(r: &Run) {
     let m = map(&r.value);
     for k in ["acc", "logprobs"] {
-        let t = m[k].clone().try_cast::<minarc::script::Tensor>().unwrap();
+        let t = m[k]
+            .clone()
+            .try_cast::<minarc::script::tensor::Tensor>()
+            .unwrap();
         assert_eq!(t.shape(), vec![L, 3], "{k}");
         let v = t.0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(v.iter().all(|x| x.is_finite()), "{k}: {v:?}");
@@ -354,6 +357,25 @@ fn check_validate_run(r: &Run) {
     assert_eq!(num(&f["total"]), (L * (H + 1)) as f64);
 }
 
+fn check_patching_run(r: &Run) {
+    assert!(r.out.contains("PATCHING corrupt -> clean"), "{}", r.out);
+    let m = map(&r.value);
+    let effect = m["effect"]
+        .clone()
+        .try_cast::<minarc::script::tensor::Tensor>()
+        .expect("effect is a Tensor");
+    assert_eq!(effect.0.dims(), &[L, 8]);
+    let rows = effect.0.to_vec2::<f32>().unwrap();
+    // the embedding of identical tokens is the same in both puzzles: patching it changes nothing
+    assert!(rows[0].iter().all(|&x| x == 0.0), "{rows:?}");
+    // the residual at the last A- position carries the other puzzle: it moves the objective
+    assert!(rows[L - 1][7].abs() > 1e-4, "{rows:?}");
+    for k in ["ablated", "steered"] {
+        let kl = num(&map(&m[k])["kl"]);
+        assert!(kl > 0.0 && kl.is_finite(), "{k}: KL {kl}");
+    }
+}
+
 #[test]
 fn every_shipped_script_runs_on_the_tiny_fixture() {
     let scripts: Vec<PathBuf> = rhai_files("scripts")
@@ -370,6 +392,7 @@ fn every_shipped_script_runs_on_the_tiny_fixture() {
         "logit_lens.rhai",
         "single_head.rhai",
         "validate.rhai",
+        "patching.rhai",
     ] {
         assert!(names.iter().any(|n| n == required), "{required} is missing");
     }
@@ -386,6 +409,7 @@ fn every_shipped_script_runs_on_the_tiny_fixture() {
             "logit_lens.rhai" => check_logit_lens_run(&r),
             "single_head.rhai" => check_single_head_run(&r),
             "validate.rhai" => check_validate_run(&r),
+            "patching.rhai" => check_patching_run(&r),
             _ => {} // a new script: it ran, printed finite numbers and wrote valid files
         }
     }

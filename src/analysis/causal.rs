@@ -4,8 +4,8 @@
 //! curve. Everything goes through [`Backend::intervene`], so local and remote models give the
 //! same numbers.
 //!
-//! Metrics are read at the sample's answer positions (its `answer_indices`, labels and candidate
-//! ids). A sample without answers is judged at its last position against the clean run's own
+//! Metrics are read at the positions that predict the answers (`answer_indices − 1`, the `A-`
+//! span, as the lm_head objective), against the sample's labels and candidate ids. A sample without answers is judged at its last position against the clean run's own
 //! prediction (the seed's `reduction='argmax'`).
 
 use std::collections::HashMap;

@@ -61,14 +61,7 @@ pub fn set_pos_ids(g: &mut Graph, backend: &dyn Backend, id: NodeId, r: &SampleR
             "{} has no answer positions",
             r.describe()
         );
-        let pos = meta
-            .answer_indices
-            .iter()
-            .map(|&a| {
-                a.checked_sub(1)
-                    .with_context(|| format!("answer at position 0 in {}", r.describe()))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let pos = meta.answer_positions().with_context(|| r.describe())?;
         (LM_HEAD_SPAN.to_string(), pos)
     } else {
         downstream_positions(g, id, r)?

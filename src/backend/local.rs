@@ -535,7 +535,7 @@ impl Backend for Local {
         let sample = self.sample(key)?;
         let ids = &sample.token_ids;
         let s = ids.len();
-        let logit_pos = opts.positions_for(&sample.input, s);
+        let logit_pos = opts.positions_for(&sample.input, s)?;
         for (i, set) in sets.iter().enumerate() {
             self.model
                 .check_interventions(s, set)

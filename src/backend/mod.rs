@@ -76,8 +76,8 @@ pub enum HeadSel {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterveneOptions {
-    /// Positions whose logits are returned (None: the sample's answer_indices, or the last
-    /// position when it has none).
+    /// Positions whose logits are returned (None: the positions that predict the sample's
+    /// answers, answer_indices − 1, or the last position when it has none).
     #[serde(default)]
     pub logit_positions: Option<Vec<usize>>,
     /// Layers whose residual streams are returned (hidden_states\[l\], l in 0..=L).
@@ -86,14 +86,14 @@ pub struct InterveneOptions {
 }
 
 impl InterveneOptions {
-    /// The logit positions in force for a sample: the asked ones, else its answer_indices,
-    /// else its last position.
-    pub fn positions_for(&self, input: &SampleInput, seq_len: usize) -> Vec<usize> {
-        match &self.logit_positions {
+    /// The logit positions in force for a sample: the asked ones, else the positions that
+    /// predict its answers (answer_indices − 1), else its last position.
+    pub fn positions_for(&self, input: &SampleInput, seq_len: usize) -> anyhow::Result<Vec<usize>> {
+        Ok(match &self.logit_positions {
             Some(p) => p.clone(),
-            None if !input.answer_indices.is_empty() => input.answer_indices.clone(),
+            None if !input.answer_indices.is_empty() => input.answer_positions()?,
             None => vec![seq_len.saturating_sub(1)],
-        }
+        })
     }
 }
 

@@ -23,6 +23,24 @@ pub struct SampleInput {
     pub answer_indices: Vec<usize>,
 }
 
+impl SampleInput {
+    /// The positions that predict the answers, `answer_indices − 1` (the `A-` span: the lm_head
+    /// objective, the lens and the causal metrics read the logits there).
+    pub fn answer_positions(&self) -> anyhow::Result<Vec<usize>> {
+        self.answer_indices
+            .iter()
+            .map(|&a| {
+                a.checked_sub(1).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "sample {}: answer at position 0 has no preceding token",
+                        self.index
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 /// A cached sample: what was asked, its tokens, and the captured activations.
 #[derive(Debug, Clone)]
 pub struct CachedSample {
