@@ -284,3 +284,38 @@ fn causal_functions_refuse_bad_arguments_and_keep_the_session() {
     // the model, its cache and the clean run are as they were
     assert_eq!(clean(&mut h), before);
 }
+
+#[test]
+fn the_causal_guide_example_runs() {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/src/causal.md"
+    ))
+    .unwrap();
+    let block = guide
+        .split("```rhai\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("docs/src/causal.md has a rhai example");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("example.rhai"), block).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_minarc"))
+        .args(["run", "example.rhai"])
+        .current_dir(dir.path())
+        .env("MINARC_HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "<clean objective> -> <intervened objective> (KL <kl>)" with a positive KL
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kl: f64 = text
+        .rsplit("(KL ")
+        .next()
+        .and_then(|t| t.trim().trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output: {text}"));
+    assert!(kl > 0.0, "{text}");
+}
