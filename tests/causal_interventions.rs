@@ -577,6 +577,7 @@ fn zero_ablating_a_head_of_a_one_layer_model_matches_f64() {
                 ],
                 &pos,
                 &[],
+                None,
             )
             .unwrap();
         let want = one_layer_f64(&raw, &cfg, &ids, Some(h));
@@ -721,4 +722,73 @@ fn spearman_matches_scipy() {
     assert!(spearman(&[1.0], &[1.0]).is_err());
     assert!(spearman(&[1.0, 2.0], &[1.0]).is_err());
     assert!(spearman(&[1.0, f64::NAN], &[1.0, 2.0]).is_err());
+}
+
+#[test]
+fn starting_from_the_cached_residual_gives_the_full_forward_in_the_asked_order() {
+    let s = 11;
+    let b = backend(s);
+    let key = SampleKey::new("d", 0);
+    let m = b.model();
+    let e = b.config().hidden_size;
+    let steer = Tensor::new(vec![0.25f32; e].as_slice(), &Device::Cpu).unwrap();
+    // sets whose first edited layer is 1, 0, none, L (the final residual) and 1: the backend
+    // runs them from the cached residual of that layer, in another order
+    let sets = vec![
+        vec![iv(Site::Head { layer: 1, head: 0 }, None, Edit::Zero)],
+        vec![iv(Site::Mlp { layer: 0 }, Some(vec![3]), Edit::Zero)],
+        vec![],
+        vec![iv(
+            Site::Residual { layer: L },
+            Some(vec![s - 1]),
+            Edit::Add(steer),
+        )],
+        vec![iv(
+            Site::Pattern { layer: 1, head: 1 },
+            Some(vec![4]),
+            Edit::Zero,
+        )],
+    ];
+    let ids = b.sample(&key).unwrap().token_ids.clone();
+    let pos: Vec<usize> = (0..s).collect();
+    let got = b
+        .intervene(
+            &key,
+            &sets,
+            &InterveneOptions {
+                logit_positions: Some(pos.clone()),
+                hidden_layers: vec![],
+            },
+        )
+        .unwrap();
+    for (i, set) in sets.iter().enumerate() {
+        // each set alone, from the embedding
+        let want = m
+            .forward_intervened(&ids, std::slice::from_ref(set), &pos, &[], None)
+            .unwrap();
+        let d = max_abs_diff(&got[i].logits, &want[0].logits);
+        assert!(d < 1e-5, "set {i}: differs from the full forward by {d}");
+    }
+    // a kept residual below the first edit is computed, not skipped
+    let runs = b
+        .intervene(
+            &key,
+            &sets[..1],
+            &InterveneOptions {
+                logit_positions: None,
+                hidden_layers: vec![0, 1],
+            },
+        )
+        .unwrap();
+    let h0 = b.hidden_states(&key, 0, None).unwrap();
+    assert_eq!(max_abs_diff(&runs[0].hidden_states[0].1, &h0), 0.0);
+    // a start below an edit is refused
+    let start = (1, b.hidden_states(&key, 1, None).unwrap());
+    let err = m
+        .forward_intervened(&ids, &sets[1..2], &pos, &[], Some(&start))
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("below the start layer"),
+        "{err:#}"
+    );
 }

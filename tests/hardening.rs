@@ -147,6 +147,23 @@ fn templates() -> Vec<Template> {
         },
         Template {
             method: "POST",
+            path: "/intervene",
+            tensors: Some(vec![("value.0.1", vec![1, 2, 64])]),
+            json: json!({"dataset": "d", "sample": 0, "sets": [[
+                {"site": {"kind": "head", "layer": 1, "head": 2}, "positions": [0, 2], "edit": "zero"},
+                {"site": {"kind": "mlp", "layer": 0}, "positions": [1, 2], "edit": "add"}]],
+                "options": {"logit_positions": [1, 2], "hidden_layers": [0, L]}}),
+        },
+        Template {
+            method: "POST",
+            path: "/intervene",
+            tensors: Some(vec![("value.1.0", vec![1, 3])]),
+            json: json!({"dataset": "d", "sample": 0, "sets": [[],
+                [{"site": {"kind": "pattern", "layer": 0, "head": 1}, "positions": [2], "edit": "set"}],
+                [{"site": {"kind": "residual", "layer": L}, "positions": null, "edit": "zero"}]]}),
+        },
+        Template {
+            method: "POST",
             path: "/lens_logits",
             tensors: Some(vec![("x", vec![1, 2, 64])]),
             json: json!({}),

@@ -148,8 +148,6 @@ fn causal_functions_refuse_bad_arguments_and_keep_the_session() {
     let dir = fixture();
     let (mut h, _) = host();
     let pre = prelude(dir.path());
-    h.eval_source("pre.rhai", &format!("{pre}\nlet kept = rs;"), false)
-        .unwrap();
     let clean = |h: &mut Host| -> f64 {
         let src = format!("{pre}\nintervene(model, rs[0], []).clean.objective");
         h.eval_source("clean.rhai", &src, false)
@@ -287,11 +285,8 @@ fn causal_functions_refuse_bad_arguments_and_keep_the_session() {
 
 #[test]
 fn the_causal_guide_example_runs() {
-    let guide = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/docs/src/causal.md"
-    ))
-    .unwrap();
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/src/causal.md"))
+        .unwrap();
     let block = guide
         .split("```rhai\n")
         .nth(1)

@@ -223,10 +223,13 @@ fn target(input: &SampleInput, clean: &Tensor) -> Result<Target> {
     })
 }
 
+/// A memoised mean: (reference dataset, site, how averaged, positions for a per-position mean).
+type MeanKey = (String, Site, MeanOver, Option<Vec<usize>>);
+
 /// Looks intervention values up in the cache (means are computed once per site and kept).
 pub struct Resolver<'a> {
     backend: &'a dyn Backend,
-    means: HashMap<(String, Site, MeanOver, Option<Vec<usize>>), Tensor>,
+    means: HashMap<MeanKey, Tensor>,
 }
 
 impl<'a> Resolver<'a> {

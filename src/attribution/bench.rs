@@ -1,5 +1,5 @@
-//! `minarc bench attribution`: timings of the attribution primitives as multiples of one plain
-//! forward, on a fixture preset (default qwen05b-shape) or a model folder.
+//! `minarc bench attribution`: timings of the attribution primitives and of intervened
+//! forwards as multiples of one plain forward, on a fixture preset (default qwen05b-shape) or a model folder.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,8 +11,9 @@ use super::graph::Graph;
 use super::node::{NodeId, NodeType};
 use super::pattern::SampleRef;
 use super::step::{attribute_step, backward, residual_request, set_pos_ids};
-use crate::backend::{Backend, Local, SampleKey};
+use crate::backend::{Backend, InterveneOptions, Local, SampleKey};
 use crate::model::fixture::{Preset, write_model};
+use crate::model::intervene::{Edit, Intervention, Site};
 use crate::model::{CaptureSpec, SampleInput};
 
 /// Arguments of `minarc bench attribution`.
@@ -143,5 +144,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     row(&format!("{n} attn_q backwards (4 IG steps)"), tq);
     row(&format!("{n} attn_v backwards (plain gradient)"), tv);
     row(&format!("attribute_residual g={n} → {:?}", res.dims()), tr);
+    // interventions (logits at the answers): the clean set and a last-layer edit start from the
+    // cached residual of the last layer, a layer-0 edit runs the whole forward
+    let zero = |layer: usize| {
+        vec![Intervention {
+            site: Site::Head { layer, head: 0 },
+            positions: None,
+            edit: Edit::Zero,
+        }]
+    };
+    let opts = InterveneOptions::default();
+    for (name, set) in [
+        ("intervene: clean set (nothing edited)".to_string(), vec![]),
+        (format!("intervene: head {}.0 zeroed", nl - 1), zero(nl - 1)),
+        ("intervene: head 0.0 zeroed".to_string(), zero(0)),
+    ] {
+        let t = Instant::now();
+        local.intervene(&r.key, &[set], &opts)?;
+        row(&name, secs(t));
+    }
     Ok(())
 }

@@ -546,20 +546,58 @@ impl Backend for Local {
         let per_set =
             s * (2 * cfg.intermediate_size + 8 * cfg.hidden_size + cfg.num_attention_heads * s) * 4;
         let chunk = ((256usize << 20) / per_set.max(1)).clamp(1, 16);
-        let mut out = Vec::with_capacity(sets.len());
-        for c in sets.chunks(chunk) {
+        // Layers below a set's first edited layer are the clean run's: start there from the
+        // cached residual when the cache holds it exactly (all positions, compute dtype). Sets
+        // are run in order of that layer so a chunk skips as much as its sets allow.
+        let nl = cfg.num_hidden_layers;
+        let lowest_kept = opts.hidden_layers.iter().copied().min().unwrap_or(nl);
+        let first = |set: &[Intervention]| {
+            set.iter()
+                .map(|iv| iv.site.layer())
+                .min()
+                .unwrap_or(nl)
+                .min(lowest_kept)
+                .min(nl.saturating_sub(1))
+        };
+        let mut order: Vec<usize> = (0..sets.len()).collect();
+        order.sort_by_key(|&i| first(&sets[i]));
+        let mut out: Vec<Option<IntervenedRun>> = (0..sets.len()).map(|_| None).collect();
+        for idx in order.chunks(chunk) {
             crate::cancel::check()?;
-            out.extend(
-                self.model
-                    .forward_intervened(ids, c, &logit_pos, &opts.hidden_layers)
-                    .with_context(|| {
-                        format!(
-                            "intervened forward of sample {} of dataset {:?}",
-                            key.index, key.dataset
-                        )
-                    })?,
-            );
+            let c: Vec<Vec<Intervention>> = idx.iter().map(|&i| sets[i].clone()).collect();
+            let l0 = first(&sets[idx[0]]);
+            let start = self.cached_residual(&sample, l0)?;
+            let runs = self
+                .model
+                .forward_intervened(ids, &c, &logit_pos, &opts.hidden_layers, start.as_ref())
+                .with_context(|| {
+                    format!(
+                        "intervened forward of sample {} of dataset {:?}",
+                        key.index, key.dataset
+                    )
+                })?;
+            for (&i, r) in idx.iter().zip(runs) {
+                out[i] = Some(r);
+            }
         }
-        Ok(out)
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| anyhow!("intervention set without a run")))
+            .collect()
+    }
+}
+
+impl Local {
+    /// The cached residual entering layer `l` `[1,s,e]` on the model's device, when the cache
+    /// holds it exactly as the forward computed it (every position, in the compute dtype);
+    /// None for layer 0 (the embedding is cheap) or when it does not.
+    fn cached_residual(&self, sample: &CachedSample, l: usize) -> Result<Option<(usize, Tensor)>> {
+        let o = &sample.outputs;
+        if l == 0 || o.positions.is_some() || o.dtype != self.model.dtype() {
+            return Ok(None);
+        }
+        match o.hidden_states.get(l) {
+            Some(Some(h)) => Ok(Some((l, h.to_device(self.model.device())?))),
+            _ => Ok(None),
+        }
     }
 }

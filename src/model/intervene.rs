@@ -245,12 +245,15 @@ impl Qwen2 {
 
     /// Forwards `ids` once per intervention set (as one batch `[b,s,e]`, b = sets.len()) and
     /// returns, per set, the logits at `logit_pos` and the residual streams of `hidden_layers`.
+    /// `start` = (l0, the clean residual entering layer l0 `[1,s,e]`) skips the layers below l0:
+    /// no set may edit them or ask for their residual.
     pub fn forward_intervened(
         &self,
         ids: &[u32],
         sets: &[Vec<Intervention>],
         logit_pos: &[usize],
         hidden_layers: &[usize],
+        start: Option<&(usize, Tensor)>,
     ) -> Result<Vec<IntervenedRun>> {
         let s = ids.len();
         let b = sets.len();
@@ -281,8 +284,28 @@ impl Qwen2 {
                 }
             }
         }
-        let e = self.embed(ids)?; // [1,s,e]
-        let mut x = e.broadcast_as((b, s, self.cfg.hidden_size))?.contiguous()?;
+        let l0 = start.map_or(0, |(l, _)| *l);
+        if let Some((_, h)) = start {
+            ensure!(l0 < nl, "start layer {l0} out of range 0..{nl}");
+            ensure!(
+                h.dims() == [1, s, self.cfg.hidden_size],
+                "start residual is {:?}, expected [1,{s},{}]",
+                h.dims(),
+                self.cfg.hidden_size
+            );
+            ensure!(
+                sets.iter().flatten().all(|iv| iv.site.layer() >= l0)
+                    && hidden_layers.iter().all(|&l| l >= l0),
+                "an intervention or a kept residual lies below the start layer {l0}"
+            );
+        }
+        let x0 = match start {
+            Some((_, h)) => h.to_dtype(self.dtype)?,
+            None => self.embed(ids)?, // [1,s,e]
+        };
+        let mut x = x0
+            .broadcast_as((b, s, self.cfg.hidden_size))?
+            .contiguous()?;
         let mask = causal_mask(s, &self.device)?;
         let mut hidden: Vec<Vec<(usize, Tensor)>> = vec![Vec::new(); b];
         let keep = |l: usize, x: &Tensor, hidden: &mut Vec<Vec<(usize, Tensor)>>| -> Result<()> {
@@ -294,7 +317,7 @@ impl Qwen2 {
             }
             Ok(())
         };
-        for (l, lw) in self.w.layers.iter().enumerate() {
+        for (l, lw) in self.w.layers.iter().enumerate().skip(l0) {
             crate::cancel::check()?;
             x = self.apply_edits(&x, None, &layers[l].resid)?;
             keep(l, &x, &mut hidden)?;

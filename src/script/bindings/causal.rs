@@ -647,7 +647,6 @@ fn float_list(map: &Map, key: &str, metric: &str) -> Result<Vec<f64>> {
     arr.iter()
         .map(|v| {
             v.as_float()
-                .map(f64::from)
                 .map_err(|t| anyhow!("curve.{key}.{metric} holds a {t}"))
         })
         .collect()
