@@ -7,6 +7,9 @@ use minarc::script::{Host, Output, SharedBuf};
 use rhai::{Dynamic, Map};
 use std::path::Path;
 
+#[path = "common/mod.rs"]
+mod common;
+
 const L: usize = 2;
 const H: usize = 4;
 
@@ -285,28 +288,8 @@ fn causal_functions_refuse_bad_arguments_and_keep_the_session() {
 
 #[test]
 fn the_causal_guide_example_runs() {
-    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/src/causal.md"))
-        .unwrap();
-    let block = guide
-        .split("```rhai\n")
-        .nth(1)
-        .and_then(|b| b.split("\n```").next())
-        .expect("docs/src/causal.md has a rhai example");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("example.rhai"), block).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_minarc"))
-        .args(["run", "example.rhai"])
-        .current_dir(dir.path())
-        .env("MINARC_HOME", dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (text, _dir) = common::run_markdown_example("docs/src/causal.md");
     // "<clean objective> -> <intervened objective> (KL <kl>)" with a positive KL
-    let text = String::from_utf8_lossy(&out.stdout);
     let kl: f64 = text
         .rsplit("(KL ")
         .next()

@@ -6,6 +6,9 @@ use minarc::script::{Host, Output, SharedBuf};
 use std::path::Path;
 use std::process::Command;
 
+#[path = "common/mod.rs"]
+mod common;
+
 /// The tiny fixture model (2 layers, 4 heads / 2 KV heads, hidden 64) written to `dir`.
 fn write_tiny_model(dir: &Path) {
     minarc::model::fixture::init_model(minarc::model::fixture::Preset::Tiny, 3, dir, 1).unwrap();
@@ -556,26 +559,7 @@ fn attribution_tree_levels_hold_the_mean_attribution_and_top_heads() {
 
 #[test]
 fn readme_example_runs() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let block = readme
-        .split("```rhai\n")
-        .nth(1)
-        .and_then(|b| b.split("\n```").next())
-        .expect("README has a rhai example");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("example.rhai"), block).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_minarc"))
-        .args(["run", "example.rhai"])
-        .current_dir(dir.path())
-        .env("MINARC_HOME", dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, dir) = common::run_markdown_example("README.md");
     let html = std::fs::read_to_string(dir.path().join("graph.html")).unwrap();
     assert!(
         html.contains("<html") && !html.contains("http://"),

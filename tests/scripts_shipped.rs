@@ -415,9 +415,10 @@ fn every_shipped_script_runs_on_the_tiny_fixture() {
     }
 }
 
-#[test]
-fn top_heads_gives_the_same_heads_and_scores_locally_and_remotely() {
-    let script = repo().join("scripts/top_heads.rhai");
+/// Runs a shipped script on the fixture model locally, then against `minarc serve` holding the
+/// same model (with a bearer token when given, passed as the script's --token).
+fn local_and_remote(script: &str, token: Option<&str>) -> (Run, Run) {
+    let script = repo().join(script);
     let out = tempfile::tempdir().unwrap();
     let local = run_script(&script, &model_dir().display().to_string(), out.path());
     let backend = minarc::backend::Local::load(
@@ -426,23 +427,31 @@ fn top_heads_gives_the_same_heads_and_scores_locally_and_remotely() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    // a server with a bearer token, reached with the script's --token option
     let srv = minarc::remote::RunningServer::start(
         backend,
         minarc::remote::ServeOptions {
             port: 0,
-            token: Some("tok-123".into()),
+            token: token.map(str::to_string),
             ..Default::default()
         },
     )
     .unwrap();
     let out2 = tempfile::tempdir().unwrap();
-    let remote = run_script_with(&script, &srv.url(), out2.path(), &["--token", "tok-123"]);
+    let more: Vec<&str> = token.map(|t| vec!["--token", t]).unwrap_or_default();
+    let remote = run_script_with(&script, &srv.url(), out2.path(), &more);
     assert!(
         remote.out.contains("remote"),
         "not served remotely:\n{}",
         remote.out
     );
+    srv.shutdown().unwrap();
+    (local, remote)
+}
+
+#[test]
+fn top_heads_gives_the_same_heads_and_scores_locally_and_remotely() {
+    // a server with a bearer token, reached with the script's --token option
+    let (local, remote) = local_and_remote("scripts/top_heads.rhai", Some("tok-123"));
     let (a, b) = (map(&local.value), map(&remote.value));
     let ta = check_top_heads("local", &array(&a["top_heads"]), L);
     let tb = check_top_heads("remote", &array(&b["top_heads"]), L);
@@ -463,31 +472,11 @@ fn top_heads_gives_the_same_heads_and_scores_locally_and_remotely() {
     }
     eprintln!("top_heads local vs remote: max |diff| = {max_diff:e}");
     assert!(max_diff <= 1e-6, "local vs remote max |diff| = {max_diff}");
-    srv.shutdown().unwrap();
 }
 
 #[test]
 fn validate_gives_the_same_curve_and_faithfulness_locally_and_remotely() {
-    let script = repo().join("scripts/validate.rhai");
-    let out = tempfile::tempdir().unwrap();
-    let local = run_script(&script, &model_dir().display().to_string(), out.path());
-    let backend = minarc::backend::Local::load(
-        model_dir(),
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let srv = minarc::remote::RunningServer::start(
-        backend,
-        minarc::remote::ServeOptions {
-            port: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let out2 = tempfile::tempdir().unwrap();
-    let remote = run_script(&script, &srv.url(), out2.path());
-    assert!(remote.out.contains("remote"), "not served remotely");
+    let (local, remote) = local_and_remote("scripts/validate.rhai", None);
     let (a, b) = (map(&local.value), map(&remote.value));
     let heads = |m: &Map| -> Vec<(usize, usize)> {
         check_top_heads("validate", &array(&m["top_heads"]), L)
@@ -501,7 +490,6 @@ fn validate_gives_the_same_curve_and_faithfulness_locally_and_remotely() {
     for ((name, x), (_, y)) in na.iter().zip(&nb) {
         assert_eq!(x.to_bits(), y.to_bits(), "{name}: local {x} vs remote {y}");
     }
-    srv.shutdown().unwrap();
 }
 
 #[test]

@@ -92,3 +92,29 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 pub fn max_abs(t: &Tensor) -> f32 {
     vals(t).iter().map(|x| x.abs()).fold(0.0, f32::max)
 }
+
+/// Runs the first ```rhai block of a Markdown file of the repository (e.g. "README.md") with
+/// `minarc run` in a fresh folder that is also `MINARC_HOME`; the run must succeed. Returns its
+/// stdout and the folder (where the example's files are).
+pub fn run_markdown_example(md: &str) -> (String, tempfile::TempDir) {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(md)).unwrap();
+    let block = text
+        .split("```rhai\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .unwrap_or_else(|| panic!("{md} has no rhai example"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("example.rhai"), block).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_minarc"))
+        .args(["run", "example.rhai"])
+        .current_dir(dir.path())
+        .env("MINARC_HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{md}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (String::from_utf8_lossy(&out.stdout).into_owned(), dir)
+}
