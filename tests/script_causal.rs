@@ -3,9 +3,8 @@
 //! component: faithfulness 1; ablate every head at random or by rank: the same set), the figure
 //! is written, and bad arguments are clear errors that leave the session intact.
 
-use minarc::script::{Host, Output, SharedBuf};
+use minarc::script::Host;
 use rhai::{Dynamic, Map};
-use std::path::Path;
 
 #[path = "common/mod.rs"]
 mod common;
@@ -13,21 +12,7 @@ mod common;
 const L: usize = 2;
 const H: usize = 4;
 
-fn host() -> (Host, SharedBuf) {
-    let (out, buf) = Output::buffer();
-    let host = Host::with_output(out);
-    host.state().set_show_progress(false);
-    (host, buf)
-}
-
-fn prelude(dir: &Path) -> String {
-    format!(
-        "let model = load_model(\"{}\");\n\
-         let ds = gen_dataset(#{{seeds: \"0..2\", n_train: 2, Q_train: 2, tokenizer: tokenizer(model)}});\n\
-         let rs = forward(model, \"w1\", ds);\n",
-        dir.display()
-    )
-}
+use common::{script_host as host, script_prelude as prelude};
 
 fn num(v: &Dynamic) -> f64 {
     v.as_float()

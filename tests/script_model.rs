@@ -2,7 +2,7 @@
 //! loading, forward into the cache (skipping cached samples), accessors checked against
 //! identities of the residual stream.
 
-use minarc::script::{Host, Output, SharedBuf};
+use minarc::script::Host;
 use std::path::Path;
 use std::process::Command;
 
@@ -14,22 +14,7 @@ fn write_tiny_model(dir: &Path) {
     minarc::model::fixture::init_model(minarc::model::fixture::Preset::Tiny, 3, dir, 1).unwrap();
 }
 
-fn host() -> (Host, SharedBuf) {
-    let (out, buf) = Output::buffer();
-    let host = Host::with_output(out);
-    host.state().set_show_progress(false);
-    (host, buf)
-}
-
-fn prelude(dir: &Path) -> String {
-    format!(
-        "let model = load_model(\"{}\");\n\
-         let ds = gen_dataset(#{{seeds: \"0..2\", n_train: 2, Q_train: 2, tokenizer: tokenizer(model)}});\n\
-         let rs = forward(model, \"w1\", ds);\n\
-         let r = rs[0];\n",
-        dir.display()
-    )
-}
+use common::{script_host as host, script_prelude as prelude};
 
 fn max_abs_diff(h: &mut Host, a: &str, b: &str, prelude: &str) -> f64 {
     let src = format!("{prelude}\n(({a}) - ({b})).abs().max()");

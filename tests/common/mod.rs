@@ -118,3 +118,23 @@ pub fn run_markdown_example(md: &str) -> (String, tempfile::TempDir) {
     );
     (String::from_utf8_lossy(&out.stdout).into_owned(), dir)
 }
+
+/// A script host writing into a buffer, progress bars off.
+pub fn script_host() -> (minarc::script::Host, minarc::script::SharedBuf) {
+    let (out, buf) = minarc::script::Output::buffer();
+    let host = minarc::script::Host::with_output(out);
+    host.state().set_show_progress(false);
+    (host, buf)
+}
+
+/// Script lines that load the model folder `dir`, forward two small puzzles (seeds 0..2) as
+/// dataset "w1" and bind `model`, `ds`, `rs` and `r = rs[0]`.
+pub fn script_prelude(dir: &Path) -> String {
+    format!(
+        "let model = load_model(\"{}\");\n\
+         let ds = gen_dataset(#{{seeds: \"0..2\", n_train: 2, Q_train: 2, tokenizer: tokenizer(model)}});\n\
+         let rs = forward(model, \"w1\", ds);\n\
+         let r = rs[0];\n",
+        dir.display()
+    )
+}
