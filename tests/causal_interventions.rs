@@ -635,7 +635,15 @@ fn metrics_of_an_intervened_run_match_a_hand_computation_in_f64() {
         vec![iv(Site::Head { layer: 1, head: 2 }, None, Edit::Zero)],
         vec![iv(Site::Mlp { layer: 0 }, Some(vec![2, 3]), Edit::Zero)],
     ];
-    let runs = run_sets(&b, &key, &sets, &[], &indicatif::ProgressBar::hidden()).unwrap();
+    let runs = run_sets(
+        &b,
+        &key,
+        &sets,
+        &[],
+        &[0, 5],
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
     let rows = |t: &Tensor| -> Vec<Vec<f64>> {
         t.to_vec2::<f32>()
             .unwrap()
@@ -690,6 +698,14 @@ fn metrics_of_an_intervened_run_match_a_hand_computation_in_f64() {
         checked += 1;
     }
     assert_eq!(checked, 3);
+    // the asked positions come from the same forward: the clean ones are the model's logits
+    let at = b.logits(&key, Some(&[0, 5])).unwrap().squeeze(0).unwrap();
+    assert_eq!(max_abs_diff(runs.clean_asked.as_ref().unwrap(), &at), 0.0);
+    assert_eq!(runs.asked.len(), 2);
+    assert_eq!(
+        runs.asked[0].as_ref().unwrap().dims(),
+        &[2, at.dim(1).unwrap()]
+    );
     assert_eq!(runs.clean.kl, 0.0);
     assert!(runs.metrics[0].kl > 1e-6, "the ablation changed nothing");
 }

@@ -64,6 +64,8 @@ let lm = Node(g, {L}, (), "lm_head", "A-->A-");
 attribute_step(g, model, rs[0], [lm]);
 let f_x = completeness(g, lm, rs[0]).f_x;
 let obj0 = intervene(model, rs[0], []).clean.objective;
+let asked = intervene(model, rs[0], zero12, #{{logit_positions: [3]}});
+let asked_diff = (asked.clean_asked_logits - get_logits(model, rs[0], [3])[0]).abs().max();
 plot_ablation_curve(c, "{out}/curve.png", #{{metric: "kl"}});
 plot_ablation_curve(c, "{out}/curve.svg", #{{}});
 #{{one: one, row: row.objective, d_row: row.d_objective, effect: e.effect[1][2], clean: e.clean.objective,
@@ -73,7 +75,7 @@ plot_ablation_curve(c, "{out}/curve.svg", #{{}});
    top_last: c.top.objective[{LH} - 1], rand_last: c.random_mean.objective[{LH} - 1],
    sd_last: c.random_std.objective[{LH} - 1], top_first: c.top.objective[0], first: first,
    pe: pe.rows[1].objective, pe_shape: pe.effect.shape, patched: patched,
-   f_x: f_x, obj0: obj0,
+   f_x: f_x, obj0: obj0, asked_diff: asked_diff, asked_shape: asked.asked_logits.shape,
    rho: spearman(from_array([1, 2, 3, 4, 5]), from_array([5, 6, 7, 8, 7]))}}
 "#,
         prelude = prelude(dir.path()),
@@ -92,6 +94,12 @@ plot_ablation_curve(c, "{out}/curve.svg", #{{}});
         "{} vs {}",
         g("f_x"),
         g("obj0")
+    );
+    // logits at asked positions come with the clean run's, which are the model's own
+    assert_eq!(g("asked_diff"), 0.0);
+    assert_eq!(
+        v["asked_shape"].to_string(),
+        format!("[1, {}]", minarc::model::fixture::fixture_vocab_rounded())
     );
     // a sweep row is the single intervention averaged over the samples
     assert!(
@@ -210,6 +218,10 @@ fn causal_functions_refuse_bad_arguments_and_keep_the_session() {
             &["per position"],
         ),
         (r#"intervene(model, rs[0], [1, 2])"#, &["must be a map"]),
+        (
+            r#"intervene(model, rs[0], [], #{logit_positions: [100000]})"#,
+            &["logit", "100000"],
+        ),
         (
             r#"intervene(model, rs[0], [], #{hidden_layers: [99]})"#,
             &["hidden layer 99"],

@@ -409,27 +409,55 @@ pub struct SampleRuns {
     pub logits: Vec<Tensor>,
     /// Per set: the asked residual streams (layer, `[1,s,e]`).
     pub hidden_states: Vec<Vec<(usize, Tensor)>>,
+    /// Clean logits `[k',v]` at the asked extra positions (None when none were asked).
+    pub clean_asked: Option<Tensor>,
+    /// Per set: logits `[k',v]` at the asked extra positions.
+    pub asked: Vec<Option<Tensor>>,
 }
 
 /// Runs intervention sets on one sample (clean run first), `SETS_PER_CALL` sets per backend
-/// call, ticking `bar` by one per set; `hidden_layers` are the residual streams to return.
+/// call, ticking `bar` by one per set; `hidden_layers` are the residual streams to return and
+/// `asked_positions` positions whose logits are returned besides the metric positions (the
+/// same forward computes both).
 pub fn run_sets(
     backend: &dyn Backend,
     key: &SampleKey,
     sets: &[Vec<Intervention>],
     hidden_layers: &[usize],
+    asked_positions: &[usize],
     bar: &ProgressBar,
 ) -> Result<SampleRuns> {
     crate::limits::INTERVENTION_SETS.check(sets.len(), "intervention sets")?;
     let input = backend.sample_meta(key)?;
+    let s = backend.seq_len(key)?;
+    let metric_pos = InterveneOptions::default().positions_for(&input, s)?;
+    crate::model::ops::check_positions(asked_positions, s, "logit")?;
+    let k = metric_pos.len();
     let opts = InterveneOptions {
-        logit_positions: None,
+        logit_positions: Some(
+            metric_pos
+                .into_iter()
+                .chain(asked_positions.iter().copied())
+                .collect(),
+        ),
         hidden_layers: hidden_layers.to_vec(),
+    };
+    // [k + k', v] → the metric rows and the asked rows
+    let split = |t: Tensor| -> Result<(Tensor, Option<Tensor>)> {
+        Ok(if asked_positions.is_empty() {
+            (t, None)
+        } else {
+            (
+                t.narrow(0, 0, k)?,
+                Some(t.narrow(0, k, asked_positions.len())?),
+            )
+        })
     };
     let mut all: Vec<Vec<Intervention>> = Vec::with_capacity(sets.len() + 1);
     all.push(Vec::new());
     all.extend_from_slice(sets);
     let mut logits = Vec::with_capacity(all.len());
+    let mut asked = Vec::with_capacity(all.len());
     let mut hidden_states = Vec::with_capacity(all.len());
     for (ci, chunk) in all.chunks(SETS_PER_CALL).enumerate() {
         crate::cancel::check()?;
@@ -444,11 +472,14 @@ pub fn run_sets(
         );
         bar.inc((chunk.len() - usize::from(ci == 0)) as u64);
         for r in runs {
-            logits.push(r.logits);
+            let (m, a) = split(r.logits)?;
+            logits.push(m);
+            asked.push(a);
             hidden_states.push(r.hidden_states);
         }
     }
     let clean_logits = logits.remove(0);
+    let clean_asked = asked.remove(0);
     hidden_states.remove(0);
     let t = target(&input, &clean_logits)?;
     let clean = metrics(&clean_logits, &clean_logits, &t)?;
@@ -462,6 +493,8 @@ pub fn run_sets(
         metrics,
         logits,
         hidden_states,
+        clean_asked,
+        asked,
     })
 }
 
@@ -477,7 +510,7 @@ pub fn mean_over_samples(
     let (mut clean, mut per) = (Vec::new(), vec![Vec::new(); sets.len()]);
     for key in keys {
         let ivs = res.resolve_sets(key, sets)?;
-        let r = run_sets(backend, key, &ivs, &[], bar)?;
+        let r = run_sets(backend, key, &ivs, &[], &[], bar)?;
         clean.push(r.clean);
         for (p, m) in per.iter_mut().zip(r.metrics) {
             p.push(m);

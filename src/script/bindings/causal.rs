@@ -251,6 +251,8 @@ fn backend_of(m: &ScriptModel, rs: &Array) -> Result<Arc<dyn Backend>> {
 struct InterveneOpts {
     #[serde(default)]
     hidden_layers: Vec<usize>,
+    #[serde(default)]
+    logit_positions: Vec<usize>,
 }
 
 fn intervene(
@@ -266,7 +268,7 @@ fn intervene(
     let set = ablation_set(set, &c.dataset)?;
     let ivs = Resolver::new(b).resolve_sets(&key, &[set])?;
     let bar = st.progress(1, "intervene");
-    let r = causal::run_sets(b, &key, &ivs, &o.hidden_layers, &bar)?;
+    let r = causal::run_sets(b, &key, &ivs, &o.hidden_layers, &o.logit_positions, &bar)?;
     bar.finish_and_clear();
     let mut out = Map::new();
     out.insert(
@@ -281,6 +283,13 @@ fn intervene(
         hidden.insert(l.to_string().into(), Dynamic::from(Tensor(t.clone())));
     }
     out.insert("hidden_states".into(), Dynamic::from_map(hidden));
+    if let (Some(a), Some(c)) = (&r.asked[0], &r.clean_asked) {
+        out.insert("asked_logits".into(), Dynamic::from(Tensor(a.clone())));
+        out.insert(
+            "clean_asked_logits".into(),
+            Dynamic::from(Tensor(c.clone())),
+        );
+    }
     Ok(out)
 }
 
@@ -711,7 +720,7 @@ pub fn register(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "intervene",
         "intervene(model: Model, r: Cached, set: Array, opts: Map) -> Map",
-        "intervene with options: hidden_layers ([int]: residual streams returned as hidden_states[\"l\"], [1,s,e]; L = after the final norm).",
+        "intervene with options: hidden_layers ([int]: residual streams returned as hidden_states[\"l\"], [1,s,e]; L = after the final norm), logit_positions ([int]: logits [k,v] there returned as asked_logits and clean_asked_logits, from the same forward).",
         move |m: ScriptModel, c: Cached, set: Dynamic, opts: Map| {
             guard("intervene", || intervene(&st, &m, &c, &set, &opts))
         },
