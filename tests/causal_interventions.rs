@@ -135,6 +135,24 @@ fn patching_everything_gives_the_source_run_and_patching_nothing_the_clean_run()
         "everything patched: differs from the source run by {d}"
     );
     assert!(max_abs_diff(&clean, &source) > 1e-2);
+    // the clean cache of the sample is untouched
+    assert_eq!(
+        max_abs_diff(&b.logits(&key, None).unwrap().squeeze(0).unwrap(), &clean),
+        0.0
+    );
+    let h1 = b.hidden_states(&key, 1, None).unwrap();
+    let again = local_forward_hidden(&b, &key, 1);
+    assert_eq!(max_abs_diff(&h1, &again), 0.0);
+}
+
+/// hidden_states[l] of a sample recomputed by a fresh forward of its tokens.
+fn local_forward_hidden(b: &Local, key: &SampleKey, l: usize) -> Tensor {
+    let ids = b.sample(key).unwrap().token_ids.clone();
+    let out = b
+        .model()
+        .forward_capture(&ids, &CaptureSpec::full())
+        .unwrap();
+    out.hidden_states[l].clone().unwrap()
 }
 
 #[test]
