@@ -44,7 +44,8 @@ fn to_host(t: Tensor) -> Result<Tensor> {
 }
 
 impl Local {
-    /// Loads a HF folder: model (see [`Qwen2::load`]) and `tokenizer.json`.
+    /// Loads a HF folder: model (see [`Qwen2::load`]) and `tokenizer.json`; or a `.gguf` file
+    /// (model and tokenizer from the file, see [`crate::model::gguf`]).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         Self::load_with(dir, dtype, device, &LoadOptions::default())
     }
@@ -56,6 +57,14 @@ impl Local {
         device: &Device,
         opts: &LoadOptions,
     ) -> Result<Self> {
+        if crate::model::gguf::is_gguf(dir) {
+            let g = crate::model::gguf::read(dir)?;
+            let tokenizer = g.tokenizer.clone();
+            return Ok(Self::new(
+                Qwen2::from_gguf(g, dtype, device, opts)?,
+                tokenizer,
+            ));
+        }
         let model = Qwen2::load_with(dir, dtype, device, opts)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)

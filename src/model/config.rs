@@ -45,7 +45,7 @@ pub struct ModelConfig {
     /// `["Qwen2ForCausalLM"]` in files we write.
     #[serde(default)]
     pub architectures: Vec<String>,
-    /// Must be `qwen2` when present.
+    /// `qwen2` (also when absent), `llama`, or `mistral` without a sliding window.
     #[serde(default)]
     pub model_type: Option<String>,
     /// Vocabulary size v (rows of the embedding).
@@ -109,6 +109,13 @@ pub struct ModelConfig {
     /// KV-cache flag (ignored; kept for round-tripping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_cache: Option<bool>,
+    /// Whether q/k/v projections have biases (Llama's `attention_bias`; absent: true for
+    /// Qwen2, false for Llama and Mistral).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_bias: Option<bool>,
+    /// Llama's `mlp_bias`: must be false when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_bias: Option<bool>,
 }
 
 impl ModelConfig {
@@ -126,9 +133,18 @@ impl ModelConfig {
     /// Checks every value this implementation depends on.
     pub fn validate(&self) -> Result<()> {
         if let Some(mt) = &self.model_type
-            && mt != "qwen2"
+            && !matches!(mt.as_str(), "qwen2" | "llama" | "mistral")
         {
-            bail!("model_type {mt:?} is not supported (only \"qwen2\")");
+            bail!("model_type {mt:?} is not supported (qwen2, llama or mistral)");
+        }
+        if self.model_type.as_deref() == Some("mistral") && self.sliding_window.is_some() {
+            bail!(
+                "model_type \"mistral\" with sliding_window {:?} is not supported (only without a sliding window)",
+                self.sliding_window
+            );
+        }
+        if self.mlp_bias == Some(true) {
+            bail!("mlp_bias = true is not supported");
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -198,8 +214,8 @@ impl ModelConfig {
         if self.use_sliding_window {
             bail!("use_sliding_window = true is not supported");
         }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            bail!("rope_scaling is not supported");
+        if let Some(v) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            bail!("rope_scaling {v} is not supported (only plain RoPE)");
         }
         if !(RMS_EPS_RANGE.0..=RMS_EPS_RANGE.1).contains(&self.rms_norm_eps) {
             bail!(
@@ -219,6 +235,12 @@ impl ModelConfig {
         }
         self.storage_dtype()?;
         Ok(())
+    }
+
+    /// Whether the q/k/v projections have biases (see `attention_bias`).
+    pub fn has_qkv_bias(&self) -> bool {
+        let qwen = matches!(self.model_type.as_deref(), None | Some("qwen2"));
+        self.attention_bias.unwrap_or(qwen)
     }
 
     /// Number of key/value heads (KVH).
@@ -265,8 +287,8 @@ impl ModelConfig {
     pub fn num_params(&self) -> usize {
         let e = self.hidden_size;
         let kv = self.num_kv_heads() * self.head_dim();
-        let per_layer =
-            e * e * 2 + e * kv * 2 + 3 * e * self.intermediate_size + e + 2 * kv + 2 * e;
+        let bias = if self.has_qkv_bias() { e + 2 * kv } else { 0 };
+        let per_layer = e * e * 2 + e * kv * 2 + 3 * e * self.intermediate_size + bias + 2 * e;
         let lm = if self.tie_word_embeddings {
             0
         } else {

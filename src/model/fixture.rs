@@ -111,6 +111,8 @@ impl Preset {
             attention_dropout: 0.0,
             initializer_range: Some(0.02),
             use_cache: Some(true),
+            attention_bias: None,
+            mlp_bias: None,
         }
     }
 }

@@ -29,10 +29,12 @@ impl Default for LoadOptions {
     }
 }
 
-/// The safetensors files of a checkpoint folder, memory-mapped, with a tensor → file routing.
+/// The safetensors files of a checkpoint folder, memory-mapped, with a tensor → file routing;
+/// or tensors already in memory under their HF names (a dequantised GGUF file).
 pub struct WeightFiles {
     files: Vec<(PathBuf, MmapedSafetensors)>,
     routing: HashMap<String, usize>,
+    memory: Option<(PathBuf, HashMap<String, Tensor>)>,
     check_finite: bool,
 }
 
@@ -147,8 +149,20 @@ impl WeightFiles {
         Ok(Self {
             files,
             routing,
+            memory: None,
             check_finite: LoadOptions::default().check_finite,
         })
+    }
+
+    /// Float tensors already in memory under their HF names, read from `source` (named in
+    /// errors).
+    pub fn from_tensors(source: PathBuf, tensors: HashMap<String, Tensor>) -> Self {
+        Self {
+            files: Vec::new(),
+            routing: HashMap::new(),
+            memory: Some((source, tensors)),
+            check_finite: LoadOptions::default().check_finite,
+        }
     }
 
     /// Sets how tensors are read (see [`LoadOptions`]).
@@ -160,21 +174,35 @@ impl WeightFiles {
     /// Whether the checkpoint contains `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.routing.contains_key(name)
+            || self
+                .memory
+                .as_ref()
+                .is_some_and(|(_, m)| m.contains_key(name))
     }
 
     /// All tensor names.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.routing.keys().cloned().collect();
+        if let Some((_, m)) = &self.memory {
+            v.extend(m.keys().cloned());
+        }
         v.sort();
         v
     }
 
-    /// Paths of the mapped files.
+    /// Paths of the mapped files (or of the file the in-memory tensors came from).
     pub fn paths(&self) -> Vec<&Path> {
-        self.files.iter().map(|(p, _)| p.as_path()).collect()
+        let mut v: Vec<&Path> = self.files.iter().map(|(p, _)| p.as_path()).collect();
+        if let Some((p, _)) = &self.memory {
+            v.push(p.as_path());
+        }
+        v
     }
 
     fn describe(&self) -> String {
+        if let Some((p, _)) = &self.memory {
+            return p.display().to_string();
+        }
         match self.files.as_slice() {
             [(p, _)] => p.display().to_string(),
             fs => format!(
@@ -197,6 +225,9 @@ impl WeightFiles {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
+        if let Some((path, m)) = &self.memory {
+            return self.memory_tensor(path, m, name, shape, dtype, device);
+        }
         let idx = *self
             .routing
             .get(name)
@@ -234,6 +265,44 @@ impl WeightFiles {
             .load(device)
             .map_err(|e| anyhow!("cannot load tensor {name:?} from {}: {e}", path.display()))?;
         t.to_dtype(dtype).map_err(|e| {
+            anyhow!(
+                "cannot convert tensor {name:?} from {}: {e}",
+                path.display()
+            )
+        })
+    }
+
+    fn memory_tensor(
+        &self,
+        path: &Path,
+        m: &HashMap<String, Tensor>,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let t = m
+            .get(name)
+            .ok_or_else(|| anyhow!("missing tensor {name:?} in {}", path.display()))?;
+        if t.dims() != shape {
+            bail!(
+                "tensor {name:?} in {} has shape {:?}, expected {shape:?}",
+                path.display(),
+                t.dims()
+            );
+        }
+        if self.check_finite {
+            let flat = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            if let Some(i) = flat.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "tensor {name:?} in {} has a NaN or infinite value at element {i} (of {}); \
+                     the checkpoint is damaged (set MINARC_SKIP_WEIGHT_CHECK=1 to load it anyway)",
+                    path.display(),
+                    flat.len()
+                );
+            }
+        }
+        t.to_device(device)?.to_dtype(dtype).map_err(|e| {
             anyhow!(
                 "cannot convert tensor {name:?} from {}: {e}",
                 path.display()

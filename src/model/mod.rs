@@ -9,6 +9,7 @@ pub mod cli;
 pub mod components;
 pub mod config;
 pub mod fixture;
+pub mod gguf;
 pub mod intervene;
 pub mod loader;
 pub mod ops;

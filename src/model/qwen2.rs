@@ -36,7 +36,7 @@ struct LayerOut {
 }
 
 impl Qwen2 {
-    /// Loads a HF folder (config.json + model.safetensors or shards) in compute `dtype` on `device`
+    /// Loads a HF folder (config.json + model.safetensors or shards) or a `.gguf` file in compute `dtype` on `device`
     /// with the default [`LoadOptions`] (weights scanned for NaN/inf).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         Self::load_with(dir, dtype, device, &LoadOptions::default())
@@ -51,6 +51,9 @@ impl Qwen2 {
     ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             bail!("compute dtype {dtype:?} not supported (f32, f16 or bf16)");
+        }
+        if super::gguf::is_gguf(dir) {
+            return Self::from_gguf(super::gguf::read(dir)?, dtype, device, opts);
         }
         super::ops::tune_allocator();
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -67,6 +70,27 @@ impl Qwen2 {
             .with_context(|| format!("loading model weights from {}", dir.display()))?;
         let mut m = Self::from_weights(cfg, w, dtype, device)?;
         m.path = Some(dir.to_path_buf());
+        Ok(m)
+    }
+
+    /// Builds a model from a GGUF file read with [`super::gguf::read`] (its tensors are moved
+    /// into the model's weights).
+    pub fn from_gguf(
+        g: super::gguf::GgufModel,
+        dtype: DType,
+        device: &Device,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            bail!("compute dtype {dtype:?} not supported (f32, f16 or bf16)");
+        }
+        super::ops::tune_allocator();
+        let files = WeightFiles::from_tensors(g.path.clone(), g.tensors).with_options(opts);
+        let w = Weights::load(&files, &g.config, dtype, device)
+            .with_context(|| format!("loading model weights from {}", g.path.display()))?;
+        drop(files);
+        let mut m = Self::from_weights(g.config, w, dtype, device)?;
+        m.path = Some(g.path);
         Ok(m)
     }
 

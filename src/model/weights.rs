@@ -1,4 +1,4 @@
-//! Qwen2 weights in the layout this crate computes with: every linear weight is stored
+//! Qwen2 / Llama weights in the layout this crate computes with: every linear weight is stored
 //! **pre-transposed and contiguous** as `[in, out]` (HF stores `[out, in]`), so `x @ w_t`
 //! runs on a contiguous right-hand side (2–4× faster at small row counts).
 
@@ -87,14 +87,22 @@ impl Weights {
             let lin = |name: &str, o: usize, i: usize| {
                 linear_t(files, &format!("{p}.{name}.weight"), o, i, dtype, dev)
             };
+            // Llama-style checkpoints have no q/k/v biases: a zero bias adds exactly nothing
+            let bias = |name: &str, n: usize| {
+                if cfg.has_qkv_bias() {
+                    vec(name, n)
+                } else {
+                    Ok(Tensor::zeros(n, dtype, dev)?)
+                }
+            };
             layers.push(LayerWeights {
                 input_norm: vec("input_layernorm.weight", e)?,
                 wq_t: lin("self_attn.q_proj", nd, e)?,
-                bq: vec("self_attn.q_proj.bias", nd)?,
+                bq: bias("self_attn.q_proj.bias", nd)?,
                 wk_t: lin("self_attn.k_proj", kvd, e)?,
-                bk: vec("self_attn.k_proj.bias", kvd)?,
+                bk: bias("self_attn.k_proj.bias", kvd)?,
                 wv_t: lin("self_attn.v_proj", kvd, e)?,
-                bv: vec("self_attn.v_proj.bias", kvd)?,
+                bv: bias("self_attn.v_proj.bias", kvd)?,
                 wo_t: lin("self_attn.o_proj", e, nd)?,
                 post_norm: vec("post_attention_layernorm.weight", e)?,
                 w_gate_t: lin("mlp.gate_proj", m, e)?,
