@@ -372,6 +372,77 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(&file).map_err(|e| anyhow!("loading tokenizer {}: {e}", file.display()))
 }
 
+/// The tokens of `prompt` (encoded as the backends encode it, `add_special_tokens = true`) that
+/// overlap each character span `[start, end)` (counted in characters, not bytes): their
+/// positions and ids, in order. Every span must be non-empty, inside the prompt, and overlap at
+/// least one token.
+pub fn tokens_in_char_spans(
+    tok: &Tokenizer,
+    prompt: &str,
+    spans: &[[usize; 2]],
+) -> Result<(Vec<usize>, Vec<u32>)> {
+    let enc = tok
+        .encode(prompt, true)
+        .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
+    let n_chars = prompt.chars().count();
+    // byte offset of every character boundary (n_chars + 1 entries)
+    let bounds: Vec<usize> = prompt
+        .char_indices()
+        .map(|(b, _)| b)
+        .chain([prompt.len()])
+        .collect();
+    let (mut pos, mut ids) = (Vec::new(), Vec::new());
+    for &[start, end] in spans {
+        if start >= end || end > n_chars {
+            bail!(
+                "answer span [{start}, {end}) is empty or outside the prompt's {n_chars} characters"
+            );
+        }
+        let (b0, b1) = (bounds[start], bounds[end]);
+        let before = pos.len();
+        for (i, &(s, e)) in enc.get_offsets().iter().enumerate() {
+            if s < b1 && e > b0 && s < e {
+                pos.push(i);
+                ids.push(enc.get_ids()[i]);
+            }
+        }
+        if pos.len() == before {
+            bail!(
+                "answer span [{start}, {end}) ({:?}) covers no token",
+                &prompt[b0..b1]
+            );
+        }
+    }
+    Ok((pos, ids))
+}
+
+/// The character span `[start, end)` of the last occurrence of `text` in `prompt`.
+pub fn last_char_span(prompt: &str, text: &str) -> Result<[usize; 2]> {
+    if text.is_empty() {
+        bail!("an answer text is empty");
+    }
+    let b = prompt
+        .rfind(text)
+        .ok_or_else(|| anyhow!("answer {text:?} does not occur in the prompt"))?;
+    let start = prompt[..b].chars().count();
+    Ok([start, start + text.chars().count()])
+}
+
+/// The id of a text that is exactly one token (candidates and foils).
+pub fn single_token_id(tok: &Tokenizer, text: &str) -> Result<u32> {
+    let enc = tok
+        .encode(text, false)
+        .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
+    match enc.get_ids() {
+        [id] => Ok(*id),
+        ids => bail!(
+            "{text:?} is {} tokens ({:?}), not one",
+            ids.len(),
+            enc.get_tokens()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,7 +84,7 @@ fn lm_head_gradient_matches_fd() {
     let (labels, cands) = (&s.input.labels, &s.input.candidate_ids);
     let obj = |h: &Tensor| {
         let x = m.rms_norm(Norm::Final, h, Some(&var)).unwrap();
-        m.lm_head_objective(&x, labels, cands)
+        m.lm_head_objective(&x, labels, cands, &Default::default())
             .unwrap()
             .to_vec1::<f32>()
             .unwrap()[0] as f64

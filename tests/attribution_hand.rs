@@ -77,6 +77,7 @@ fn local() -> Local {
         labels: vec![LABEL],
         candidate_ids: CANDS.to_vec(),
         answer_indices: vec![POS + 1],
+        objective: Default::default(),
     };
     l.forward_ids("h", &input, &TOKENS, &CaptureSpec::full(), true)
         .unwrap();

@@ -39,6 +39,7 @@ fn builtin_spans_drive_positions() {
         labels: sample.labels.clone(),
         candidate_ids: sample.candidate_ids.clone(),
         answer_indices: sample.answer_indices.clone(),
+        objective: Default::default(),
     };
     local
         .forward_ids(DATASET, &input, &ids, &CaptureSpec::full(), true)

@@ -645,6 +645,7 @@ fn metrics_of_an_intervened_run_match_a_hand_computation_in_f64() {
         labels: labels.clone(),
         candidate_ids: cands.clone(),
         answer_indices: answers.clone(),
+        objective: Default::default(),
     };
     b.forward_ids("lab", &input, &ids, &CaptureSpec::full(), false)
         .unwrap();

@@ -704,6 +704,7 @@ fn labels_outside_the_candidates_are_refused_locally_and_remotely() {
         labels: vec![ids[last]],
         candidate_ids: vec![ids[last] + 1, ids[last] + 2],
         answer_indices: vec![last - 1],
+        objective: Default::default(),
     };
     let out_of_vocab = SampleInput {
         labels: vec![1 << 30],

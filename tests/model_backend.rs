@@ -26,6 +26,7 @@ fn input(index: usize, prompt: &str) -> SampleInput {
         labels: vec![7],
         candidate_ids: vec![5, 6, 7],
         answer_indices: vec![3],
+        objective: Default::default(),
     }
 }
 

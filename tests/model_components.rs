@@ -247,12 +247,12 @@ fn lm_head_objective_matches_manual_masked_log_softmax() {
     let labels = [10u32, 20];
     let cands = [10u32, 20, 30, 40];
     let obj = m
-        .lm_head_objective(&x, &labels, &cands)
+        .lm_head_objective(&x, &labels, &cands, &Default::default())
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
     let obj_nomask = m
-        .lm_head_objective(&x, &labels, &[])
+        .lm_head_objective(&x, &labels, &[], &Default::default())
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
@@ -290,9 +290,12 @@ fn lm_head_objective_matches_manual_masked_log_softmax() {
         );
         assert!((obj_nomask[b] as f64 - sum_u / 2.0).abs() < 1e-4);
     }
-    assert!(m.lm_head_objective(&x, &[1], &cands).is_err());
     assert!(
-        m.lm_head_objective(&x, &[1, cfg.vocab_size as u32], &cands)
+        m.lm_head_objective(&x, &[1], &cands, &Default::default())
+            .is_err()
+    );
+    assert!(
+        m.lm_head_objective(&x, &[1, cfg.vocab_size as u32], &cands, &Default::default())
             .is_err()
     );
 }
@@ -460,13 +463,19 @@ fn gradients_mlp_and_lm_head_objective() {
     check_grad(
         "lm_head objective",
         &x,
-        &|t| m.lm_head_objective(t, &[5, 100], &cands).unwrap(),
+        &|t| {
+            m.lm_head_objective(t, &[5, 100], &cands, &Default::default())
+                .unwrap()
+        },
         15,
     );
     check_grad(
         "lm_head objective unmasked",
         &x,
-        &|t| m.lm_head_objective(t, &[5, 9], &[]).unwrap(),
+        &|t| {
+            m.lm_head_objective(t, &[5, 9], &[], &Default::default())
+                .unwrap()
+        },
         16,
     );
     let _ = DType::F32;

@@ -140,7 +140,7 @@ fn unsupported_config_values_are_explained() {
         ),
         ("use_sliding_window", true.into(), "use_sliding_window"),
         ("torch_dtype", "int8".into(), "torch_dtype"),
-        ("model_type", "llama".into(), "model_type"),
+        ("model_type", "gemma".into(), "model_type"),
         ("hidden_size", "big".into(), "malformed"),
     ];
     for (key, value, want) in cases {

@@ -53,7 +53,7 @@ fn check_sample(tok: &Tokenizer, s: &Sample) {
     let ids = enc.get_ids();
     assert_eq!(s.n_tokens, Some(ids.len()));
     let style = s.params.prompt.style;
-    let p: &Puzzle = &s.puzzle;
+    let p: &Puzzle = s.puzzle.as_ref().unwrap();
     for ex in p.train.iter().chain(&p.test) {
         let gr = ex.input_ranges.as_ref().unwrap();
         let open = match style {
@@ -372,7 +372,7 @@ fn without_tokenizer_only_char_spans() {
     assert_eq!(s.n_tokens, None);
     assert!(s.answer_indices.is_empty() && s.labels.is_empty());
     assert_eq!(s.answers.len(), 8);
-    let a = s.puzzle.train[4].output[3]
+    let a = s.puzzle.as_ref().unwrap().train[4].output[3]
         .answer
         .value_ranges
         .as_ref()

@@ -27,6 +27,7 @@ fn labelled(b: &dyn Backend, ds: &str, i: usize) -> usize {
         labels: vec![11 + i as u32, 40],
         candidate_ids: vec![11, 12, 40, 41],
         answer_indices: vec![s - 2, s - 1],
+        objective: Default::default(),
     };
     b.forward_sample(ds, &inp, &CaptureSpec::full(), false)
         .unwrap()

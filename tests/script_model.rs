@@ -285,6 +285,7 @@ fn attribution_bindings_match_the_rust_api() {
             labels: s.labels.clone(),
             candidate_ids: s.candidate_ids.clone(),
             answer_indices: s.answer_indices.clone(),
+            objective: Default::default(),
         };
         local
             .forward_sample("w1", &input, &CaptureSpec::full(), false)

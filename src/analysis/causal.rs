@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, HeadSel, InterveneOptions, SampleInput, SampleKey};
 use crate::model::intervene::{Edit, Intervention, Site};
-use crate::model::ops::label_log_prob;
+use crate::model::ops::objective_value;
 
 /// How a mean ablation averages its reference dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,7 +109,8 @@ impl Component {
 /// Metrics of one run at the sample's answer positions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
-    /// The objective: mean log-prob of the labels under the candidate mask (A2–A4).
+    /// The sample's lm_head objective (by default the mean log-prob of the labels under the
+    /// candidate mask, A2–A4; see [`crate::model::sample::Objective`]).
     pub objective: f64,
     /// Share of answer positions whose (candidate-masked) argmax is the label.
     pub accuracy: f64,
@@ -152,6 +153,7 @@ pub const METRICS: [&str; 4] = ["objective", "accuracy", "logit_diff", "kl"];
 struct Target {
     labels: Vec<u32>,
     candidates: Vec<u32>,
+    objective: crate::model::sample::Objective,
 }
 
 fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f64>>> {
@@ -166,8 +168,13 @@ fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f64>>> {
 /// The metrics of intervened logits `[k,v]` against the clean logits `[k,v]`.
 fn metrics(logits: &Tensor, clean: &Tensor, t: &Target) -> Result<Metrics> {
     let (k, v) = logits.dims2()?;
-    let objective = label_log_prob(&logits.unsqueeze(0)?, &t.labels, &t.candidates)?
-        .to_vec1::<f32>()?[0] as f64;
+    let objective = objective_value(
+        &logits.unsqueeze(0)?,
+        &t.labels,
+        &t.candidates,
+        &t.objective,
+    )?
+    .to_vec1::<f32>()?[0] as f64;
     let rows = logits.to_vec2::<f32>()?;
     let allowed: Vec<usize> = if t.candidates.is_empty() {
         (0..v).collect()
@@ -214,12 +221,14 @@ fn target(input: &SampleInput, clean: &Tensor) -> Result<Target> {
         return Ok(Target {
             labels: input.labels.clone(),
             candidates: input.candidate_ids.clone(),
+            objective: input.objective.clone(),
         });
     }
     let top = clean.argmax(D::Minus1)?.to_vec1::<u32>()?;
     Ok(Target {
         labels: top,
         candidates: Vec::new(),
+        objective: Default::default(),
     })
 }
 

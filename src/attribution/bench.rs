@@ -83,6 +83,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .chain(answers.iter().map(|&a| ids[a]))
             .collect(),
         answer_indices: answers,
+        objective: Default::default(),
     };
     // one plain forward (best of 2)
     let mut fwd = f64::MAX;

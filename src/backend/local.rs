@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 
 use super::lru::{CacheStats, Evicted, Lru};
@@ -15,8 +15,9 @@ use crate::model::components::{AttnInputs, Norm};
 use crate::model::config::ModelConfig;
 use crate::model::intervene::{IntervenedRun, Intervention};
 use crate::model::loader::LoadOptions;
-use crate::model::outputs::CaptureSpec;
+use crate::model::outputs::{CaptureSpec, Outputs};
 use crate::model::qwen2::Qwen2;
+use crate::model::sample::Objective;
 
 type Store = HashMap<String, BTreeMap<usize, Arc<CachedSample>>>;
 
@@ -191,7 +192,11 @@ impl Local {
         if !force && let Ok((_, seq_len)) = self.sample_info(&key) {
             return Ok(seq_len);
         }
-        if input.labels.len() != input.answer_indices.len() && !input.answer_indices.is_empty() {
+        let argmax = input.objective == Objective::Argmax;
+        if input.labels.len() != input.answer_indices.len()
+            && !input.answer_indices.is_empty()
+            && !(argmax && input.labels.is_empty())
+        {
             bail!(
                 "sample {}: {} labels but {} answer_indices",
                 input.index,
@@ -201,10 +206,16 @@ impl Local {
         }
         crate::model::ops::check_positions(&input.answer_indices, ids.len(), "answer")?;
         check_label_ids(input, self.model.config().vocab_size)?;
+        check_objective(input, self.model.config().vocab_size)?;
         let outputs = self
             .model
             .forward_capture(ids, capture)
             .with_context(|| format!("forward of sample {} of dataset {dataset:?}", input.index))?;
+        let mut input = input.clone();
+        if argmax {
+            input.labels = self.own_predictions(&input, &outputs)?;
+        }
+        let input = &input;
         let seq_len = outputs.seq_len;
         let bytes = outputs.bytes();
         self.lru_lock()?.check_fits(&key, bytes)?;
@@ -398,6 +409,35 @@ impl Local {
 
 /// Labels and candidate ids must be token ids of the model, and with candidates given every
 /// label must be one of them (otherwise the masked objective is silently −10⁴).
+/// The objective's own requirements: one foil token per label for a logit difference, answers
+/// for argmax.
+fn check_objective(input: &SampleInput, vocab: usize) -> Result<()> {
+    match &input.objective {
+        Objective::LogitDiff { foils } => {
+            ensure!(
+                foils.len() == input.labels.len(),
+                "sample {}: logit_diff needs one foil per label ({} foils, {} labels)",
+                input.index,
+                foils.len(),
+                input.labels.len()
+            );
+            if let Some(&t) = foils.iter().find(|&&t| t as usize >= vocab) {
+                bail!(
+                    "sample {}: foil {t} is not a token id (vocab size {vocab})",
+                    input.index
+                );
+            }
+        }
+        Objective::Argmax => ensure!(
+            !input.answer_indices.is_empty(),
+            "sample {}: the argmax objective needs answer positions",
+            input.index
+        ),
+        Objective::LogProb | Objective::FullVocab => {}
+    }
+    Ok(())
+}
+
 fn check_label_ids(input: &SampleInput, vocab: usize) -> Result<()> {
     for (what, ids) in [
         ("label", &input.labels),
@@ -411,6 +451,7 @@ fn check_label_ids(input: &SampleInput, vocab: usize) -> Result<()> {
         }
     }
     if !input.candidate_ids.is_empty()
+        && input.objective == Objective::LogProb
         && let Some(l) = input
             .labels
             .iter()
@@ -596,6 +637,41 @@ impl Backend for Local {
 }
 
 impl Local {
+    /// The seed's `reduction='argmax'`: the model's own prediction (over the candidates when
+    /// given) at the positions that predict the answers, from the captured final hidden states.
+    fn own_predictions(&self, input: &SampleInput, outputs: &Outputs) -> Result<Vec<u32>> {
+        let pos = input.answer_positions()?;
+        let nl = self.model.config().num_hidden_layers;
+        let x = outputs.hidden_state(nl, Some(&pos)).with_context(|| {
+            format!(
+                "sample {}: the argmax objective needs the final hidden states at the answer \
+                 positions in the capture",
+                input.index
+            )
+        })?;
+        let x = x
+            .to_device(self.model.device())?
+            .to_dtype(self.model.dtype())?;
+        let logits = self.model.lm_head(&x)?.to_dtype(DType::F32)?.squeeze(0)?; // [k,v]
+        let rows = logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+        let v = self.model.config().vocab_size;
+        let allowed: Vec<usize> = if input.candidate_ids.is_empty() {
+            (0..v).collect()
+        } else {
+            input.candidate_ids.iter().map(|&c| c as usize).collect()
+        };
+        Ok(rows
+            .iter()
+            .map(|r| {
+                allowed
+                    .iter()
+                    .copied()
+                    .max_by(|&a, &b| r[a].total_cmp(&r[b]).then(b.cmp(&a)))
+                    .unwrap_or(0) as u32
+            })
+            .collect())
+    }
+
     /// The cached residual entering layer `l` `[1,s,e]` on the model's device, when the cache
     /// holds it exactly as the forward computed it (every position, in the compute dtype);
     /// None for layer 0 (the embedding is cheap) or when it does not.

@@ -12,6 +12,7 @@ use crate::model::components::{NoSink, Norm};
 use crate::model::ops::softmax_last;
 use crate::model::qwen2::Qwen2;
 use crate::model::sample::CachedSample;
+use crate::model::sample::Objective;
 
 fn output_grad(m: &Qwen2, req: &NodeGradRequest) -> Result<Tensor> {
     let gy = req.output_grad.as_ref().with_context(|| {
@@ -69,15 +70,15 @@ fn lm_head_grad(
     let l = m.config().num_hidden_layers;
     ensure!(req.layer == l, "lm_head layer must be {l}");
     let pos = &req.pos_ids;
-    let (labels, cands) = lm_labels(s, pos.len())?;
+    let (labels, cands, obj) = lm_labels(s, pos.len())?;
     let x = f32t(&s.outputs.hidden_state(l, Some(pos))?, m.device())?; // [1,k,e], already normed
     let var = s.outputs.final_norm_var(Some(pos))?;
-    let f = |xs: &Tensor| m.lm_head_objective(xs, labels, cands);
+    let f = |xs: &Tensor| m.lm_head_objective(xs, labels, cands, obj);
     // f(0), f(x)
     let ends = f(&Tensor::cat(&[&x.zeros_like()?, &x], 0)?)?.to_vec1::<f32>()?;
     let (f0, fx) = (ends[0] as f64, ends[1] as f64);
     let run = |rule: IgRule| -> Result<(Tensor, Completeness)> {
-        let g = lm_head_path_grad(m, &x, labels, cands, &rule)?;
+        let g = lm_head_path_grad(m, &x, labels, cands, obj, &rule)?;
         let sgx = (&g * &x)?.sum_all()?.to_scalar::<f32>()? as f64;
         Ok((g, Completeness::new(fx, f0, sgx, rule)))
     };
@@ -106,17 +107,44 @@ fn lm_head_grad(
 /// Path-averaged gradient of the lm_head objective w.r.t. its (normed) input x `[1,k,e]`, in
 /// closed form (A4): ∂f/∂z_i = (onehot(label_i) − softmax(z_i + mask))/k and ∂f/∂x = ∂f/∂z·W_lmᵀ.
 /// The weighted sum over the IG points is taken on ∂f/∂z, so one `[k,v]×[v,e]` matmul remains
-/// (autograd would also form the `[b,e,v]` weight gradient).
+/// (autograd would also form the `[b,e,v]` weight gradient). A logit difference is linear in z:
+/// ∂f/∂z_i = (onehot(label_i) − onehot(foil_i))/k at every point.
 fn lm_head_path_grad(
     m: &Qwen2,
     x: &Tensor,
     labels: &[u32],
     cands: &[u32],
+    obj: &Objective,
     rule: &IgRule,
 ) -> Result<Tensor> {
     let (_, k, e) = x.dims3()?;
     let v = m.config().vocab_size;
     let dev = x.device();
+    let wlm = f32t(&m.weights().lm_head_t, dev)?; // [e,v]
+    if let Objective::LogitDiff { foils } = obj {
+        ensure!(
+            foils.len() == k && labels.len() == k,
+            "logit_diff: {} labels and {} foils for {k} positions",
+            labels.len(),
+            foils.len()
+        );
+        let mut dz = vec![0f32; k * v];
+        for (i, (&l, &f)) in labels.iter().zip(foils).enumerate() {
+            ensure!(
+                (l as usize) < v && (f as usize) < v,
+                "token id out of range (vocab size {v})"
+            );
+            dz[i * v + l as usize] += 1.0 / k as f32;
+            dz[i * v + f as usize] -= 1.0 / k as f32;
+        }
+        let dz = Tensor::from_vec(dz, (k, v), dev)?;
+        return Ok(dz.matmul(&wlm.t()?)?.reshape((1, k, e))?);
+    }
+    let cands = if matches!(obj, Objective::FullVocab) {
+        &[][..]
+    } else {
+        cands
+    };
     let mut mask = None;
     if !cands.is_empty() {
         let mut mv = vec![-1e4f32; v];
@@ -142,7 +170,6 @@ fn lm_head_path_grad(
             .broadcast_mul(&w)?
             .sum(0)?) // [k,v]
     })?;
-    let wlm = f32t(&m.weights().lm_head_t, dev)?; // [e,v]
     Ok(dz.matmul(&wlm.t()?)?.reshape((1, k, e))?)
 }
 

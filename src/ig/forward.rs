@@ -54,13 +54,13 @@ pub fn node_forward(m: &Qwen2, s: &CachedSample, req: &NodeForwardRequest) -> Re
         NodeType::LmHead => {
             let nl = m.config().num_hidden_layers;
             ensure!(l == nl, "lm_head layer must be {nl}");
-            let (labels, cands) = lm_labels(s, pos.len())?;
+            let (labels, cands, obj) = lm_labels(s, pos.len())?;
             // defect 5 fixed: the cached hidden_states[L] is already normed
             let x = match up {
                 Some(u) => normed_fresh(m, Norm::Final, &u)?,
                 None => f32t(&s.outputs.hidden_state(nl, Some(pos))?, m.device())?,
             };
-            m.lm_head_objective(&x, labels, cands)?
+            m.lm_head_objective(&x, labels, cands, obj)?
         }
         NodeType::Mlp | NodeType::MlpI | NodeType::MlpG => {
             m.config().check_layer(l)?;

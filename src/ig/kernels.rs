@@ -16,7 +16,7 @@ use crate::model::components::{AttnInputs, NoSink, Norm};
 use crate::model::ops::check_positions;
 use crate::model::ops::index_tensor;
 use crate::model::qwen2::Qwen2;
-use crate::model::sample::CachedSample;
+use crate::model::sample::{CachedSample, Objective};
 use anyhow::ensure;
 
 pub(super) fn f32t(t: &Tensor, dev: &Device) -> Result<Tensor> {
@@ -172,7 +172,8 @@ pub(super) fn check_req_positions(s: &CachedSample, pos: &[usize], what: &str) -
     check_positions(pos, s.outputs.seq_len, what)
 }
 
-pub(super) fn lm_labels(s: &CachedSample, k: usize) -> Result<(&[u32], &[u32])> {
+/// The labels, candidates and objective of a sample's lm_head node at k positions.
+pub(super) fn lm_labels(s: &CachedSample, k: usize) -> Result<(&[u32], &[u32], &Objective)> {
     let inp = &s.input;
     ensure!(
         inp.labels.len() == k,
@@ -180,7 +181,7 @@ pub(super) fn lm_labels(s: &CachedSample, k: usize) -> Result<(&[u32], &[u32])> 
         k,
         inp.labels.len()
     );
-    Ok((&inp.labels, &inp.candidate_ids))
+    Ok((&inp.labels, &inp.candidate_ids, &inp.objective))
 }
 
 /// Mid-layer residual (hidden + attention output) at pos `[1,k,e]`.

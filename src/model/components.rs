@@ -385,6 +385,7 @@ impl Qwen2 {
         linear(&self.prep(x)?, &self.w.lm_head_t, None)
     }
 
+    /// The lm_head objective of a sample (see [`super::sample::Objective`]); the default is
     /// A2–A4: per example, the mean over the k positions of log-softmax(logits + mask)\[label\],
     /// where mask = −1e4 everywhere except 0 at `candidate_ids` (empty list = no mask).
     /// x `[b,k,e]` (final-normed), `labels.len() == k` → `[b]` f32. Autograd-safe.
@@ -393,13 +394,14 @@ impl Qwen2 {
         x: &Tensor,
         labels: &[u32],
         candidate_ids: &[u32],
+        objective: &super::sample::Objective,
     ) -> Result<Tensor> {
         let (_, k) = self.check_hidden(x, "lm_head input")?;
         if labels.len() != k {
             bail!("{} labels for {k} positions", labels.len());
         }
         let logits = self.lm_head(x)?.to_dtype(DType::F32)?; // [b,k,v]
-        super::ops::label_log_prob(&logits, labels, candidate_ids)
+        super::ops::objective_value(&logits, labels, candidate_ids, objective)
     }
 
     fn check_attn_out(&self, attn_out: &Tensor) -> Result<(usize, usize)> {

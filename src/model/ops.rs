@@ -69,6 +69,44 @@ pub fn label_log_prob(logits: &Tensor, labels: &[u32], candidate_ids: &[u32]) ->
     Ok(logp.gather(&idx, 2)?.squeeze(2)?.mean(1)?)
 }
 
+/// The objective of logits `[b,k,v]` f32 → `[b]`: [`label_log_prob`] for `LogProb` and
+/// `Argmax` (whose labels were resolved at forward), the same without the candidate mask for
+/// `FullVocab`, and the mean of logit(label) − logit(foil) for `LogitDiff`. Autograd-safe.
+pub fn objective_value(
+    logits: &Tensor,
+    labels: &[u32],
+    candidate_ids: &[u32],
+    objective: &super::sample::Objective,
+) -> Result<Tensor> {
+    use super::sample::Objective;
+    match objective {
+        Objective::LogProb | Objective::Argmax => label_log_prob(logits, labels, candidate_ids),
+        Objective::FullVocab => label_log_prob(logits, labels, &[]),
+        Objective::LogitDiff { foils } => {
+            let (b, k, v) = logits.dims3()?;
+            if labels.len() != k || foils.len() != k {
+                bail!(
+                    "logit_diff: {} labels and {} foils for {k} positions",
+                    labels.len(),
+                    foils.len()
+                );
+            }
+            if let Some(&t) = labels.iter().chain(foils).find(|&&t| t as usize >= v) {
+                bail!("token id {t} out of range (vocab size {v})");
+            }
+            let dev = logits.device();
+            let pick = |ids: &[u32]| -> Result<Tensor> {
+                let idx = Tensor::new(ids, dev)?
+                    .reshape((1, k, 1))?
+                    .broadcast_as((b, k, 1))?
+                    .contiguous()?;
+                Ok(logits.gather(&idx, 2)?.squeeze(2)?)
+            };
+            Ok((pick(labels)? - pick(foils)?)?.mean(1)?)
+        }
+    }
+}
+
 /// Composed (autograd-safe) softmax over the last dim.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;

@@ -21,6 +21,47 @@ pub struct SampleInput {
     /// Positions whose next-token prediction is the answer (one per label; omitted: none).
     #[serde(default)]
     pub answer_indices: Vec<usize>,
+    /// What the lm_head node and the causal metrics measure (omitted: the seed's log-prob).
+    #[serde(default, skip_serializing_if = "Objective::is_default")]
+    pub objective: Objective,
+}
+
+/// The objective of a sample: what its lm_head node measures at the positions that predict the
+/// answers (`answer_indices − 1`), as a mean over them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Objective {
+    /// The seed's A2–A4: log-prob of the label, over the candidates when the sample has some
+    /// (the other logits masked with −1e4), else over the full vocabulary.
+    #[default]
+    LogProb,
+    /// Log-prob of the label over the full vocabulary (candidates are not used).
+    FullVocab,
+    /// logit(label) − logit(foil), one foil token per label (IOI-style logit difference).
+    LogitDiff {
+        /// Foil token ids, one per label.
+        foils: Vec<u32>,
+    },
+    /// The seed's `reduction='argmax'`: the labels are replaced by the model's own prediction
+    /// (over the candidates when given) when the sample is forwarded; then as `LogProb`.
+    Argmax,
+}
+
+impl Objective {
+    /// Whether this is the default (`LogProb`).
+    pub fn is_default(&self) -> bool {
+        *self == Objective::LogProb
+    }
+
+    /// A short name: log_prob, full_vocab, logit_diff or argmax.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::LogProb => "log_prob",
+            Objective::FullVocab => "full_vocab",
+            Objective::LogitDiff { .. } => "logit_diff",
+            Objective::Argmax => "argmax",
+        }
+    }
 }
 
 impl SampleInput {

@@ -1,6 +1,8 @@
 //! P11: the per-sample record (`Sample`, the seed's `Result`), answer selection and the A9 span
 //! helper that turns span names into token positions.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -8,6 +10,7 @@ use tokenizers::Tokenizer;
 use super::color::color_letter;
 use super::prompt::{PromptOptions, gen_prompt, resolve_tokens};
 use super::{Example, Puzzle, PuzzleParams, Qa};
+pub use crate::model::sample::Objective;
 
 /// Number of train examples whose QAs give the answers (the notebook's choice, P11).
 pub const DEFAULT_LAST_K: usize = 2;
@@ -21,6 +24,16 @@ pub struct GenParams {
     /// Prompt options (style, transpose, color_quote, remove_instructions).
     #[serde(flatten)]
     pub prompt: PromptOptions,
+}
+
+impl GenParams {
+    /// The parameters recorded with a custom prompt (the defaults: no puzzle was generated).
+    pub fn custom() -> Self {
+        GenParams {
+            puzzle: PuzzleParams::default(),
+            prompt: PromptOptions::default(),
+        }
+    }
 }
 
 /// One sample: a verbalised puzzle with its answers and, when a tokenizer was given, the token
@@ -42,14 +55,41 @@ pub struct Sample {
     pub candidate_ids: Vec<u32>,
     /// The selected queries as printed, e.g. `(3,3):B`.
     pub queries: Vec<String>,
-    /// The puzzle with every tracked range filled.
-    pub puzzle: Puzzle,
+    /// The puzzle with every tracked range filled (None for a custom prompt).
+    #[serde(default)]
+    pub puzzle: Option<Puzzle>,
     /// Name of the hidden relation.
     pub rel_fn: String,
     /// Generation parameters.
     pub params: GenParams,
     /// Prompt length in tokens (None without a tokenizer).
     pub n_tokens: Option<usize>,
+    /// Named spans given by the user (token positions), looked up before the puzzle's spans.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spans: BTreeMap<String, Vec<usize>>,
+    /// The objective of the sample's lm_head node (default: the seed's log-prob).
+    #[serde(default, skip_serializing_if = "Objective::is_default")]
+    pub objective: Objective,
+}
+
+/// What a custom sample explains: its answers (texts found in the prompt, character spans or
+/// token positions), candidates and foils (single-token texts or ids), objective and spans.
+#[derive(Clone, Debug, Default)]
+pub struct CustomSpec {
+    /// Answer texts: the last occurrence of each in the prompt.
+    pub answer_texts: Vec<String>,
+    /// Answer character spans `[start, end)`.
+    pub answer_spans: Vec<[usize; 2]>,
+    /// Answer token positions.
+    pub answer_tokens: Vec<usize>,
+    /// Candidate ids (texts are resolved by the caller with `single_token_id`).
+    pub candidate_ids: Vec<u32>,
+    /// Foil ids, one per answer token (logit_diff).
+    pub foil_ids: Vec<u32>,
+    /// `log_prob` (default), `full_vocab`, `logit_diff` or `argmax`.
+    pub objective: Option<String>,
+    /// Named spans (token positions).
+    pub spans: BTreeMap<String, Vec<usize>>,
 }
 
 /// The token id of the answer token for `letter` written as in the prompt's answer lines.
@@ -92,8 +132,10 @@ impl Sample {
                 puzzle: puzzle.params.clone(),
                 prompt: prompt_opts.clone(),
             },
-            puzzle,
+            puzzle: Some(puzzle),
             n_tokens: None,
+            spans: BTreeMap::new(),
+            objective: Objective::default(),
         };
         let quote = prompt_opts.color_quote.clone();
         let (answers, queries): (Vec<String>, Vec<String>) = sample
@@ -120,7 +162,11 @@ impl Sample {
         let enc = tok
             .encode(self.prompt.as_str(), false)
             .map_err(|e| anyhow!("tokenizing the prompt of sample {}: {e}", self.index))?;
-        resolve_tokens(&mut self.puzzle, enc.get_offsets())?;
+        let puzzle = self
+            .puzzle
+            .as_mut()
+            .context("a custom sample has no puzzle to tokenize")?;
+        resolve_tokens(puzzle, enc.get_offsets())?;
         let ids = enc.get_ids();
         self.n_tokens = Some(ids.len());
         let quote = &self.params.prompt.color_quote;
@@ -152,9 +198,112 @@ impl Sample {
         Ok(())
     }
 
+    /// The puzzle of a generated sample (an error for a custom prompt).
+    pub fn puzzle(&self) -> Result<&Puzzle> {
+        self.puzzle.as_ref().with_context(|| {
+            format!(
+                "sample {} is a custom prompt: it has no puzzle (use its own spans)",
+                self.index
+            )
+        })
+    }
+
+    /// A sample from any prompt: the answers (texts, character spans or token positions) become
+    /// the targets (every token they cover; labels = those tokens), with optional candidates,
+    /// foils, objective and named spans. The span `A` is the answer tokens (`A-` predicts them).
+    pub fn custom(
+        index: usize,
+        prompt: &str,
+        tok: &Tokenizer,
+        spec: &CustomSpec,
+    ) -> Result<Sample> {
+        let enc = tok
+            .encode(prompt, true)
+            .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
+        let n = enc.get_ids().len();
+        let mut spans = spec.answer_spans.clone();
+        for t in &spec.answer_texts {
+            spans.push(crate::tokenizer::last_char_span(prompt, t)?);
+        }
+        let (mut pos, mut labels) = crate::tokenizer::tokens_in_char_spans(tok, prompt, &spans)?;
+        for &p in &spec.answer_tokens {
+            ensure!(p < n, "answer token {p} is outside the prompt's {n} tokens");
+            pos.push(p);
+            labels.push(enc.get_ids()[p]);
+        }
+        ensure!(
+            !pos.is_empty(),
+            "a custom sample needs answers: texts, character spans or token positions"
+        );
+        if let Some(&p) = pos.iter().find(|&&p| p == 0) {
+            bail!("answer token {p} is the first token: no position predicts it");
+        }
+        for (name, ps) in &spec.spans {
+            if let Some(&p) = ps.iter().find(|&&p| p >= n) {
+                bail!("span {name:?}: position {p} is outside the prompt's {n} tokens");
+            }
+        }
+        let objective = match spec.objective.as_deref().unwrap_or("log_prob") {
+            "log_prob" => Objective::LogProb,
+            "full_vocab" => Objective::FullVocab,
+            "argmax" => Objective::Argmax,
+            "logit_diff" => {
+                ensure!(
+                    spec.foil_ids.len() == labels.len(),
+                    "logit_diff needs one foil per answer token: {} foils for {} answer tokens",
+                    spec.foil_ids.len(),
+                    labels.len()
+                );
+                Objective::LogitDiff {
+                    foils: spec.foil_ids.clone(),
+                }
+            }
+            other => {
+                bail!("unknown objective {other:?} (log_prob, full_vocab, logit_diff or argmax)")
+            }
+        };
+        if !matches!(objective, Objective::LogitDiff { .. }) {
+            ensure!(
+                spec.foil_ids.is_empty(),
+                "foils are for the logit_diff objective"
+            );
+        }
+        if !spec.candidate_ids.is_empty()
+            && matches!(objective, Objective::LogProb)
+            && let Some(l) = labels.iter().find(|l| !spec.candidate_ids.contains(l))
+        {
+            bail!(
+                "answer token id {l} is not among the candidates {:?}",
+                spec.candidate_ids
+            );
+        }
+        let answers = labels
+            .iter()
+            .map(|&id| {
+                tok.decode(&[id], false)
+                    .map_err(|e| anyhow!("decoding token {id}: {e}"))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Sample {
+            index,
+            prompt: prompt.to_string(),
+            answers,
+            answer_indices: pos,
+            labels,
+            candidate_ids: spec.candidate_ids.clone(),
+            queries: Vec::new(),
+            puzzle: None,
+            rel_fn: "custom".into(),
+            params: GenParams::custom(),
+            n_tokens: Some(n),
+            spans: spec.spans.clone(),
+            objective,
+        })
+    }
+
     /// The last `last_k` train examples (the ones answers and spans are taken from).
     pub fn last_examples(&self, last_k: usize) -> Result<&[Example]> {
-        let train = &self.puzzle.train;
+        let train = &self.puzzle()?.train;
         ensure!(
             (1..=train.len()).contains(&last_k),
             "last_k={last_k} is out of range: the puzzle has {} train examples",
@@ -165,7 +314,7 @@ impl Sample {
 
     /// All QAs of the last `last_k` train examples (fewer if the puzzle has fewer examples).
     pub fn selected_qas(&self, last_k: usize) -> Result<Vec<&Qa>> {
-        let k = last_k.min(self.puzzle.train.len());
+        let k = last_k.min(self.puzzle()?.train.len());
         Ok(self
             .last_examples(k)?
             .iter()
@@ -185,10 +334,38 @@ impl Sample {
                 self.index
             )
         })?;
+        if let Some(p) = self.spans.get(span) {
+            return Ok(p.clone());
+        }
         let (base, modifier) = match span.chars().last() {
             Some(c @ ('-' | '+' | '^')) => (&span[..span.len() - 1], Some(c)),
             _ => (span, None),
         };
+        if self.puzzle.is_none() {
+            // a custom prompt: A is its answer tokens; other spans are the user's
+            ensure!(
+                base == "A" && modifier != Some('^'),
+                "sample {}: span {span:?} is not defined (a custom prompt knows A, A-, A+ and its own spans {:?})",
+                self.index,
+                self.spans.keys().collect::<Vec<_>>()
+            );
+            return self
+                .answer_indices
+                .iter()
+                .map(|&a| {
+                    let p = match modifier {
+                        Some('-') => a.checked_sub(1),
+                        Some('+') => Some(a + 1),
+                        _ => Some(a),
+                    };
+                    p.filter(|&p| p < n_tokens).with_context(|| {
+                        format!(
+                            "span {span:?} of answer {a} is outside the prompt's {n_tokens} tokens"
+                        )
+                    })
+                })
+                .collect();
+        }
         let mut out = Vec::new();
         for ex in self.last_examples(last_k)? {
             let mut idx = Vec::new();

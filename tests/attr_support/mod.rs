@@ -124,6 +124,7 @@ pub fn local_with_samples(
             labels,
             candidate_ids: cands,
             answer_indices: answers.to_vec(),
+            objective: Default::default(),
         };
         local
             .forward_ids(DATASET, &input, &ids, &CaptureSpec::full(), true)

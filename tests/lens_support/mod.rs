@@ -53,6 +53,7 @@ pub fn cache(b: &dyn Backend, sample: &Sample) -> SampleKey {
         labels: sample.labels.clone(),
         candidate_ids: sample.candidate_ids.clone(),
         answer_indices: sample.answer_indices.clone(),
+        objective: Default::default(),
     };
     let n = b
         .forward_sample(DATASET, &input, &CaptureSpec::full(), true)

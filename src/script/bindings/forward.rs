@@ -41,6 +41,7 @@ pub(super) fn sample_input(s: &ScriptSample) -> SampleInput {
         labels: s.0.labels.clone(),
         candidate_ids: s.0.candidate_ids.clone(),
         answer_indices: s.0.answer_indices.clone(),
+        objective: s.0.objective.clone(),
     }
 }
 

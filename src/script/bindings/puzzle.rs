@@ -378,9 +378,19 @@ fn register_sample_getters(r: &mut Registrar) {
     .getter("n_tokens", "s.n_tokens -> int", "Prompt length in tokens, or () without a tokenizer.", |s: &mut ScriptSample| {
         s.0.n_tokens.map(|n| Dynamic::from_int(n as INT)).unwrap_or(Dynamic::UNIT)
     })
-    .getter("puzzle", "s.puzzle -> Puzzle", "The sample's puzzle.", |s: &mut ScriptSample| {
-        ScriptPuzzle(Arc::new(s.0.puzzle.clone()))
+    .getter("puzzle", "s.puzzle -> Puzzle", "The sample's puzzle, or () for a custom prompt.", |s: &mut ScriptSample| {
+        s.0.puzzle
+            .clone()
+            .map_or(Dynamic::UNIT, |p| Dynamic::from(ScriptPuzzle(Arc::new(p))))
     })
+    .func(
+        "prompt_sample",
+        "prompt_sample(tok: Tokenizer, prompt: String, opts: Map) -> Sample",
+        "A sample from any prompt (teacher-forced: the answers are written in it). opts: answers (texts, the last occurrence of each, or [start, end] character spans: every token they cover is a target), answer_tokens (token positions), candidates and foils (single-token texts or ids), objective (\"log_prob\" (default), \"full_vocab\", \"logit_diff\" with one foil per answer token, \"argmax\": the model's own prediction), spans (#{name: [positions]}), index (0). Span A = the answer tokens, A- the positions that predict them.",
+        |tok: ScriptTokenizer, prompt: &str, opts: Map| {
+            guard("prompt_sample", || Ok(ScriptSample(Arc::new(prompt_sample(&tok.0, prompt, &opts)?))))
+        },
+    )
     .func(
         "positions",
         "positions(s: Sample, span: String) -> Array",
@@ -478,4 +488,79 @@ fn register_puzzle_getters(r: &mut Registrar) {
         "Vocabulary size of a tokenizer.",
         |t: &mut ScriptTokenizer| format!("Tokenizer(vocab {})", t.0.get_vocab_size(true)),
     );
+}
+
+/// One answer of `prompt_sample`: a text (its last occurrence) or a character span.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum AnswerOpt {
+    Text(String),
+    Span([usize; 2]),
+}
+
+/// A candidate or foil: a token id or a single-token text.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum TokenOpt {
+    Id(u32),
+    Text(String),
+}
+
+/// Options of `prompt_sample`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptSampleOpts {
+    #[serde(default)]
+    answers: Vec<AnswerOpt>,
+    #[serde(default)]
+    answer_tokens: Vec<usize>,
+    #[serde(default)]
+    candidates: Vec<TokenOpt>,
+    #[serde(default)]
+    foils: Vec<TokenOpt>,
+    #[serde(default)]
+    objective: Option<String>,
+    #[serde(default)]
+    spans: std::collections::BTreeMap<String, Vec<usize>>,
+    #[serde(default)]
+    index: usize,
+}
+
+fn prompt_sample(tok: &tokenizers::Tokenizer, prompt: &str, opts: &Map) -> anyhow::Result<Sample> {
+    let o: PromptSampleOpts = super::args::options(opts)?;
+    crate::limits::COUNT.check(o.answers.len() + o.answer_tokens.len(), "answers")?;
+    let ids = |what: &str, v: &[TokenOpt]| -> anyhow::Result<Vec<u32>> {
+        v.iter()
+            .enumerate()
+            .map(|(i, t)| match t {
+                TokenOpt::Id(id) => Ok(*id),
+                TokenOpt::Text(s) => crate::tokenizer::single_token_id(tok, s)
+                    .map_err(|e| anyhow::anyhow!("{what}[{i}]: {e}")),
+            })
+            .collect()
+    };
+    let mut spec = crate::puzzle::sample::CustomSpec {
+        answer_tokens: o.answer_tokens,
+        candidate_ids: ids("candidates", &o.candidates)?,
+        foil_ids: ids("foils", &o.foils)?,
+        objective: o.objective,
+        spans: o.spans,
+        ..Default::default()
+    };
+    let vocab = tok.get_vocab_size(true);
+    if let Some(&t) = spec
+        .candidate_ids
+        .iter()
+        .chain(&spec.foil_ids)
+        .find(|&&t| t as usize >= vocab)
+    {
+        anyhow::bail!("token id {t} is not in the vocabulary ({vocab} tokens)");
+    }
+    for a in o.answers {
+        match a {
+            AnswerOpt::Text(t) => spec.answer_texts.push(t),
+            AnswerOpt::Span(s) => spec.answer_spans.push(s),
+        }
+    }
+    crate::puzzle::Sample::custom(o.index, prompt, tok, &spec)
 }
