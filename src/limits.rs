@@ -44,6 +44,13 @@ pub const PROMPT_BYTES_PER_POSITION: Limit = Limit {
     default: 64,
 };
 
+/// Bytes of a text a script tokenizes without a model (`encode`, `prompt_sample`).
+pub const TEXT_BYTES: Limit = Limit {
+    what: "bytes of text to tokenize",
+    env: "MINARC_MAX_TEXT_BYTES",
+    default: 16 << 20,
+};
+
 /// Samples in one batch request or one generated dataset.
 pub const BATCH_SAMPLES: Limit = Limit {
     what: "samples in one batch",

@@ -606,3 +606,41 @@ fn the_custom_prompt_example_on_smollm2_finds_a_head_that_matters() {
         -drops[rank].0
     );
 }
+
+/// examples/induction.rhai on SmolLM2: the heads the attribution ranks first on repeated random
+/// tokens are induction heads. Measured with seeds 1–4: the top 10 heads' mean induction score
+/// is 14.6–18.7× the median head's and the rank correlation over the 270 heads 0.36–0.49; the
+/// test asks for 5× and 0.2.
+#[test]
+fn the_induction_example_on_smollm2_ranks_induction_heads_first() {
+    let (out, buf) = minarc::script::Output::buffer();
+    let mut host = minarc::script::Host::with_output(out);
+    host.state().set_show_progress(false);
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--model".to_string(),
+        smollm2().display().to_string(),
+        "--out".to_string(),
+        dir.path().display().to_string(),
+    ];
+    let v = minarc::script::runner::run(&mut host, &repo().join("examples/induction.rhai"), args)
+        .unwrap_or_else(|e| panic!("{e}\n{}", buf.contents()))
+        .try_cast::<rhai::Map>()
+        .unwrap();
+    let rho = v["spearman"].as_float().unwrap();
+    let (top, median) = (
+        v["top_induction"].as_float().unwrap(),
+        v["median_induction"].as_float().unwrap(),
+    );
+    eprintln!("SmolLM2 induction: top-10 mean {top:.4}, median {median:.4}, Spearman {rho:.3}");
+    assert!(top > 5.0 * median, "top heads {top} vs median {median}");
+    assert!(rho > 0.2, "Spearman {rho}");
+    // the scores are attention mass: in [0, 1]
+    let ind = v["induction"]
+        .clone()
+        .try_cast::<minarc::script::tensor::Tensor>()
+        .unwrap();
+    assert_eq!(ind.0.dims(), &[30, 9]);
+    let vals = ind.0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(vals.iter().all(|&x| (0.0..=1.0).contains(&x)));
+}

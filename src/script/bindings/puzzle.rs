@@ -328,6 +328,39 @@ fn register_generation(r: &mut Registrar, state: &Arc<HostState>) {
         move |spec: &str| guard("load_tokenizer", || tokenizer_for(&st, spec)),
     )
     .func(
+        "encode",
+        "encode(tok: Tokenizer, text: String) -> Array",
+        "The token ids of a text, encoded as the models encode prompts.",
+        |tok: ScriptTokenizer, text: &str| {
+            guard("encode", || {
+                crate::limits::TEXT_BYTES.check(text.len(), "text")?;
+                let enc = tok.0.encode(text, true).map_err(|e| anyhow!("tokenizing: {e}"))?;
+                Ok(enc.get_ids().iter().map(|&i| Dynamic::from_int(i as INT)).collect::<Array>())
+            })
+        },
+    )
+    .func(
+        "decode",
+        "decode(tok: Tokenizer, ids: Array) -> String",
+        "The text of token ids (special tokens included).",
+        |tok: ScriptTokenizer, ids: Array| {
+            guard("decode", || {
+                let v = tok.0.get_vocab_size(true);
+                let ids: Vec<u32> = super::args::usize_list("ids", &ids)?
+                    .into_iter()
+                    .map(|i| {
+                        ensure!(i < v, "token id {i} is not in the vocabulary ({v} tokens)");
+                        Ok(i as u32)
+                    })
+                    .collect::<Result<_>>()?;
+                tok.0.decode(&ids, false).map_err(|e| anyhow!("decoding: {e}"))
+            })
+        },
+    )
+    .getter("vocab_size", "t.vocab_size -> int", "Number of tokens (added tokens included).", |t: &mut ScriptTokenizer| {
+        t.0.get_vocab_size(true) as INT
+    })
+    .func(
         "save_dataset",
         "save_dataset(samples: Array, path: String)",
         "Write samples as JSONL (the `minarc puzzles` format).",
@@ -527,6 +560,7 @@ struct PromptSampleOpts {
 }
 
 fn prompt_sample(tok: &tokenizers::Tokenizer, prompt: &str, opts: &Map) -> anyhow::Result<Sample> {
+    crate::limits::TEXT_BYTES.check(prompt.len(), "prompt")?;
     let o: PromptSampleOpts = super::args::options(opts)?;
     crate::limits::COUNT.check(o.answers.len() + o.answer_tokens.len(), "answers")?;
     let ids = |what: &str, v: &[TokenOpt]| -> anyhow::Result<Vec<u32>> {
