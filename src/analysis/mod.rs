@@ -10,6 +10,7 @@
 pub mod causal;
 pub mod cluster;
 pub mod distance;
+pub mod dla;
 pub mod lens;
 pub mod linkage;
 pub mod patterns;

@@ -551,6 +551,19 @@ impl Backend for Local {
             Act::HeadOutput(layer, heads) => self.head_output_of(key, *layer, heads, pos_ids),
             Act::AttnWeights(layer, heads) => self.attn_weights_of(key, *layer, heads, pos_ids),
             Act::Logits => self.logits_of(key, pos_ids),
+            Act::AttnOut(layer) => self.sample(key)?.outputs.attn_out(*layer, pos_ids),
+            Act::InputNormVar(layer) => {
+                let s = self.sample(key)?;
+                if *layer == self.model.config().num_hidden_layers {
+                    s.outputs.final_norm_var(pos_ids)
+                } else {
+                    s.outputs.input_norm_var(*layer, pos_ids)
+                }
+            }
+            Act::PostAttnNormVar(layer) => self
+                .sample(key)?
+                .outputs
+                .post_attn_norm_var(*layer, pos_ids),
         }
     }
 
@@ -573,6 +586,12 @@ impl Backend for Local {
 
     fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor> {
         ig::attribute_residual(&self.model, &*self.sample(key)?, req)
+    }
+
+    fn weight(&self, name: &str, rows: Option<&[usize]>) -> Result<Tensor> {
+        self.model
+            .weights()
+            .by_name(self.model.config(), name, rows)
     }
 
     fn intervene(

@@ -58,6 +58,13 @@ pub enum Act {
     AttnWeights(usize, HeadSel),
     /// Logits `[1,k,v]` (stored ones, else lm_head(hidden_states\[L\])).
     Logits,
+    /// The per-head attention output before o_proj of a layer `[1,k,n,d]` (the seed's attn_out).
+    AttnOut(usize),
+    /// The mean square of the residual entering layer l, the input_layernorm's variance `[1,k,1]`
+    /// f32 (l = L: the final norm's).
+    InputNormVar(usize),
+    /// The post_attention_layernorm's variance of a layer `[1,k,1]` f32.
+    PostAttnNormVar(usize),
 }
 
 /// Head selection for accessors.
@@ -191,6 +198,9 @@ pub trait Backend: Send + Sync {
     fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor>;
     /// A18: residual attribution `[L',H+1,g]` of downstream gradients to heads and MLPs.
     fn attribute_residual(&self, key: &SampleKey, req: &ResidualRequest) -> Result<Tensor>;
+    /// A model weight by its Hugging Face name, in HF layout, f32 on the host; `rows` picks rows
+    /// of dim 0 (e.g. the unembedding rows of some tokens).
+    fn weight(&self, name: &str, rows: Option<&[usize]>) -> Result<Tensor>;
     /// Forwards the tokens of a cached sample once per intervention set (an empty set is the
     /// clean run) and returns, per set, the logits `[k,v]` at the option's positions and the
     /// asked residual streams. The sample's cache is never changed.

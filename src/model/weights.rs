@@ -124,3 +124,72 @@ impl Weights {
         })
     }
 }
+
+impl Weights {
+    /// A weight by its Hugging Face name in HF layout (`[out, in]` for linear weights), f32, or
+    /// only the given rows of dim 0 (`rows`: e.g. the unembedding rows of a few tokens).
+    pub fn by_name(&self, cfg: &ModelConfig, name: &str, rows: Option<&[usize]>) -> Result<Tensor> {
+        use anyhow::{anyhow, bail, ensure};
+        let unknown = || {
+            anyhow!(
+                "no weight {name:?} (names as in Hugging Face checkpoints: model.embed_tokens.weight, \
+                 lm_head.weight, model.norm.weight, model.layers.{{l}}.self_attn.q_proj.weight, …)"
+            )
+        };
+        let t: Tensor = match name {
+            "model.embed_tokens.weight" => self.embed.clone(),
+            "lm_head.weight" => self.lm_head_t.t()?,
+            "model.norm.weight" => self.final_norm.clone(),
+            _ => {
+                let rest = name.strip_prefix("model.layers.").ok_or_else(unknown)?;
+                let (l, part) = rest.split_once('.').ok_or_else(unknown)?;
+                let l: usize = l.parse().map_err(|_| unknown())?;
+                ensure!(
+                    l < self.layers.len(),
+                    "weight {name:?}: layer {l} out of range (model has {} layers)",
+                    self.layers.len()
+                );
+                let lw = &self.layers[l];
+                let bias = |b: &Tensor| -> Result<Tensor> {
+                    if !cfg.has_qkv_bias() {
+                        bail!("weight {name:?}: this model has no q/k/v biases");
+                    }
+                    Ok(b.clone())
+                };
+                match part {
+                    "input_layernorm.weight" => lw.input_norm.clone(),
+                    "post_attention_layernorm.weight" => lw.post_norm.clone(),
+                    "self_attn.q_proj.weight" => lw.wq_t.t()?,
+                    "self_attn.k_proj.weight" => lw.wk_t.t()?,
+                    "self_attn.v_proj.weight" => lw.wv_t.t()?,
+                    "self_attn.o_proj.weight" => lw.wo_t.t()?,
+                    "self_attn.q_proj.bias" => bias(&lw.bq)?,
+                    "self_attn.k_proj.bias" => bias(&lw.bk)?,
+                    "self_attn.v_proj.bias" => bias(&lw.bv)?,
+                    "mlp.gate_proj.weight" => lw.w_gate_t.t()?,
+                    "mlp.up_proj.weight" => lw.w_up_t.t()?,
+                    "mlp.down_proj.weight" => lw.w_down_t.t()?,
+                    _ => return Err(unknown()),
+                }
+            }
+        };
+        let t = match rows {
+            None => t,
+            Some(r) => {
+                let n = t.dim(0)?;
+                if let Some(&bad) = r.iter().find(|&&i| i >= n) {
+                    bail!("weight {name:?}: row {bad} out of range ({n} rows)");
+                }
+                // rows of a transposed view: select columns of the stored [in, out] layout
+                if t.is_contiguous() {
+                    t.index_select(&super::ops::index_tensor(r, t.device())?, 0)?
+                } else {
+                    t.t()?
+                        .index_select(&super::ops::index_tensor(r, t.device())?, 1)?
+                        .t()?
+                }
+            }
+        };
+        Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+    }
+}

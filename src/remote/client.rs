@@ -519,6 +519,16 @@ impl Backend for Remote {
         Ok(self.sample_info(key)?.input)
     }
 
+    fn weight(&self, name: &str, rows: Option<&[usize]>) -> Result<Tensor> {
+        let w = wire::WeightWire {
+            name: name.to_string(),
+            rows: rows.map(<[usize]>::to_vec),
+        };
+        let (mut ts, _) = self.post_tensors("/weight", &w, &[])?;
+        ts.remove(wire::TENSOR)
+            .ok_or_else(|| anyhow!("server at {} sent no tensor", self.url()))
+    }
+
     fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad> {
         self.node_gradient_on(&key.dataset, Some(key.index), req)
     }

@@ -221,6 +221,9 @@ pub fn getter_of(act: &Act) -> (Getter, usize, HeadSel) {
         Act::HeadOutput(l, h) => (Getter::HeadOutput, *l, h.clone()),
         Act::AttnWeights(l, h) => (Getter::AttnWeights, *l, h.clone()),
         Act::Logits => (Getter::Logits, 0, HeadSel::All),
+        Act::AttnOut(l) => (Getter::AttnOut, *l, HeadSel::All),
+        Act::InputNormVar(l) => (Getter::InputNormVar, *l, HeadSel::All),
+        Act::PostAttnNormVar(l) => (Getter::PostAttnNormVar, *l, HeadSel::All),
     }
 }
 
@@ -239,17 +242,26 @@ pub enum Getter {
     AttnWeights,
     /// Logits `[1,k,v]` (layer ignored).
     Logits,
+    /// Per-head attention output before o_proj `[1,k,n,d]`.
+    AttnOut,
+    /// input_layernorm variance `[1,k,1]` (layer 0..=L; L = the final norm).
+    InputNormVar,
+    /// post_attention_layernorm variance `[1,k,1]`.
+    PostAttnNormVar,
 }
 
 impl Getter {
     /// Every getter.
-    pub const ALL: [Getter; 6] = [
+    pub const ALL: [Getter; 9] = [
         Getter::HiddenStates,
         Getter::AttnOutput,
         Getter::MlpOutput,
         Getter::HeadOutput,
         Getter::AttnWeights,
         Getter::Logits,
+        Getter::AttnOut,
+        Getter::InputNormVar,
+        Getter::PostAttnNormVar,
     ];
 
     /// The endpoint path.
@@ -261,6 +273,9 @@ impl Getter {
             Getter::HeadOutput => "/head_output",
             Getter::AttnWeights => "/attn_weights",
             Getter::Logits => "/logits",
+            Getter::AttnOut => "/attn_out",
+            Getter::InputNormVar => "/input_norm_var",
+            Getter::PostAttnNormVar => "/post_attn_norm_var",
         }
     }
 
@@ -273,6 +288,9 @@ impl Getter {
             Getter::HeadOutput => Act::HeadOutput(layer, head_sel(heads)),
             Getter::AttnWeights => Act::AttnWeights(layer, head_sel(heads)),
             Getter::Logits => Act::Logits,
+            Getter::AttnOut => Act::AttnOut(layer),
+            Getter::InputNormVar => Act::InputNormVar(layer),
+            Getter::PostAttnNormVar => Act::PostAttnNormVar(layer),
         }
     }
 
@@ -438,6 +456,18 @@ pub struct InterveneWire {
     /// Logit positions and residual layers to return.
     #[serde(default)]
     pub options: crate::backend::InterveneOptions,
+}
+
+/// Request of `POST /weight`: a safetensors body without tensors whose
+/// `__metadata__.request` is this JSON. Response: tensor `tensor` (HF layout, f32).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightWire {
+    /// Hugging Face name of the weight.
+    pub name: String,
+    /// Rows of dim 0 to return (null = all).
+    #[serde(default)]
+    pub rows: Option<Vec<usize>>,
 }
 
 /// Tensor name of the value of intervention `index` of set `set`.

@@ -211,6 +211,26 @@ pub(super) async fn lens_logits(
     tensor_response(&[(wire::TENSOR, &t)], HashMap::new())
 }
 
+pub(super) async fn weight(
+    State(st): State<Shared>,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let (w, _) = tensor_request::<wire::WeightWire>(&body, |_| false)?;
+    if let Some(r) = &w.rows {
+        crate::limits::BATCH_SAMPLES
+            .check(r.len(), "rows")
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+    }
+    let local = st.local();
+    let t = blocking(move || {
+        local
+            .weight(&w.name, w.rows.as_deref())
+            .map_err(|e| ApiError::bad(format!("{e:#}")))
+    })
+    .await?;
+    tensor_response(&[(wire::TENSOR, &t)], HashMap::new())
+}
+
 pub(super) async fn attribute_residual(
     State(st): State<Shared>,
     RawBody(body): RawBody,

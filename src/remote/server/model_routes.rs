@@ -276,6 +276,9 @@ getter_handler!(mlp_output, Getter::MlpOutput);
 getter_handler!(head_output, Getter::HeadOutput);
 getter_handler!(attn_weights, Getter::AttnWeights);
 getter_handler!(logits, Getter::Logits);
+getter_handler!(attn_out, Getter::AttnOut);
+getter_handler!(input_norm_var, Getter::InputNormVar);
+getter_handler!(post_attn_norm_var, Getter::PostAttnNormVar);
 
 pub(super) async fn list_datasets(State(st): State<Shared>) -> ApiResult<Response> {
     let list = dataset_infos(&st.local())?;

@@ -93,7 +93,7 @@ pub(super) fn check_get(
         let Some(layer) = req.layer else {
             return Err(ApiError::bad(format!("{} needs a layer", g.path())));
         };
-        let max = if g == Getter::HiddenStates {
+        let max = if matches!(g, Getter::HiddenStates | Getter::InputNormVar) {
             n_layers + 1
         } else {
             n_layers

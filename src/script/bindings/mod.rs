@@ -7,6 +7,7 @@ pub mod attribution;
 pub mod causal;
 pub mod forward;
 pub mod graph_ops;
+pub mod internals;
 pub mod lens;
 pub mod model;
 pub mod puzzle;
@@ -39,4 +40,5 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     vis::register(&mut Registrar::new(engine, docs, "vis"));
     lens::register(&mut Registrar::new(engine, docs, "lens"));
     causal::register(&mut Registrar::new(engine, docs, "causal"), state);
+    internals::register(&mut Registrar::new(engine, docs, "model"));
 }
