@@ -28,7 +28,7 @@ pub const IG_RESOLUTION: Limit = Limit {
 };
 
 /// Elements of one tensor built or computed by a script (zeros, ones, arange, broadcasting
-/// arithmetic, stack, cat, …): 2^28 f32 = 1 GiB.
+/// arithmetic, stack, cat, matmul, einsum intermediates, …): 2^28 f32 = 1 GiB.
 pub const TENSOR_ELEMS: Limit = Limit {
     what: "tensor elements",
     env: "MINARC_MAX_TENSOR_ELEMS",

@@ -785,6 +785,19 @@ let cl = cluster_heads([[0, 0, ones([1, 2, 3])], [0, 1, ones([1, 2, 3])]]);
         ("cat([t, t], 99)", &["out of range"]),
         ("ones([100000, 3]) + ones([100000, 1, 3])", &["limit"]),
         (
+            "einsum(\"i,j->ij\", [ones([100000]), ones([100000])])",
+            &["10000000000 elements", "MINARC_MAX_TENSOR_ELEMS"],
+        ),
+        (
+            "matmul(ones([100000, 1]), ones([1, 100000]))",
+            &["MINARC_MAX_TENSOR_ELEMS"],
+        ),
+        ("einsum(\"ii->i\", [t])", &["repeated"]),
+        ("einsum(\"ij,jk\", [t, t])", &["explicit output"]),
+        ("matmul(t, t)", &["inner dims differ"]),
+        ("softmax(t, 99)", &["out of range"]),
+        ("where(t.gt(0), ones([5]), 0)", &["do not broadcast"]),
+        (
             "{ let b = ones([10000, 10000]); stack([b, b, b], 0) }",
             &["limit"],
         ),

@@ -14,6 +14,7 @@ pub mod repl;
 pub mod runner;
 pub mod state;
 pub mod tensor;
+pub mod tensor_maths;
 pub mod watch;
 
 pub use errors::{ErrorDetails, ErrorKind, ScriptError};

@@ -14,6 +14,7 @@ pub mod puzzle;
 pub mod spread;
 pub mod tensor;
 pub mod tensor_io;
+pub mod tensor_maths;
 pub mod util;
 pub mod vis;
 
@@ -27,6 +28,7 @@ pub use args::{RResult, guard, int_array, int_list, usize_list};
 /// Register every binding domain.
 pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>) {
     tensor::register(&mut Registrar::new(engine, docs, "tensor"));
+    tensor_maths::register(&mut Registrar::new(engine, docs, "tensor"));
     tensor_io::register(&mut Registrar::new(engine, docs, "tensor"));
     util::register(&mut Registrar::new(engine, docs, "util"), state);
     puzzle::register(&mut Registrar::new(engine, docs, "puzzle"), state);
