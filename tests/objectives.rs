@@ -427,3 +427,53 @@ let attr = mr(rs, |r| attribute_step(g, model, r, [lm]));
         assert!(e.message.contains(words), "{call}: {}", e.message);
     }
 }
+
+#[test]
+fn lenses_show_attn_and_patterns_work_on_custom_samples_with_user_spans() {
+    let dir = common::tiny_model_dir();
+    let (mut h, buf) = common::script_host();
+    let src = format!(
+        r#"let model = load_model("{}");
+let s = prompt_sample(tokenizer(model), "The cell (2,3) is B. The cell (4,1) is R", #{{answers: [" B", " R"], spans: #{{cell: [3, 11]}}}});
+let r = forward(model, "lens", [s])[0];
+let lens = eval_logit_lens(model, r);
+let text = show_attn(model, r, 1, 2);
+let scores = get_head_matching_scores(model, r, ["A-->cell"], 1, 2);
+let w = get_attn_weights(model, r, 1, 2, r.positions("A-"));
+#{{acc: lens.acc.shape, positions: lens.positions, text: text, score: scores["A-->cell"].scores,
+   direct: [w[0][0][3], w[0][1][11]], a_minus: r.positions("A-")}}"#,
+        dir.display()
+    );
+    let v = h
+        .eval_source("lens.rhai", &src, false)
+        .unwrap_or_else(|e| panic!("{}\n{}", e.message, buf.contents()))
+        .try_cast::<rhai::Map>()
+        .unwrap();
+    let a_minus = v["a_minus"].clone().into_array().unwrap();
+    assert_eq!(a_minus.len(), 2);
+    assert_eq!(v["positions"].to_string(), v["a_minus"].to_string());
+    assert_eq!(v["acc"].to_string(), format!("[{}, 3]", 2));
+    let text = v["text"].clone().into_string().unwrap();
+    assert!(
+        text.matches("q->").count() == 2,
+        "both answers shown:\n{text}"
+    );
+    // the pattern score of A-->cell is the attention from each A- position to its cell token
+    let score: Vec<f64> = v["score"]
+        .clone()
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_float().unwrap())
+        .collect();
+    let direct: Vec<f64> = v["direct"]
+        .clone()
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_float().unwrap())
+        .collect();
+    for (a, b) in score.iter().zip(&direct) {
+        assert!((a - b).abs() < 1e-6, "{score:?} vs {direct:?}");
+    }
+}

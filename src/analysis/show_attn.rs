@@ -194,9 +194,17 @@ pub fn show_attn_data(
         cfg.num_attention_heads
     );
     let n_ans = sample.answer_indices.len();
-    let shown = shown_answers(n_ans, sample.params.puzzle.q_train, last_k)?;
+    // a custom prompt shows every answer, from the prompt's first token unless start is given
+    let custom = sample.puzzle.is_none();
+    let shown = if custom {
+        ensure!(n_ans > 0, "the sample has no answers to show");
+        0..n_ans
+    } else {
+        shown_answers(n_ans, sample.params.puzzle.q_train, last_k)?
+    };
     let start = match start {
         Some(v) => v,
+        None if custom => 0,
         None => {
             let ex = sample
                 .last_examples(last_k)?
