@@ -477,3 +477,53 @@ let w = get_attn_weights(model, r, 1, 2, r.positions("A-"));
         assert!((a - b).abs() < 1e-6, "{score:?} vs {direct:?}");
     }
 }
+
+#[test]
+fn prompt_samples_over_http_are_the_scripts_samples() {
+    use minarc::puzzle::sample::{AnswerOpt, PromptSpec, TokenOpt};
+    let dir = common::tiny_model_dir();
+    let srv = minarc::remote::RunningServer::start(
+        Local::load(dir, DType::F32, &Device::Cpu).unwrap(),
+        minarc::remote::ServeOptions {
+            port: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let remote = minarc::remote::Remote::connect(&srv.url(), None).unwrap();
+    let prompt = "The cell (2,3) is B. The cell (4,1) is R";
+    let spec = PromptSpec {
+        answers: vec![AnswerOpt::Text(" R".into())],
+        objective: Some("logit_diff".into()),
+        foils: vec![TokenOpt::Text(" B".into())],
+        index: 4,
+        ..Default::default()
+    };
+    let got = remote.prompt_sample(prompt, &spec).unwrap();
+    let tok = minarc::tokenizer::load_tokenizer(dir).unwrap();
+    let want = spec.build(&tok, prompt).unwrap();
+    assert_eq!(got.sample.answer_indices, want.answer_indices);
+    assert_eq!(got.sample.labels, want.labels);
+    assert_eq!(got.sample.objective, want.objective);
+    assert_eq!(got.answers, want.answers);
+    assert_eq!(got.n_tokens, want.n_tokens.unwrap());
+    // the sample forwards and attributes on the server
+    remote
+        .forward_sample("http", &got.sample, &CaptureSpec::full(), false)
+        .unwrap();
+    assert_eq!(
+        remote
+            .sample_meta(&SampleKey::new("http", 4))
+            .unwrap()
+            .objective,
+        want.objective
+    );
+    // a bad spec is a 400 that names the problem
+    let bad = PromptSpec {
+        answers: vec![AnswerOpt::Text(" Q!".into())],
+        ..Default::default()
+    };
+    let e = format!("{:#}", remote.prompt_sample(prompt, &bad).unwrap_err());
+    assert!(e.contains("400") && e.contains("does not occur"), "{e}");
+    srv.shutdown().unwrap();
+}

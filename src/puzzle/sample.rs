@@ -412,3 +412,95 @@ impl Sample {
         Ok(out)
     }
 }
+
+/// One answer of a [`PromptSpec`]: a text (its last occurrence) or a character span.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum AnswerOpt {
+    /// The last occurrence of this text in the prompt.
+    Text(String),
+    /// Characters `[start, end)`.
+    Span([usize; 2]),
+}
+
+/// A candidate or foil: a token id or a single-token text.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum TokenOpt {
+    /// A token id.
+    Id(u32),
+    /// A text that is one token.
+    Text(String),
+}
+
+/// What a custom sample explains, as scripts (`prompt_sample`) and `POST /prompt_sample` give
+/// it: answers (texts or character spans), answer token positions, candidates and foils
+/// (ids or single-token texts), objective, named spans and the sample index.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSpec {
+    /// Answers: texts (last occurrence) or character spans; every token they cover is a target.
+    #[serde(default)]
+    pub answers: Vec<AnswerOpt>,
+    /// Answer token positions.
+    #[serde(default)]
+    pub answer_tokens: Vec<usize>,
+    /// Candidates (the A3 mask of the log-prob objective).
+    #[serde(default)]
+    pub candidates: Vec<TokenOpt>,
+    /// Foils, one per answer token (logit_diff).
+    #[serde(default)]
+    pub foils: Vec<TokenOpt>,
+    /// log_prob (default), full_vocab, logit_diff or argmax.
+    #[serde(default)]
+    pub objective: Option<String>,
+    /// Named spans (token positions).
+    #[serde(default)]
+    pub spans: BTreeMap<String, Vec<usize>>,
+    /// Sample index in its dataset.
+    #[serde(default)]
+    pub index: usize,
+}
+
+impl PromptSpec {
+    /// The sample of `prompt` this spec describes (see [`Sample::custom`]).
+    pub fn build(&self, tok: &Tokenizer, prompt: &str) -> Result<Sample> {
+        crate::limits::TEXT_BYTES.check(prompt.len(), "prompt")?;
+        let o = self;
+        crate::limits::COUNT.check(o.answers.len() + o.answer_tokens.len(), "answers")?;
+        let ids = |what: &str, v: &[TokenOpt]| -> anyhow::Result<Vec<u32>> {
+            v.iter()
+                .enumerate()
+                .map(|(i, t)| match t {
+                    TokenOpt::Id(id) => Ok(*id),
+                    TokenOpt::Text(s) => crate::tokenizer::single_token_id(tok, s)
+                        .map_err(|e| anyhow::anyhow!("{what}[{i}]: {e}")),
+                })
+                .collect()
+        };
+        let mut spec = CustomSpec {
+            answer_tokens: o.answer_tokens.clone(),
+            candidate_ids: ids("candidates", &o.candidates)?,
+            foil_ids: ids("foils", &o.foils)?,
+            objective: o.objective.clone(),
+            spans: o.spans.clone(),
+            ..Default::default()
+        };
+        let vocab = tok.get_vocab_size(true);
+        if let Some(&t) = spec
+            .candidate_ids
+            .iter()
+            .chain(&spec.foil_ids)
+            .find(|&&t| t as usize >= vocab)
+        {
+            anyhow::bail!("token id {t} is not in the vocabulary ({vocab} tokens)");
+        }
+        for a in &o.answers {
+            match a {
+                AnswerOpt::Text(t) => spec.answer_texts.push(t.clone()),
+                AnswerOpt::Span(s) => spec.answer_spans.push(*s),
+            }
+        }
+        Sample::custom(o.index, prompt, tok, &spec)
+    }
+}

@@ -303,6 +303,22 @@ impl Remote {
         self.conn.get_json(path)
     }
 
+    /// A sample of any prompt resolved by the server's tokenizer (`POST /prompt_sample`): send
+    /// the returned `sample` to `forward_sample`.
+    pub fn prompt_sample(
+        &self,
+        prompt: &str,
+        spec: &crate::puzzle::sample::PromptSpec,
+    ) -> Result<wire::PromptSampleResponse> {
+        self.post_json(
+            "/prompt_sample",
+            &wire::PromptSampleRequest {
+                prompt: prompt.to_string(),
+                spec: spec.clone(),
+            },
+        )
+    }
+
     fn post_json<T: Serialize, R: DeserializeOwned>(&self, path: &str, req: &T) -> Result<R> {
         let bytes = self.call("POST", path, Body::Json(serde_json::to_vec(req)?))?;
         serde_json::from_slice(&bytes)

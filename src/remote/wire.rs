@@ -458,6 +458,31 @@ pub struct InterveneWire {
     pub options: crate::backend::InterveneOptions,
 }
 
+/// Request of `POST /prompt_sample`: a sample of any prompt, resolved with the server's
+/// tokenizer (see [`crate::puzzle::sample::PromptSpec`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSampleRequest {
+    /// The teacher-forced prompt.
+    pub prompt: String,
+    /// What to explain: answers, answer_tokens, candidates, foils, objective, spans, index.
+    #[serde(default)]
+    pub spec: crate::puzzle::sample::PromptSpec,
+}
+
+/// Answer of `POST /prompt_sample`: the sample to send to `/forward`, and what was resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromptSampleResponse {
+    /// The sample (labels, answer_indices, candidate_ids, objective filled in).
+    pub sample: SampleInput,
+    /// The answer tokens' texts.
+    pub answers: Vec<String>,
+    /// Named spans (token positions).
+    pub spans: std::collections::BTreeMap<String, Vec<usize>>,
+    /// Prompt length in tokens.
+    pub n_tokens: usize,
+}
+
 /// Request of `POST /weight`: a safetensors body without tensors whose
 /// `__metadata__.request` is this JSON. Response: tensor `tensor` (HF layout, f32).
 #[derive(Debug, Clone, Serialize, Deserialize)]

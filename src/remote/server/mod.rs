@@ -150,6 +150,7 @@ pub fn router(state: Shared) -> Router {
         .route("/tokenizer", get(tokenizer))
         .route("/load_model", post(load_model).layer(small))
         .route("/forward", post(forward).layer(fwd))
+        .route("/prompt_sample", post(prompt_sample).layer(fwd))
         .route("/batch_forward", post(batch_forward).layer(batch))
         .route("/hidden_states", post(hidden_states).layer(small))
         .route("/attn_output", post(attn_output).layer(small))

@@ -116,6 +116,35 @@ fn check_prompt(local: &Local, s: &crate::model::SampleInput) -> ApiResult<()> {
     })
 }
 
+pub(super) async fn prompt_sample(
+    State(st): State<Shared>,
+    JsonBody(req): JsonBody<wire::PromptSampleRequest>,
+) -> ApiResult<Response> {
+    let local = st.local();
+    local
+        .check_prompt(&req.prompt)
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{e:#}")))?;
+    let s = blocking(move || {
+        req.spec
+            .build(local.tokenizer(), &req.prompt)
+            .map_err(|e| ApiError::bad(format!("{e:#}")))
+    })
+    .await?;
+    json(&wire::PromptSampleResponse {
+        sample: crate::model::SampleInput {
+            index: s.index,
+            prompt: s.prompt.clone(),
+            labels: s.labels.clone(),
+            candidate_ids: s.candidate_ids.clone(),
+            answer_indices: s.answer_indices.clone(),
+            objective: s.objective.clone(),
+        },
+        answers: s.answers.clone(),
+        spans: s.spans.clone(),
+        n_tokens: s.n_tokens.unwrap_or(0),
+    })
+}
+
 pub(super) async fn forward(
     State(st): State<Shared>,
     JsonBody(req): JsonBody<ForwardRequest>,

@@ -523,78 +523,8 @@ fn register_puzzle_getters(r: &mut Registrar) {
     );
 }
 
-/// One answer of `prompt_sample`: a text (its last occurrence) or a character span.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum AnswerOpt {
-    Text(String),
-    Span([usize; 2]),
-}
-
-/// A candidate or foil: a token id or a single-token text.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum TokenOpt {
-    Id(u32),
-    Text(String),
-}
-
-/// Options of `prompt_sample`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PromptSampleOpts {
-    #[serde(default)]
-    answers: Vec<AnswerOpt>,
-    #[serde(default)]
-    answer_tokens: Vec<usize>,
-    #[serde(default)]
-    candidates: Vec<TokenOpt>,
-    #[serde(default)]
-    foils: Vec<TokenOpt>,
-    #[serde(default)]
-    objective: Option<String>,
-    #[serde(default)]
-    spans: std::collections::BTreeMap<String, Vec<usize>>,
-    #[serde(default)]
-    index: usize,
-}
-
 fn prompt_sample(tok: &tokenizers::Tokenizer, prompt: &str, opts: &Map) -> anyhow::Result<Sample> {
     crate::limits::TEXT_BYTES.check(prompt.len(), "prompt")?;
-    let o: PromptSampleOpts = super::args::options(opts)?;
-    crate::limits::COUNT.check(o.answers.len() + o.answer_tokens.len(), "answers")?;
-    let ids = |what: &str, v: &[TokenOpt]| -> anyhow::Result<Vec<u32>> {
-        v.iter()
-            .enumerate()
-            .map(|(i, t)| match t {
-                TokenOpt::Id(id) => Ok(*id),
-                TokenOpt::Text(s) => crate::tokenizer::single_token_id(tok, s)
-                    .map_err(|e| anyhow::anyhow!("{what}[{i}]: {e}")),
-            })
-            .collect()
-    };
-    let mut spec = crate::puzzle::sample::CustomSpec {
-        answer_tokens: o.answer_tokens,
-        candidate_ids: ids("candidates", &o.candidates)?,
-        foil_ids: ids("foils", &o.foils)?,
-        objective: o.objective,
-        spans: o.spans,
-        ..Default::default()
-    };
-    let vocab = tok.get_vocab_size(true);
-    if let Some(&t) = spec
-        .candidate_ids
-        .iter()
-        .chain(&spec.foil_ids)
-        .find(|&&t| t as usize >= vocab)
-    {
-        anyhow::bail!("token id {t} is not in the vocabulary ({vocab} tokens)");
-    }
-    for a in o.answers {
-        match a {
-            AnswerOpt::Text(t) => spec.answer_texts.push(t),
-            AnswerOpt::Span(s) => spec.answer_spans.push(s),
-        }
-    }
-    crate::puzzle::Sample::custom(o.index, prompt, tok, &spec)
+    let spec: crate::puzzle::sample::PromptSpec = super::args::options(opts)?;
+    spec.build(tok, prompt)
 }
