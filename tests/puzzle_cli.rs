@@ -145,3 +145,68 @@ fn dataset_roundtrip_is_exact() {
     write_jsonl(&p, &samples).unwrap();
     assert_eq!(read_jsonl(&p).unwrap(), samples);
 }
+
+#[test]
+fn prompt_templates_from_the_cli_and_from_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = dir.path().join("words.json");
+    let out = minarc(&["--write-template", tpl.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the written default reads back as the default
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tpl).unwrap()).unwrap();
+    assert_eq!(j["answer_head"], "Answer: ");
+    j["system"] = "You solve grid puzzles.".into();
+    j["example_title"] = "# Worked example {k}".into();
+    std::fs::write(&tpl, j.to_string()).unwrap();
+    let out = minarc(&[
+        "--seeds",
+        "0..1",
+        "--template",
+        tpl.to_str().unwrap(),
+        "--tokenizer",
+        "fixture",
+        "--show",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("system\nYou solve grid puzzles.") && text.contains("# Worked example 2\n")
+    );
+    // the same file from a script
+    let (out, buf) = minarc::script::Output::buffer();
+    let mut h = minarc::script::Host::with_output(out);
+    let src = format!(
+        "let ds = gen_dataset(#{{seeds: \"0..1\", tokenizer: \"fixture\", template: \"{}\"}});\nds[0].prompt",
+        tpl.display()
+    );
+    let p = h
+        .eval_source("t.rhai", &src, false)
+        .unwrap_or_else(|e| panic!("{}\n{}", e.message, buf.contents()))
+        .into_string()
+        .unwrap();
+    assert!(p.contains("# Worked example 1\n"));
+    // a bad template is a one-line error with exit code 2
+    std::fs::write(&tpl, r#"{"answer_head": ""}"#).unwrap();
+    let out = minarc(&[
+        "--seeds",
+        "0..1",
+        "--template",
+        tpl.to_str().unwrap(),
+        "--show",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("answer_head") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}

@@ -153,3 +153,102 @@ fn without_tokenizer_only_char_spans() {
     assert_eq!(&s.prompt[a.start..a.end], s.answers[7]);
     assert!(s.positions("A", 2).is_err());
 }
+
+/// Other words around the tracked pieces: every position still decodes to its text, the labels
+/// follow the new answer head, and the words appear where the template puts them.
+#[test]
+fn a_prompt_template_changes_the_words_and_keeps_the_positions() {
+    use minarc::puzzle::template::PromptTemplate;
+    let tok = fixture_tokenizer().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("words.json");
+    std::fs::write(
+        &path,
+        r###"{"system": "Tu es un assistant.",
+            "example_title": "## Exemple numéro {k}",
+            "question_head": "# Quelle est la couleur de la case liée à la case",
+            "answer_head": "Réponse: ",
+            "what_dict": "un dict des cases (x,y) vers leur couleur",
+            "separator": "=========="}"###,
+    )
+    .unwrap();
+    let t = PromptTemplate::from_file(&path).unwrap();
+    assert_eq!(
+        t.code_tail,
+        PromptTemplate::default().code_tail,
+        "unset fields keep the default"
+    );
+    for (params, mut opts) in variants().into_iter().take(6) {
+        opts.template = Some(t.clone());
+        let s = sample(&params, &opts, &tok);
+        check_sample(&tok, &s);
+        assert!(s.prompt.contains("system\nTu es un assistant."));
+        assert!(s.prompt.contains("## Exemple numéro 1\n") && !s.prompt.contains("# Example 1"));
+        assert!(s.prompt.contains("==========\n"));
+        assert!(s.prompt.matches("Réponse: ").count() >= s.answers.len());
+        // the label is the token after the new head, and it is the answer's candidate
+        let enc = tok.encode(s.prompt.as_str(), false).unwrap();
+        for (&a, &l) in s.answer_indices.iter().zip(&s.labels) {
+            assert_eq!(enc.get_ids()[a], l);
+            let before = &s.prompt[..enc.get_offsets()[a].0];
+            assert!(
+                before
+                    .trim_end_matches(['\'', '"', ' '])
+                    .ends_with("Réponse:"),
+                "{before:?}"
+            );
+        }
+    }
+    // the default template written out reads back as the default, and gives the same prompt
+    let out = dir.path().join("default.json");
+    std::fs::write(
+        &out,
+        serde_json::to_string(&PromptTemplate::default()).unwrap(),
+    )
+    .unwrap();
+    let d = PromptTemplate::from_file(&out).unwrap();
+    assert_eq!(d, PromptTemplate::default());
+    let (params, opts) = variants().remove(0);
+    let mut with = opts.clone();
+    with.template = Some(d);
+    assert_eq!(
+        sample(&params, &opts, &tok).prompt,
+        sample(&params, &with, &tok).prompt
+    );
+    // a head the tokenizer joins to the letter is refused: with the word-level tokenizer,
+    // "AnswerB" is one word
+    let (params, mut opts) = variants().remove(0);
+    opts.template = Some(PromptTemplate {
+        answer_head: "Answer".into(),
+        ..PromptTemplate::default()
+    });
+    let plain =
+        Sample::build(0, minarc::puzzle::gen_puzzle(&params).unwrap(), &opts, None).unwrap();
+    let words = word_level(&[plain.prompt]);
+    let e = format!(
+        "{:#}",
+        Sample::build(
+            0,
+            minarc::puzzle::gen_puzzle(&params).unwrap(),
+            &opts,
+            Some(&words)
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("joins it to the end of the answer head"), "{e}");
+    // bad files are clear errors
+    for (text, words) in [
+        (r#"{"answer_head": ""}"#, "answer_head"),
+        (
+            r##"{"example_title": "# Ex {n}"}"##,
+            "unknown placeholder {n}",
+        ),
+        (r#"{"question": "x"}"#, "unknown field"),
+        (r#"{"separator": 3}"#, "invalid type"),
+        (r##"{"test_title_numbered": "# T {k"}"##, "unclosed"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let e = format!("{:#}", PromptTemplate::from_file(&path).unwrap_err());
+        assert!(e.contains(words) && e.contains("words.json"), "{text}: {e}");
+    }
+}

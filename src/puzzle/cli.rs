@@ -60,6 +60,13 @@ pub struct PuzzlesArgs {
     /// Leave out the relation-definition block.
     #[arg(long = "no-instructions")]
     pub no_instructions: bool,
+    /// A JSON file of prompt words replacing the project's own (see `minarc puzzles
+    /// --write-template FILE` for the default; missing fields keep it).
+    #[arg(long)]
+    pub template: Option<PathBuf>,
+    /// Write the default prompt words as a JSON template to FILE and exit.
+    #[arg(long = "write-template")]
+    pub write_template: Option<PathBuf>,
     /// Tokenizer for the token fields: a tokenizer.json file, a model folder holding one, or
     /// `fixture` for the built-in fixture tokenizer.
     #[arg(long)]
@@ -138,6 +145,11 @@ fn plan(args: &PuzzlesArgs) -> Result<Plan> {
         transpose: args.transpose,
         color_quote: args.color_quote.clone(),
         remove_instructions: args.no_instructions,
+        template: args
+            .template
+            .as_deref()
+            .map(crate::puzzle::template::PromptTemplate::from_file)
+            .transpose()?,
     };
     opts.validate()?;
     let seeds = parse_seeds(&args.seeds)?;
@@ -201,6 +213,16 @@ fn summary(samples: &[Sample]) -> String {
 
 /// Runs the command.
 pub fn run(args: &PuzzlesArgs) -> Result<(), PuzzlesError> {
+    if let Some(path) = &args.write_template {
+        let text =
+            serde_json::to_string_pretty(&crate::puzzle::template::PromptTemplate::default())
+                .map_err(|e| PuzzlesError::Failed(e.into()))?;
+        std::fs::write(path, text + "\n").map_err(|e| {
+            PuzzlesError::Failed(anyhow::anyhow!("writing {}: {e}", path.display()))
+        })?;
+        eprintln!("wrote the default prompt words to {}", path.display());
+        return Ok(());
+    }
     let plan = plan(args).map_err(PuzzlesError::BadParams)?;
     let tok = args
         .tokenizer

@@ -16,6 +16,7 @@ pub mod grid;
 pub mod prompt;
 pub mod relation;
 pub mod sample;
+pub mod template;
 
 use serde::{Deserialize, Serialize};
 

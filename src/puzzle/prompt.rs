@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::color::color_letter;
 use super::grid::Grid;
 use super::relation::fn_defs;
+pub use super::template::PromptTemplate;
 use super::{CellRanges, Example, GridRanges, KeyRanges, Puzzle, Track};
 use crate::tokenizer::{IM_END, IM_START};
 
@@ -72,6 +73,9 @@ pub struct PromptOptions {
     pub color_quote: String,
     /// Leave out the relation-definition block.
     pub remove_instructions: bool,
+    /// The words of the prompt (None: the project's own wording, [`PromptTemplate::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PromptTemplate>,
 }
 
 impl Default for PromptOptions {
@@ -81,6 +85,7 @@ impl Default for PromptOptions {
             transpose: true,
             color_quote: String::new(),
             remove_instructions: false,
+            template: None,
         }
     }
 }
@@ -103,15 +108,30 @@ impl PromptOptions {
     }
 }
 
-/// The ChatML prefix: system turn and the opening of the user turn.
+/// The ChatML prefix of the default wording: system turn and the opening of the user turn.
 pub fn chat_prefix() -> String {
-    format!("{IM_START}system\nYou are a helpful assistant.{IM_END}\n{IM_START}user\n")
+    chat_prefix_with(&PromptTemplate::default().system)
+}
+
+/// The ChatML prefix with a system message.
+pub fn chat_prefix_with(system: &str) -> String {
+    format!("{IM_START}system\n{system}{IM_END}\n{IM_START}user\n")
+}
+
+impl PromptOptions {
+    /// The words in force.
+    pub fn words(&self) -> std::borrow::Cow<'_, PromptTemplate> {
+        match &self.template {
+            Some(t) => std::borrow::Cow::Borrowed(t),
+            None => std::borrow::Cow::Owned(PromptTemplate::default()),
+        }
+    }
 }
 
 /// The seed's 3×3 example grid, indexed [x][y].
 const EXAMPLE_GRID: [[u8; 3]; 3] = [[1, 0, 1], [2, 3, 4], [0, 1, 0]];
 
-/// The separator line before each example.
+/// The separator line before each example (default wording).
 pub const SEPARATOR: &str = "------------------------------";
 
 /// Appends text and records spans.
@@ -273,37 +293,33 @@ fn write_grid(w: &mut Writer, grid: &Grid, opts: &PromptOptions) -> GridRanges {
 }
 
 /// The grid-format description lines for a style.
-fn grid_description(opts: &PromptOptions) -> String {
+fn grid_description(opts: &PromptOptions, t: &PromptTemplate) -> String {
     let (a, b) = if opts.transpose {
         ("x", "y")
     } else {
         ("y", "x")
     };
     let what = match opts.style {
-        Style::Dict => {
-            "a dict that maps the (x,y) coordinate of each cell to its color".to_string()
-        }
-        Style::List => "a list of [x,y,color] items, one for each cell".to_string(),
-        Style::Markdown => format!(
-            "a markdown table: the header row holds the {a} coordinates and the first column holds the {b} coordinates"
-        ),
+        Style::Dict => t.what_dict.clone(),
+        Style::List => t.what_list.clone(),
+        Style::Markdown => PromptTemplate::fill(&t.what_markdown, &[("a", a), ("b", b)]),
     };
-    let q = &opts.color_quote;
-    format!(
-        "# A grid is written as {what}.\n# Colors are single letters such as {q}K{q} or {q}B{q}; x grows to the right and y grows downward. For example:\n"
+    PromptTemplate::fill(
+        &t.grid_description,
+        &[("what", &what), ("q", &opts.color_quote)],
     )
 }
 
 /// The code line of a question, up to (not including) the query key.
-fn code_line_head(style: Style) -> &'static str {
+fn code_line_head(style: Style, t: &PromptTemplate) -> &str {
     match style {
-        Style::Dict => "[color for (x,y), color in grid.items() if pos_relation_fn(x,y, *",
-        Style::List => "[color for x, y, color in grid if pos_relation_fn(x,y, *",
-        Style::Markdown => "[color for (x,y), color in cells(grid) if pos_relation_fn(x,y, *",
+        Style::Dict => &t.code_head_dict,
+        Style::List => &t.code_head_list,
+        Style::Markdown => &t.code_head_markdown,
     }
 }
 
-/// The question line text before the query key.
+/// The question line text before the query key (default wording).
 pub const QUESTION_HEAD: &str =
     "# Question: what color is the cell in relation pos_relation_fn to the cell";
 
@@ -315,25 +331,26 @@ fn write_example(
     is_test: bool,
     last_test_example: bool,
     opts: &PromptOptions,
+    t: &PromptTemplate,
 ) {
-    w.push(&format!("{SEPARATOR}\n{title}\n"));
+    w.push(&format!("{}\n{title}\n", t.separator));
     ex.input_ranges = Some(write_grid(w, &ex.input, opts));
     let n_qa = ex.output.len();
     for (i, qa) in ex.output.iter_mut().enumerate() {
-        w.push(QUESTION_HEAD);
+        w.push(&t.question_head);
         w.push(" ");
         let (x0, y0) = qa.query.key;
         qa.query.key_ranges = Some(w.paren_key(x0, y0));
         w.push(":");
         qa.query.value_ranges = Some(w.color(qa.query.value));
         w.push("?\n");
-        w.push(code_line_head(opts.style));
+        w.push(code_line_head(opts.style, t));
         qa.query.key_ranges_in_code = Some(w.paren_key(x0, y0));
-        w.push(")][0] = ?\n");
+        w.push(&t.code_tail);
         if is_test {
             w.push(&format!("{IM_END}\n{IM_START}assistant\n"));
         }
-        w.push("Answer: ");
+        w.push(&t.answer_head);
         qa.answer.value_ranges = Some(w.color(qa.answer.value));
         if !is_test {
             w.push("\n\n");
@@ -346,11 +363,13 @@ fn write_example(
 /// Builds the prompt for a puzzle (P9), filling the byte spans of every tracked piece.
 pub fn gen_prompt(puzzle: &mut Puzzle, opts: &PromptOptions) -> Result<String> {
     opts.validate()?;
+    let words = opts.words();
+    let t: &PromptTemplate = &words;
     let mut w = Writer {
-        text: chat_prefix(),
+        text: chat_prefix_with(&t.system),
         quote: &opts.color_quote,
     };
-    w.push(&grid_description(opts));
+    w.push(&grid_description(opts, t));
     let frame = puzzle
         .train
         .first()
@@ -359,29 +378,23 @@ pub fn gen_prompt(puzzle: &mut Puzzle, opts: &PromptOptions) -> Result<String> {
     let example = Grid::new(frame, EXAMPLE_GRID.iter().map(|r| r.to_vec()).collect())?;
     write_grid(&mut w, &example, opts);
     if !opts.remove_instructions {
-        w.push("# The functions below define positional relations between a candidate cell (x,y) and a queried cell (x0,y0).\n\n");
+        w.push(&t.relations_intro);
         w.push(&fn_defs(&puzzle.relations));
-        w.push("\n# pos_relation_fn is one of the functions above. Work out which one from the examples, then answer the questions.\n\n");
+        w.push(&t.relations_outro);
     }
-    w.push("# **Reply with \"Answer: <Color>\" only, without any intermediate reasoning.**\n\n");
+    w.push(&t.reply_instruction);
     for (k, ex) in puzzle.train.iter_mut().enumerate() {
-        write_example(
-            &mut w,
-            ex,
-            &format!("# Example {}", k + 1),
-            false,
-            false,
-            opts,
-        );
+        let title = PromptTemplate::fill(&t.example_title, &[("k", &(k + 1).to_string())]);
+        write_example(&mut w, ex, &title, false, false, opts, t);
     }
     let n_test = puzzle.test.len();
     for (k, ex) in puzzle.test.iter_mut().enumerate() {
         let title = if n_test == 1 {
-            "# Test".to_string()
+            t.test_title.clone()
         } else {
-            format!("# Test {}", k + 1)
+            PromptTemplate::fill(&t.test_title_numbered, &[("k", &(k + 1).to_string())])
         };
-        write_example(&mut w, ex, &title, true, k + 1 == n_test, opts);
+        write_example(&mut w, ex, &title, true, k + 1 == n_test, opts, t);
     }
     Ok(w.text)
 }

@@ -93,8 +93,8 @@ pub struct CustomSpec {
 }
 
 /// The token id of the answer token for `letter` written as in the prompt's answer lines.
-fn answer_token_id(tok: &Tokenizer, quote: &str, letter: char) -> Result<u32> {
-    let head = format!("Answer: {quote}");
+fn answer_token_id(tok: &Tokenizer, answer_head: &str, quote: &str, letter: char) -> Result<u32> {
+    let head = format!("{answer_head}{quote}");
     let text = format!("{head}{letter}{quote}");
     let enc = tok
         .encode(text.as_str(), false)
@@ -170,9 +170,25 @@ impl Sample {
         let ids = enc.get_ids();
         self.n_tokens = Some(ids.len());
         let quote = &self.params.prompt.color_quote;
+        let answer_head = self.params.prompt.words().answer_head.clone();
         self.candidate_ids = (0..self.params.puzzle.n_color as u8)
-            .map(|c| answer_token_id(tok, quote, color_letter(c)))
+            .map(|c| answer_token_id(tok, &answer_head, quote, color_letter(c)))
             .collect::<Result<_>>()?;
+        // each candidate must be the colour letter (with its space or quote), not glued to the
+        // end of the answer head: otherwise the objective would compare other text
+        for (c, &id) in self.candidate_ids.iter().enumerate() {
+            let text = tok
+                .decode(&[id], false)
+                .map_err(|e| anyhow!("decoding token {id}: {e}"))?;
+            let letter = color_letter(c as u8).to_string();
+            let bare = text.trim().trim_matches(|ch: char| quote.contains(ch));
+            ensure!(
+                bare == letter,
+                "the answer token of colour {letter} is {text:?}: the tokenizer joins it to the end of \
+                 the answer head {answer_head:?}; end the head so that the letter stands alone \
+                 (e.g. with \": \")"
+            );
+        }
         let mut answer_indices = Vec::new();
         let mut labels = Vec::new();
         for qa in self.selected_qas(DEFAULT_LAST_K)? {

@@ -236,6 +236,7 @@ pub fn variants() -> Vec<(PuzzleParams, PromptOptions)> {
                         transpose,
                         color_quote: quote.into(),
                         remove_instructions: seed % 2 == 0,
+                        template: None,
                     };
                     out.push((params, opts));
                 }

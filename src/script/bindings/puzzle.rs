@@ -65,10 +65,18 @@ struct PromptKeys {
     color_quote: Option<String>,
     #[serde(default)]
     remove_instructions: Option<bool>,
+    #[serde(default)]
+    template: Option<String>,
 }
 
 /// Prompt keys, for splitting the one map of `gen_dataset` into its parts.
-const PROMPT_KEYS: [&str; 4] = ["style", "transpose", "color_quote", "remove_instructions"];
+const PROMPT_KEYS: [&str; 5] = [
+    "style",
+    "transpose",
+    "color_quote",
+    "remove_instructions",
+    "template",
+];
 /// The keys only `gen_dataset` takes (their values may be script objects, e.g. a Tokenizer).
 const DATASET_KEYS: [&str; 2] = ["seeds", "tokenizer"];
 
@@ -119,6 +127,10 @@ pub fn prompt_options(map: &Map) -> Result<PromptOptions> {
         transpose: k.transpose.unwrap_or(d.transpose),
         color_quote: k.color_quote.unwrap_or(d.color_quote),
         remove_instructions: k.remove_instructions.unwrap_or(d.remove_instructions),
+        template: k
+            .template
+            .map(|p| crate::puzzle::template::PromptTemplate::from_file(Path::new(&p)))
+            .transpose()?,
     };
     o.validate()?;
     Ok(o)
@@ -305,7 +317,7 @@ fn register_generation(r: &mut Registrar, state: &Arc<HostState>) {
     .func(
         "gen_prompt",
         "gen_prompt(puzzle: Puzzle, opts: Map) -> String",
-        "The full prompt (P9). Keys: style (\"dict\", \"list\", \"markdown\"), transpose (true), color_quote (\"\"), remove_instructions (false).",
+        "The full prompt (P9). Keys: style (\"dict\", \"list\", \"markdown\"), transpose (true), color_quote (\"\"), remove_instructions (false), template (a JSON file of prompt words; see minarc puzzles --write-template).",
         |p: ScriptPuzzle, map: Map| {
             guard("gen_prompt", || {
                 let mut puzzle = (*p.0).clone();
