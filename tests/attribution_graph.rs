@@ -164,40 +164,7 @@ fn ig_completeness_converges_on_lm_head() {
 fn graph_forward_reproduces_objective() {
     let (local, samples) = setup(2);
     let cfg = local.config().clone();
-    let (nl, n) = (cfg.num_hidden_layers, cfg.num_attention_heads);
-    let mut g = Graph::new(&cfg, 2);
-    let lm = g.lm_head_id();
-    g.add_node(lm, None).unwrap();
-    let emb = g.id(0, None, NodeType::Embed).unwrap();
-    let mut below: Vec<NodeId> = vec![emb];
-    // build top-down: every node gets edges from everything below it
-    let mut layers: Vec<(Vec<NodeId>, NodeId)> = Vec::new();
-    for l in 0..nl {
-        let heads: Vec<NodeId> = (0..n)
-            .map(|h| g.id(l, Some(h), NodeType::AttnQ).unwrap())
-            .collect();
-        layers.push((heads, g.id(l, None, NodeType::Mlp).unwrap()));
-    }
-    // add downstream-first so add_edge finds the downstream
-    for u in layers
-        .iter()
-        .flat_map(|(h, m)| h.iter().copied().chain([*m]))
-        .chain([emb])
-    {
-        g.add_edge(u, lm, 1.0).unwrap();
-    }
-    for (heads, mlp) in &layers {
-        for &h in heads {
-            for &u in &below {
-                g.add_edge(u, h, 1.0).unwrap();
-            }
-        }
-        for &u in below.iter().chain(heads) {
-            g.add_edge(u, *mlp, 1.0).unwrap();
-        }
-        below.extend(heads.iter().copied());
-        below.push(*mlp);
-    }
+    let (mut g, lm, layers) = attr_support::full_circuit(&cfg, 2);
     let model = local.model();
     for r in &samples {
         let got = forward(&mut g, &local, r, None).unwrap() as f64;

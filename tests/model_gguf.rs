@@ -37,19 +37,7 @@ fn smollm2() -> &'static Path {
     })
 }
 
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    a.sub(b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use common::max_abs_diff as max_abs;
 
 #[test]
 fn smollm2_gguf_matches_transformers() {

@@ -6,7 +6,7 @@
 //! the answer tokens and refuses what it cannot resolve.
 
 use candle_core::{DType, Device};
-use minarc::attribution::{Graph, NodeType, SampleRef, attribute_step, forward};
+use minarc::attribution::{Graph, SampleRef, attribute_step, forward};
 use minarc::backend::{Backend, Local, SampleKey};
 use minarc::model::sample::Objective;
 use minarc::model::{CaptureSpec, SampleInput};
@@ -159,36 +159,7 @@ fn every_objective_is_the_lm_head_node_and_the_full_circuit() {
                 > 0.0
         );
         // the circuit of every head, MLP and the embedding reproduces the objective
-        let mut g = Graph::new(&cfg, 1);
-        let lm = g.lm_head_id();
-        g.add_node(lm, None).unwrap();
-        let emb = g.id(0, None, NodeType::Embed).unwrap();
-        let mut below = vec![emb];
-        let mut layers = Vec::new();
-        for l in 0..cfg.num_hidden_layers {
-            let heads: Vec<_> = (0..cfg.num_attention_heads)
-                .map(|h| g.id(l, Some(h), NodeType::AttnQ).unwrap())
-                .collect();
-            layers.push((heads, g.id(l, None, NodeType::Mlp).unwrap()));
-        }
-        for (heads, mlp) in &layers {
-            for &u in heads.iter().chain([mlp]) {
-                g.add_edge(u, lm, 1.0).unwrap();
-            }
-        }
-        g.add_edge(emb, lm, 1.0).unwrap();
-        for (heads, mlp) in &layers {
-            for &h in heads {
-                for &u in &below {
-                    g.add_edge(u, h, 1.0).unwrap();
-                }
-            }
-            for &u in below.iter().chain(heads) {
-                g.add_edge(u, *mlp, 1.0).unwrap();
-            }
-            below.extend(heads.iter().copied());
-            below.push(*mlp);
-        }
+        let (mut g, _, _) = common::full_circuit(&cfg, 1);
         let got = forward(&mut g, &local, &r, None).unwrap() as f64;
         assert!(
             (got - want).abs() < 1e-4 * (1.0 + want.abs()),

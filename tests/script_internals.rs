@@ -15,19 +15,7 @@ fn t(v: &rhai::Dynamic) -> Tensor {
     v.clone().try_cast::<STensor>().expect("a Tensor").0
 }
 
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use common::max_abs_diff as max_abs;
 
 fn run(model: &str) -> Map {
     let (mut h, buf) = common::script_host();

@@ -35,6 +35,14 @@ struct LayerOut {
     post_var: Tensor,
 }
 
+/// The compute dtypes the model runs in.
+fn check_compute_dtype(dtype: DType) -> Result<()> {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        bail!("compute dtype {dtype:?} not supported (f32, f16 or bf16)");
+    }
+    Ok(())
+}
+
 impl Qwen2 {
     /// Loads a HF folder (config.json + model.safetensors or shards) or a `.gguf` file in compute `dtype` on `device`
     /// with the default [`LoadOptions`] (weights scanned for NaN/inf).
@@ -49,9 +57,7 @@ impl Qwen2 {
         device: &Device,
         opts: &LoadOptions,
     ) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            bail!("compute dtype {dtype:?} not supported (f32, f16 or bf16)");
-        }
+        check_compute_dtype(dtype)?;
         if super::gguf::is_gguf(dir) {
             return Self::from_gguf(super::gguf::read(dir)?, dtype, device, opts);
         }
@@ -81,9 +87,7 @@ impl Qwen2 {
         device: &Device,
         opts: &LoadOptions,
     ) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            bail!("compute dtype {dtype:?} not supported (f32, f16 or bf16)");
-        }
+        check_compute_dtype(dtype)?;
         super::ops::tune_allocator();
         let files = WeightFiles::from_tensors(g.path.clone(), g.tensors).with_options(opts);
         let w = Weights::load(&files, &g.config, dtype, device)

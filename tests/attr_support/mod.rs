@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 #[allow(unused_imports)] // not every test binary reads it
-pub use common::vals;
+pub use common::{full_circuit, vals};
 use minarc::backend::Local;
 use minarc::model::{CaptureSpec, LayerWeights, ModelConfig, Qwen2, SampleInput, Weights};
 use rand::{Rng, SeedableRng};

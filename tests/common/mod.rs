@@ -138,3 +138,69 @@ pub fn script_prelude(dir: &Path) -> String {
         dir.display()
     )
 }
+
+/// Largest absolute difference of two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The full circuit of a model: every head (through its queries), every MLP and the embedding,
+/// each fed by everything below it and feeding lm_head. Returns the graph, the lm_head id and per
+/// layer (heads, MLP).
+#[allow(clippy::type_complexity)]
+pub fn full_circuit(
+    cfg: &ModelConfig,
+    dataset_size: usize,
+) -> (
+    minarc::attribution::Graph,
+    minarc::attribution::NodeId,
+    Vec<(
+        Vec<minarc::attribution::NodeId>,
+        minarc::attribution::NodeId,
+    )>,
+) {
+    use minarc::attribution::{Graph, NodeId, NodeType};
+    let mut g = Graph::new(cfg, dataset_size);
+    let lm = g.lm_head_id();
+    g.add_node(lm, None).unwrap();
+    let emb = g.id(0, None, NodeType::Embed).unwrap();
+    let mut below: Vec<NodeId> = vec![emb];
+    let mut layers: Vec<(Vec<NodeId>, NodeId)> = Vec::new();
+    for l in 0..cfg.num_hidden_layers {
+        let heads: Vec<NodeId> = (0..cfg.num_attention_heads)
+            .map(|h| g.id(l, Some(h), NodeType::AttnQ).unwrap())
+            .collect();
+        layers.push((heads, g.id(l, None, NodeType::Mlp).unwrap()));
+    }
+    // downstream first so add_edge finds the downstream
+    for u in layers
+        .iter()
+        .flat_map(|(h, m)| h.iter().copied().chain([*m]))
+        .chain([emb])
+    {
+        g.add_edge(u, lm, 1.0).unwrap();
+    }
+    for (heads, mlp) in &layers {
+        for &h in heads {
+            for &u in &below {
+                g.add_edge(u, h, 1.0).unwrap();
+            }
+        }
+        for &u in below.iter().chain(heads) {
+            g.add_edge(u, *mlp, 1.0).unwrap();
+        }
+        below.extend(heads.iter().copied());
+        below.push(*mlp);
+    }
+    (g, lm, layers)
+}
