@@ -96,6 +96,29 @@ fn templates() -> Vec<Template> {
             json!({"dataset": "d", "sample": 0, "layer": 1, "pos_ids": [0, 1]}),
         ),
         get(
+            "/prompt_sample",
+            json!({"prompt": "pack my box with five dozen jugs", "spec": {"answers": [" jugs", [5, 8]],
+                   "candidates": [3, " box"], "objective": "log_prob", "spans": {"x": [1, 2]}, "index": 2}}),
+        ),
+        get(
+            "/attn_out",
+            json!({"dataset": "d", "sample": 0, "layer": 1, "pos_ids": [0, 1]}),
+        ),
+        get(
+            "/input_norm_var",
+            json!({"dataset": "d", "sample": 0, "layer": L, "pos_ids": [1]}),
+        ),
+        get(
+            "/post_attn_norm_var",
+            json!({"dataset": "d", "sample": null, "layer": 0, "pos_ids": [0]}),
+        ),
+        Template {
+            method: "POST",
+            path: "/weight",
+            tensors: Some(vec![]),
+            json: json!({"name": "model.layers.1.self_attn.q_proj.weight", "rows": [0, 3]}),
+        },
+        get(
             "/attn_output",
             json!({"dataset": "d", "sample": 0, "layer": 0, "pos_ids": [2]}),
         ),
