@@ -25,7 +25,7 @@ enum Command {
     /// Run a script and re-run it on every save, keeping models and caches loaded.
     Watch(script_cli::WatchArgs),
     /// Interactive Rhai shell with the model kept loaded.
-    Repl,
+    Repl(script_cli::ReplArgs),
     /// List every script function with its signature and doc (`--markdown` for the tables of docs/src/functions.md).
     HelpFunctions(script_cli::HelpFunctionsArgs),
     /// Generate MinARC puzzles and write them as a JSONL dataset of samples.
@@ -76,7 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let code = match cli.command {
         Command::Run(a) => script_cli::run(a)?,
         Command::Watch(a) => script_cli::watch(a)?,
-        Command::Repl => script_cli::repl()?,
+        Command::Repl(a) => script_cli::repl(a)?,
         Command::HelpFunctions(a) => script_cli::help_functions(a)?,
         Command::Puzzles(args) => minarc::puzzle::cli::main(&args),
         Command::InitModel(args) => minarc::model::cli::run_init_model(&args).map(|_| 0)?,

@@ -2,6 +2,7 @@
 //! `minarc help-functions` (main.rs only parses arguments and calls these).
 
 use crate::script::host::Host;
+use crate::script::state::{Output, SharedBuf};
 use crate::script::watch::{WatchEvent, Watcher};
 use crate::script::{repl, runner};
 use anyhow::{Context, Result};
@@ -24,6 +25,13 @@ pub struct RunArgs {
 pub struct WatchArgs {
     /// The script file to run and re-run on every save.
     pub file: PathBuf,
+    /// Show every run's output, errors, figures and shown values on a page at
+    /// http://127.0.0.1:PORT/ that updates itself.
+    #[arg(long)]
+    pub view: bool,
+    /// Port of the live view (127.0.0.1 only; 0 = any free port).
+    #[arg(long, default_value_t = 8300)]
+    pub port: u16,
     /// Arguments for the script, available as the constant array `ARGS`.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -63,12 +71,30 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
 /// `minarc watch`: runs until Ctrl-C while idle.
 pub fn watch(args: WatchArgs) -> Result<i32> {
-    let mut host = Host::new();
+    let (output, buf) = if args.view {
+        let (o, b) = Output::tee_stdout();
+        (o, Some(b))
+    } else {
+        (Output::stdout(), None)
+    };
+    let mut host = Host::with_output(output);
     install_interrupt_handler(&host)?;
     host.set_args(args.args);
     let stop_flag = host.state().interrupt_handle();
+    let view = match buf {
+        Some(b) => {
+            let v = ViewSession::start(args.port, host.state().clone(), b)?;
+            eprintln!("live view: {}", v.url());
+            Some(v)
+        }
+        None => None,
+    };
     let mut w = Watcher::new(host, &args.file);
-    report(1, w.run_once().map(|_| ()));
+    let first = w.run_once().map(|_| ());
+    if let Some(v) = &view {
+        v.publish(1, &first);
+    }
+    report(1, first);
     eprintln!(
         "watching {} (Ctrl-C while idle to quit)",
         args.file.display()
@@ -77,10 +103,63 @@ pub fn watch(args: WatchArgs) -> Result<i32> {
     // (run_once clears it afterwards).
     w.event_loop(&stop_flag, |ev| {
         if let WatchEvent::Ran(n, r) = ev {
+            if let Some(v) = &view {
+                v.publish(*n, r);
+            }
             report(*n, r.clone());
         }
     })?;
     Ok(0)
+}
+
+/// A live view bound to a host: each [`ViewSession::publish`] sends what the host printed,
+/// showed and wrote since the last one.
+pub struct ViewSession {
+    view: crate::script::view::View,
+    state: std::sync::Arc<crate::script::state::HostState>,
+    buf: SharedBuf,
+}
+
+impl ViewSession {
+    /// Starts the view on 127.0.0.1:`port` and records the files written on this thread.
+    pub fn start(
+        port: u16,
+        state: std::sync::Arc<crate::script::state::HostState>,
+        buf: SharedBuf,
+    ) -> Result<Self> {
+        crate::vis::written::start_recording();
+        Ok(Self {
+            view: crate::script::view::View::start(port)?,
+            state,
+            buf,
+        })
+    }
+
+    /// The page's address.
+    pub fn url(&self) -> String {
+        self.view.url()
+    }
+
+    /// Publishes run `n` with its result.
+    pub fn publish(&self, n: usize, result: &Result<(), crate::script::ScriptError>) {
+        self.publish_error(n, result.as_ref().err().map(|e| e.to_string()));
+    }
+
+    /// Publishes run `n` with its error text (None: it worked).
+    pub fn publish_error(&self, n: usize, error: Option<String>) {
+        let output = self.buf.contents();
+        self.buf.clear();
+        self.view.publish(crate::script::view::ViewRun {
+            n,
+            error,
+            output,
+            shown: self.state.take_shown(),
+            files: crate::vis::written::take_recorded(),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
+    }
 }
 
 fn report(run: usize, r: Result<(), crate::script::ScriptError>) {
@@ -90,11 +169,31 @@ fn report(run: usize, r: Result<(), crate::script::ScriptError>) {
     }
 }
 
+/// `minarc repl [--view]`.
+#[derive(Args, Debug)]
+pub struct ReplArgs {
+    /// Show every entry's output, errors, figures and shown values on a page at
+    /// http://127.0.0.1:PORT/ that updates itself.
+    #[arg(long)]
+    pub view: bool,
+    /// Port of the live view (127.0.0.1 only; 0 = any free port).
+    #[arg(long, default_value_t = 8300)]
+    pub port: u16,
+}
+
 /// `minarc repl`.
-pub fn repl() -> Result<i32> {
-    let host = Host::new();
+pub fn repl(args: ReplArgs) -> Result<i32> {
+    if !args.view {
+        let host = Host::new();
+        install_interrupt_handler(&host)?;
+        repl::run_terminal(host)?;
+        return Ok(0);
+    }
+    let (output, buf) = Output::tee_stdout();
+    let host = Host::with_output(output);
     install_interrupt_handler(&host)?;
-    repl::run_terminal(host)?;
+    let view = ViewSession::start(args.port, host.state().clone(), buf)?;
+    repl::run_terminal_with(host, Some(view))?;
     Ok(0)
 }
 

@@ -15,6 +15,7 @@ pub mod runner;
 pub mod state;
 pub mod tensor;
 pub mod tensor_maths;
+pub mod view;
 pub mod watch;
 
 pub use errors::{ErrorDetails, ErrorKind, ScriptError};

@@ -381,6 +381,11 @@ mod terminal {
 
 /// Run the interactive REPL on the terminal until `:quit` or Ctrl-D.
 pub fn run_terminal(host: Host) -> Result<()> {
+    run_terminal_with(host, None)
+}
+
+/// The terminal REPL; with a live view, every evaluated entry is published to it.
+pub fn run_terminal_with(host: Host, view: Option<crate::script::cli::ViewSession>) -> Result<()> {
     use rustyline::error::ReadlineError;
     let mut core = ReplCore::new(host);
     let mut editor: rustyline::Editor<terminal::ReplHelper, rustyline::history::DefaultHistory> =
@@ -395,6 +400,10 @@ pub fn run_terminal(host: Host) -> Result<()> {
         let _ = editor.load_history(h);
     }
     println!("minarc script REPL: :help lists functions, :quit leaves.");
+    if let Some(v) = &view {
+        println!("live view: {}", v.url());
+    }
+    let mut entries = 0usize;
     loop {
         if let Some(helper) = editor.helper_mut() {
             helper.words = core.completion_words();
@@ -405,14 +414,28 @@ pub fn run_terminal(host: Host) -> Result<()> {
                     let _ = editor.add_history_entry(line.as_str());
                 }
                 let out = core.feed_line(&line);
+                let mut error = None;
                 match &out {
                     ReplOutput::Quit => break,
-                    ReplOutput::Error(s) | ReplOutput::Interrupted(s) => eprintln!("{s}"),
+                    ReplOutput::Error(s) | ReplOutput::Interrupted(s) => {
+                        eprintln!("{s}");
+                        error = Some(s.clone());
+                    }
                     other => {
                         if let Some(s) = other.text() {
-                            println!("{s}");
+                            match &view {
+                                // through the host's output so the view gets it too
+                                Some(_) => core.host().state().output().line(s),
+                                None => println!("{s}"),
+                            }
                         }
                     }
+                }
+                if let Some(v) = &view
+                    && !core.is_continuing()
+                {
+                    entries += 1;
+                    v.publish_error(entries, error);
                 }
             }
             Err(ReadlineError::Interrupted) => core.cancel_input(),

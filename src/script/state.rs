@@ -28,6 +28,28 @@ impl Output {
         Output(Arc::new(Mutex::new(Box::new(std::io::stdout()))))
     }
 
+    /// Write to stdout and also into a shared buffer (the live view reads each run's output).
+    pub fn tee_stdout() -> (Self, SharedBuf) {
+        struct Tee(std::io::Stdout, SharedBuf);
+        impl Write for Tee {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.write_all(b);
+                self.1.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.0.flush()
+            }
+        }
+        let buf = SharedBuf::default();
+        (
+            Output(Arc::new(Mutex::new(Box::new(Tee(
+                std::io::stdout(),
+                buf.clone(),
+            ))))),
+            buf,
+        )
+    }
+
     /// Write into a shared buffer; read it back with [`SharedBuf::contents`].
     pub fn buffer() -> (Self, SharedBuf) {
         let buf = SharedBuf::default();
@@ -81,6 +103,27 @@ pub struct HostState {
     slots: Mutex<HashMap<String, AnyArc>>,
     output: Output,
     show_progress: AtomicBool,
+    shown: Mutex<Vec<Shown>>,
+}
+
+/// A value a script sent to the live view with `show` / `show_table`.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Shown {
+    /// A value as text (a tensor preview, a map, a number).
+    Text {
+        /// Its label (the anchor on the page).
+        label: String,
+        /// The text.
+        text: String,
+    },
+    /// A table: the first row is the header.
+    Table {
+        /// Its label (the anchor on the page).
+        label: String,
+        /// Cells as text.
+        rows: Vec<Vec<String>>,
+    },
 }
 
 impl HostState {
@@ -95,7 +138,22 @@ impl HostState {
             slots: Mutex::new(HashMap::new()),
             output,
             show_progress: AtomicBool::new(true),
+            shown: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Keeps a value for the live view (bounded: the oldest go beyond 1,000).
+    pub fn push_shown(&self, s: Shown) {
+        let mut v = lock(&self.shown);
+        if v.len() >= 1000 {
+            v.remove(0);
+        }
+        v.push(s);
+    }
+
+    /// The values shown since the last call.
+    pub fn take_shown(&self) -> Vec<Shown> {
+        std::mem::take(&mut *lock(&self.shown))
     }
 
     /// The output sink used by `print`.

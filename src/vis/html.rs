@@ -283,10 +283,7 @@ pub fn render_html(view: &GraphView, opts: &HtmlOptions) -> Result<String> {
 /// Writes [`render_html`] to `path` and returns the path.
 pub fn write_html(view: &GraphView, opts: &HtmlOptions, path: &Path) -> Result<std::path::PathBuf> {
     let html = render_html(view, opts)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
+    super::written::write_file(path, html)?;
     Ok(path.to_path_buf())
 }
 

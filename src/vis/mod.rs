@@ -8,6 +8,7 @@ pub mod html;
 pub mod layout;
 pub mod plots;
 pub mod tokens;
+pub mod written;
 
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};

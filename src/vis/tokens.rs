@@ -6,7 +6,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 
 use super::html::escape_html;
 
@@ -188,10 +188,7 @@ pub fn write_tokens_html(
     title: &str,
 ) -> Result<()> {
     let html = render_tokens_html(tokens, rows, labels, title)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
+    super::written::write_file(path, html)
 }
 
 const TOKENS_TEMPLATE: &str = r##"<!DOCTYPE html>

@@ -11,6 +11,7 @@ pub mod internals;
 pub mod lens;
 pub mod model;
 pub mod puzzle;
+pub mod show;
 pub mod spread;
 pub mod tensor;
 pub mod tensor_io;
@@ -31,6 +32,7 @@ pub fn register_all(engine: &mut Engine, docs: &mut Docs, state: &Arc<HostState>
     tensor_maths::register(&mut Registrar::new(engine, docs, "tensor"));
     tensor_io::register(&mut Registrar::new(engine, docs, "tensor"));
     util::register(&mut Registrar::new(engine, docs, "util"), state);
+    show::register(&mut Registrar::new(engine, docs, "util"), state);
     puzzle::register(&mut Registrar::new(engine, docs, "puzzle"), state);
     analysis::register(&mut Registrar::new(engine, docs, "analysis"));
     model::register(&mut Registrar::new(engine, docs, "model"), state);

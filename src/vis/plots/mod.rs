@@ -83,6 +83,7 @@ pub(super) fn save_figure(path: &Path, size: (u32, u32), fig: &impl Figure) -> R
             path.display()
         ),
     }
+    super::written::record(path);
     Ok(())
 }
 
