@@ -116,6 +116,9 @@ pub struct ModelConfig {
     /// Llama's `mlp_bias`: must be false when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlp_bias: Option<bool>,
+    /// A quantised checkpoint's settings (GPTQ is read, see [`super::gptq`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_config: Option<serde_json::Value>,
 }
 
 impl ModelConfig {

@@ -113,6 +113,7 @@ impl Preset {
             use_cache: Some(true),
             attention_bias: None,
             mlp_bias: None,
+            quantization_config: None,
         }
     }
 }

@@ -213,6 +213,7 @@ fn config(
         use_cache: None,
         attention_bias: Some(has_bias),
         mlp_bias: None,
+        quantization_config: None,
     };
     if let Some(kl) = meta.md.get(&k("attention.key_length")) {
         let kl = kl.to_u32().unwrap_or(0) as usize;

@@ -36,6 +36,7 @@ pub struct WeightFiles {
     routing: HashMap<String, usize>,
     memory: Option<(PathBuf, HashMap<String, Tensor>)>,
     check_finite: bool,
+    gptq: Option<super::gptq::GptqConfig>,
 }
 
 /// A shard file name from an index must be a plain relative path inside the model folder.
@@ -151,7 +152,33 @@ impl WeightFiles {
             routing,
             memory: None,
             check_finite: LoadOptions::default().check_finite,
+            gptq: None,
         })
+    }
+
+    /// Reads the quantised linears as GPTQ with these settings.
+    pub fn with_gptq(mut self, q: Option<super::gptq::GptqConfig>) -> Self {
+        self.gptq = q;
+        self
+    }
+
+    /// The GPTQ settings, for a quantised checkpoint.
+    pub fn gptq(&self) -> Option<&super::gptq::GptqConfig> {
+        self.gptq.as_ref()
+    }
+
+    /// A tensor's raw little-endian bytes with its dtype and shape (integer tensors of
+    /// quantised checkpoints).
+    pub fn raw(&self, name: &str) -> Result<(safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+        let idx = *self
+            .routing
+            .get(name)
+            .ok_or_else(|| anyhow!("missing tensor {name:?} in {}", self.describe()))?;
+        let (path, st) = &self.files[idx];
+        let view = st
+            .get(name)
+            .map_err(|e| anyhow!("tensor {name:?} in {}: {e}", path.display()))?;
+        Ok((view.dtype(), view.shape().to_vec(), view.data().to_vec()))
     }
 
     /// Float tensors already in memory under their HF names, read from `source` (named in
@@ -162,6 +189,7 @@ impl WeightFiles {
             routing: HashMap::new(),
             memory: Some((source, tensors)),
             check_finite: LoadOptions::default().check_finite,
+            gptq: None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod components;
 pub mod config;
 pub mod fixture;
 pub mod gguf;
+pub mod gptq;
 pub mod intervene;
 pub mod loader;
 pub mod ops;

@@ -71,7 +71,9 @@ impl Qwen2 {
                 cfg.num_params()
             ),
         )?;
-        let files = WeightFiles::open(dir)?.with_options(opts);
+        let gptq = super::gptq::GptqConfig::of_folder(dir, cfg.quantization_config.as_ref())
+            .with_context(|| format!("model {}", dir.display()))?;
+        let files = WeightFiles::open(dir)?.with_options(opts).with_gptq(gptq);
         let w = Weights::load(&files, &cfg, dtype, device)
             .with_context(|| format!("loading model weights from {}", dir.display()))?;
         let mut m = Self::from_weights(cfg, w, dtype, device)?;

@@ -59,6 +59,14 @@ fn linear_t(
     dtype: DType,
     dev: &Device,
 ) -> Result<Tensor> {
+    let prefix = name.strip_suffix(".weight").unwrap_or(name);
+    if let Some(q) = files.gptq()
+        && files.contains(&format!("{prefix}.qweight"))
+    {
+        // GPTQ: dequantised straight into our [in, out] layout
+        let w = super::gptq::dequantize(files, q, prefix, in_dim, out_dim)?;
+        return Ok(w.to_dtype(dtype)?.to_device(dev)?);
+    }
     // HF layout [out, in] -> ours [in, out], contiguous.
     let w = files.tensor(name, &[out_dim, in_dim], dtype, dev)?;
     Ok(w.t()?.contiguous()?)

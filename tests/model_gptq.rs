@@ -1,0 +1,201 @@
+//! GPTQ checkpoints: the reader against goldens packed and dequantised by an independent numpy
+//! implementation (scripts/reference/gptq_goldens.py), and GPTQ fixtures written from the tiny
+//! model (symmetric, desc_act, asymmetric with zero-0 groups in the v2 format, 8-bit with one
+//! group) whose forward equals their dense twins' (the weights the quantised values stand for,
+//! computed by the writer without packing).
+
+use candle_core::{DType, Device};
+use minarc::backend::{Backend, Local};
+use minarc::model::gptq::{GptqConfig, GptqWriteOptions, dequantize, write_gptq};
+use minarc::model::loader::WeightFiles;
+use std::path::{Path, PathBuf};
+
+#[path = "common/mod.rs"]
+mod common;
+use common::max_abs_diff;
+
+fn golden() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/gptq_numpy")
+}
+
+#[test]
+fn dequantisation_matches_the_numpy_goldens() {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden().with_extension("json")).unwrap())
+            .unwrap();
+    let files = WeightFiles::from_paths(vec![golden().with_extension("safetensors")]).unwrap();
+    let raw = candle_core::safetensors::load(golden().with_extension("safetensors"), &Device::Cpu)
+        .unwrap();
+    for (name, m) in meta.as_object().unwrap() {
+        let q: GptqConfig = serde_json::from_value(m.clone()).unwrap();
+        let (o, i) = (
+            m["out"].as_u64().unwrap() as usize,
+            m["in"].as_u64().unwrap() as usize,
+        );
+        let ours = dequantize(&files, &q, name, i, o).unwrap(); // [in, out]
+        let want = raw[&format!("{name}.dense")]
+            .t()
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let d = max_abs_diff(&ours, &want);
+        assert!(d <= 1e-6, "{name}: differs from numpy by {d}");
+    }
+}
+
+/// The tiny fixture with layer 0's up_proj made non-negative, so asymmetric groups get zero 0.
+fn source() -> tempfile::TempDir {
+    let src = common::tiny_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+    }
+    let mut raw =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let up = "model.layers.0.mlp.up_proj.weight";
+    raw.insert(up.into(), raw[up].abs().unwrap());
+    candle_core::safetensors::save(&raw, dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+fn opts(bits: u32, group_size: i64, sym: bool, desc_act: bool, format: &str) -> GptqWriteOptions {
+    GptqWriteOptions {
+        bits,
+        group_size,
+        sym,
+        desc_act,
+        checkpoint_format: format.into(),
+    }
+}
+
+fn load(dir: &Path) -> Local {
+    Local::load(dir, DType::F32, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn gptq_fixtures_match_their_dense_twins() {
+    let src = source();
+    let dense = load(src.path());
+    let ids: Vec<u32> = (0..17u32).map(|i| 3 + (i * 41) % 250).collect();
+    let reference = dense.model().forward(&ids).unwrap();
+    for (name, o) in [
+        ("sym4_g32_v1", opts(4, 32, true, false, "gptq")),
+        ("sym4_g32_desc_v1", opts(4, 32, true, true, "gptq")),
+        ("asym4_g16_v2", opts(4, 16, false, false, "gptq_v2")),
+        ("sym8_all_v1", opts(8, -1, true, false, "gptq")),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (q, twin) = (tmp.path().join("gptq"), tmp.path().join("twin"));
+        write_gptq(src.path(), &q, &twin, &o).unwrap();
+        assert!(
+            !q.join("model.safetensors").exists() || {
+                let f = WeightFiles::open(&q).unwrap();
+                !f.contains("model.layers.0.self_attn.q_proj.weight")
+                    && f.contains("model.layers.0.self_attn.q_proj.qweight")
+            }
+        );
+        let (a, b) = (load(&q), load(&twin));
+        let (la, lb) = (
+            a.model().forward(&ids).unwrap(),
+            b.model().forward(&ids).unwrap(),
+        );
+        let d = max_abs_diff(&la, &lb);
+        assert!(d <= 1e-6, "{name}: GPTQ and dense twin differ by {d}");
+        // each dense weight is within one quantisation step of the original (round to nearest:
+        // half a step, plus the clamp at the range's ends after the f16 rounding of the scale)
+        let orig =
+            candle_core::safetensors::load(src.path().join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let tw =
+            candle_core::safetensors::load(twin.join("model.safetensors"), &Device::Cpu).unwrap();
+        let packed =
+            candle_core::safetensors::load(q.join("model.safetensors"), &Device::Cpu).unwrap();
+        let mut checked = 0;
+        for (n, w) in &orig {
+            let Some(prefix) = n.strip_suffix(".weight").filter(|p| p.contains("_proj")) else {
+                continue;
+            };
+            let step = packed[&format!("{prefix}.scales")]
+                .to_dtype(DType::F32)
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let err = max_abs_diff(w, &tw[n]);
+            assert!(
+                err <= step * 1.0001,
+                "{name} {n}: error {err} above one step {step}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 7 * 2, "{name}: every projection of both layers");
+        assert!(
+            max_abs_diff(&la, &reference) > 0.0,
+            "{name}: quantisation changed nothing"
+        );
+        eprintln!("{name}: GPTQ vs dense twin {d:e}");
+        if name == "asym4_g16_v2" {
+            // layer 0's up_proj is non-negative: every zero is 0 (only v2 can store it)
+            let f = WeightFiles::open(&q).unwrap();
+            let (_, _, bytes) = f.raw("model.layers.0.mlp.up_proj.qzeros").unwrap();
+            assert!(bytes.iter().all(|&b| b == 0), "zero-0 groups expected");
+        }
+    }
+    // v1 cannot store a zero of 0
+    let tmp = tempfile::tempdir().unwrap();
+    let e = write_gptq(
+        src.path(),
+        &tmp.path().join("q"),
+        &tmp.path().join("t"),
+        &opts(4, 16, false, false, "gptq"),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("gptq_v2"), "{e:#}");
+}
+
+#[test]
+fn unsupported_quantisation_is_a_clear_error() {
+    let src = source();
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, twin) = (tmp.path().join("gptq"), tmp.path().join("twin"));
+    write_gptq(src.path(), &q, &twin, &opts(4, 32, true, false, "gptq")).unwrap();
+    let cfg_path = q.join("config.json");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    for (qc, words) in [
+        (
+            serde_json::json!({"quant_method": "awq", "bits": 4}),
+            "\"awq\"",
+        ),
+        (
+            serde_json::json!({"quant_method": "gptq", "bits": 3, "group_size": 32}),
+            "bits = 3",
+        ),
+        (
+            serde_json::json!({"quant_method": "gptq", "bits": 4, "group_size": 0}),
+            "group_size",
+        ),
+        (
+            serde_json::json!({"quant_method": "gptq", "bits": 4, "group_size": 32, "checkpoint_format": "marlin"}),
+            "marlin",
+        ),
+        // the file's groups do not match the config's group size
+        (
+            serde_json::json!({"quant_method": "gptq", "bits": 4, "group_size": 16}),
+            "qzeros",
+        ),
+    ] {
+        let mut c = good.clone();
+        c["quantization_config"] = qc;
+        std::fs::write(&cfg_path, c.to_string()).unwrap();
+        let e = format!(
+            "{:#}",
+            Local::load(&q, DType::F32, &Device::Cpu).err().unwrap()
+        );
+        assert!(e.contains(words), "{words}: {e}");
+    }
+    let _ = Backend::config(&load(&twin));
+}
