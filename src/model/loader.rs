@@ -167,9 +167,8 @@ impl WeightFiles {
         self.gptq.as_ref()
     }
 
-    /// A tensor's raw little-endian bytes with its dtype and shape (integer tensors of
-    /// quantised checkpoints).
-    pub fn raw(&self, name: &str) -> Result<(safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+    /// The mapped file and the view of tensor `name`.
+    fn view(&self, name: &str) -> Result<(&Path, safetensors::tensor::TensorView<'_>)> {
         let idx = *self
             .routing
             .get(name)
@@ -178,6 +177,13 @@ impl WeightFiles {
         let view = st
             .get(name)
             .map_err(|e| anyhow!("tensor {name:?} in {}: {e}", path.display()))?;
+        Ok((path, view))
+    }
+
+    /// A tensor's raw little-endian bytes with its dtype and shape (integer tensors of
+    /// quantised checkpoints).
+    pub fn raw(&self, name: &str) -> Result<(safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+        let (_, view) = self.view(name)?;
         Ok((view.dtype(), view.shape().to_vec(), view.data().to_vec()))
     }
 
@@ -256,14 +262,7 @@ impl WeightFiles {
         if let Some((path, m)) = &self.memory {
             return self.memory_tensor(path, m, name, shape, dtype, device);
         }
-        let idx = *self
-            .routing
-            .get(name)
-            .ok_or_else(|| anyhow!("missing tensor {name:?} in {}", self.describe()))?;
-        let (path, st) = &self.files[idx];
-        let view = st
-            .get(name)
-            .map_err(|e| anyhow!("tensor {name:?} in {}: {e}", path.display()))?;
+        let (path, view) = self.view(name)?;
         let st_dtype = view.dtype();
         use safetensors::Dtype as D;
         if !matches!(st_dtype, D::F32 | D::F16 | D::BF16 | D::F64) {

@@ -100,17 +100,5 @@ pub fn argmax_rows(t: &Tensor) -> Vec<u32> {
         .unwrap()
 }
 
-/// Largest absolute difference; the shapes must match.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    a.sub(b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+#[allow(unused_imports)] // not every test binary reads it
+pub use common::max_abs_diff;

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use minarc::backend::{Backend, Local};
 use minarc::model::{CaptureSpec, SampleInput};
 use minarc::remote::{RunningServer, ServeOptions};
@@ -63,20 +63,8 @@ pub fn forward_all(b: &dyn Backend, dataset: &str, indices: &[usize]) {
     }
 }
 
-/// Largest absolute difference; the shapes must match.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    a.sub(b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+#[allow(unused_imports)] // not every test binary reads it
+pub use common::max_abs_diff;
 
 /// Raw HTTP request (status, body) without the client's error handling.
 pub fn raw(
