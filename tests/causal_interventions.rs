@@ -457,22 +457,8 @@ fn one_layer_f64(
     ids: &[u32],
     zero: Option<usize>,
 ) -> Vec<Vec<f64>> {
-    let m2 = |n: &str| -> Vec<Vec<f64>> {
-        raw[n]
-            .to_vec2::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.into_iter().map(f64::from).collect())
-            .collect()
-    };
-    let m1 = |n: &str| -> Vec<f64> {
-        raw[n]
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect()
-    };
+    let m2 = |n: &str| f64_rows(&raw[n]);
+    let m1 = |n: &str| f64_vec(&raw[n]);
     let (e, n, d) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim());
     let eps = cfg.rms_norm_eps;
     let norm = |x: &[f64], w: &[f64]| -> Vec<f64> {

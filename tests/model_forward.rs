@@ -194,22 +194,8 @@ fn gqa_attention_matches_naive_loops() {
     let out = m.forward_capture(&ids, &CaptureSpec::full()).unwrap();
     let raw =
         candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
-    let get2 = |n: &str| -> Vec<Vec<f64>> {
-        raw[n]
-            .to_vec2::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.into_iter().map(f64::from).collect())
-            .collect()
-    };
-    let get1 = |n: &str| -> Vec<f64> {
-        raw[n]
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect()
-    };
+    let get2 = |n: &str| common::f64_rows(&raw[n]);
+    let get1 = |n: &str| common::f64_vec(&raw[n]);
     let (e, n, kvh, d) = (
         cfg.hidden_size,
         cfg.num_attention_heads,

@@ -178,14 +178,7 @@ fn every_objective_is_the_lm_head_node_and_the_full_circuit() {
 #[test]
 fn objectives_travel_to_the_server_and_give_the_same_numbers() {
     let local = Local::load(common::tiny_model_dir(), DType::F32, &Device::Cpu).unwrap();
-    let srv = minarc::remote::RunningServer::start(
-        Local::load(common::tiny_model_dir(), DType::F32, &Device::Cpu).unwrap(),
-        minarc::remote::ServeOptions {
-            port: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let srv = common::tiny_server();
     let remote = minarc::remote::Remote::connect(&srv.url(), None).unwrap();
     let prompt = "The grid is red, green and blue; the answer is blue";
     for (name, mut input) in inputs() {
@@ -453,14 +446,7 @@ let w = get_attn_weights(model, r, 1, 2, r.positions("A-"));
 fn prompt_samples_over_http_are_the_scripts_samples() {
     use minarc::puzzle::sample::{AnswerOpt, PromptSpec, TokenOpt};
     let dir = common::tiny_model_dir();
-    let srv = minarc::remote::RunningServer::start(
-        Local::load(dir, DType::F32, &Device::Cpu).unwrap(),
-        minarc::remote::ServeOptions {
-            port: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let srv = common::tiny_server();
     let remote = minarc::remote::Remote::connect(&srv.url(), None).unwrap();
     let prompt = "The cell (2,3) is B. The cell (4,1) is R";
     let spec = PromptSpec {

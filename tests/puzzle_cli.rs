@@ -1,17 +1,10 @@
 //! `minarc puzzles` end to end: datasets, tokenizer loading, exit code 2 on bad parameters.
 
-use std::process::Command;
-
 use minarc::puzzle::dataset::read_jsonl;
 use minarc::tokenizer::{load_tokenizer, write_fixture_tokenizer};
 
-fn minarc(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_minarc"))
-        .arg("puzzles")
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod puzzle_support;
+use puzzle_support::minarc_puzzles as minarc;
 
 #[test]
 fn writes_one_sample_per_seed_with_decodable_answers() {

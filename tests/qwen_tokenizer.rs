@@ -26,6 +26,7 @@ use minarc::puzzle::{PuzzleParams, Sample};
 use minarc::tokenizer::{ENDOFTEXT, IM_END, IM_START, QWEN2_CHAT_TEMPLATE, load_tokenizer};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, Value, context};
+use puzzle_support::minarc_puzzles;
 use puzzle_support::{
     check_sample, check_sample_glued, multi_digit_variants, sample, text, variants,
 };
@@ -424,14 +425,6 @@ fn chat_turns_match_the_files_template() {
     assert_eq!(count(151_644), s.prompt.matches(IM_START).count());
     assert_eq!(count(151_645), s.prompt.matches(IM_END).count());
     assert_eq!(count(151_644), 9);
-}
-
-fn minarc_puzzles(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_minarc"))
-        .arg("puzzles")
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

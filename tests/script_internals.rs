@@ -4,7 +4,7 @@
 //! ids are the tokenizer's, node gradients are attribute_step's, and the direct logit
 //! attributions add up to the model's logit; a served model answers the same.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use minarc::script::tensor::Tensor as STensor;
 use rhai::Map;
 
@@ -127,14 +127,7 @@ fn cached_internals_and_weights_match_independent_computations() {
 #[test]
 fn a_served_model_answers_the_same_internals() {
     let dir = common::tiny_model_dir();
-    let srv = minarc::remote::RunningServer::start(
-        minarc::backend::Local::load(dir, DType::F32, &Device::Cpu).unwrap(),
-        minarc::remote::ServeOptions {
-            port: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let srv = common::tiny_server();
     let a = run(&format!("load_model(\"{}\")", dir.display()));
     let b = run(&format!("connect(\"{}\")", srv.url()));
     for k in [

@@ -204,3 +204,37 @@ pub fn full_circuit(
     }
     (g, lm, layers)
 }
+
+/// A server on 127.0.0.1 (ephemeral port) holding its own f32 CPU copy of the tiny fixture.
+pub fn tiny_server() -> minarc::remote::RunningServer {
+    minarc::remote::RunningServer::start(
+        minarc::backend::Local::load(tiny_model_dir(), DType::F32, &Device::Cpu).unwrap(),
+        minarc::remote::ServeOptions {
+            port: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A 2-D float tensor as f64 rows.
+pub fn f64_rows(t: &Tensor) -> Vec<Vec<f64>> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(f64::from).collect())
+        .collect()
+}
+
+/// A 1-D float tensor as f64 values.
+pub fn f64_vec(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}

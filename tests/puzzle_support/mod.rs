@@ -275,3 +275,12 @@ pub fn multi_digit_variants() -> Vec<(PuzzleParams, PromptOptions, String)> {
     }
     out
 }
+
+/// Runs `minarc puzzles ARGS`.
+pub fn minarc_puzzles(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_minarc"))
+        .arg("puzzles")
+        .args(args)
+        .output()
+        .unwrap()
+}

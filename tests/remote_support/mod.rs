@@ -63,8 +63,8 @@ pub fn forward_all(b: &dyn Backend, dataset: &str, indices: &[usize]) {
     }
 }
 
-#[allow(unused_imports)] // not every test binary reads it
-pub use common::max_abs_diff;
+#[allow(unused_imports)] // not every test binary reads them
+pub use common::{f64_rows, f64_vec, max_abs_diff};
 
 /// Raw HTTP request (status, body) without the client's error handling.
 pub fn raw(
