@@ -372,18 +372,15 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(&file).map_err(|e| anyhow!("loading tokenizer {}: {e}", file.display()))
 }
 
-/// The tokens of `prompt` (encoded as the backends encode it, `add_special_tokens = true`) that
-/// overlap each character span `[start, end)` (counted in characters, not bytes): their
-/// positions and ids, in order. Every span must be non-empty, inside the prompt, and overlap at
-/// least one token.
+/// The tokens of `enc`, the encoding of `prompt` (as the backends encode it,
+/// `add_special_tokens = true`), that overlap each character span `[start, end)` (counted in
+/// characters, not bytes): their positions and ids, in order. Every span must be non-empty,
+/// inside the prompt, and overlap at least one token.
 pub fn tokens_in_char_spans(
-    tok: &Tokenizer,
+    enc: &tokenizers::Encoding,
     prompt: &str,
     spans: &[[usize; 2]],
 ) -> Result<(Vec<usize>, Vec<u32>)> {
-    let enc = tok
-        .encode(prompt, true)
-        .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
     let n_chars = prompt.chars().count();
     // byte offset of every character boundary (n_chars + 1 entries)
     let bounds: Vec<usize> = prompt

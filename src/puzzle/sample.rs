@@ -241,7 +241,7 @@ impl Sample {
         for t in &spec.answer_texts {
             spans.push(crate::tokenizer::last_char_span(prompt, t)?);
         }
-        let (mut pos, mut labels) = crate::tokenizer::tokens_in_char_spans(tok, prompt, &spans)?;
+        let (mut pos, mut labels) = crate::tokenizer::tokens_in_char_spans(&enc, prompt, &spans)?;
         for &p in &spec.answer_tokens {
             ensure!(p < n, "answer token {p} is outside the prompt's {n} tokens");
             pos.push(p);

@@ -536,7 +536,6 @@ fn register_puzzle_getters(r: &mut Registrar) {
 }
 
 fn prompt_sample(tok: &tokenizers::Tokenizer, prompt: &str, opts: &Map) -> anyhow::Result<Sample> {
-    crate::limits::TEXT_BYTES.check(prompt.len(), "prompt")?;
     let spec: crate::puzzle::sample::PromptSpec = super::args::options(opts)?;
     spec.build(tok, prompt)
 }
