@@ -12,4 +12,5 @@ pub mod puzzle;
 pub mod remote;
 pub mod script;
 pub mod tokenizer;
+pub mod train;
 pub mod vis;

@@ -39,6 +39,8 @@ enum Command {
     Bench(BenchCommand),
     /// Serve a model and its activation cache over HTTP (connect with the Remote backend).
     Serve(minarc::remote::cli::ServeArgs),
+    /// Train a Qwen2-architecture model on MinARC puzzles (HF folder out; checkpoints, --resume).
+    Train(minarc::train::cli::TrainArgs),
 }
 
 #[derive(Subcommand)]
@@ -88,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             minarc::attribution::bench::run(&args).map(|_| 0)?
         }
         Command::Serve(args) => minarc::remote::cli::run(&args).map(|_| 0)?,
+        Command::Train(args) => minarc::train::cli::main(args)?,
     };
     Ok(code)
 }

@@ -48,6 +48,7 @@ fn extra_args(name: &str) -> Vec<String> {
         // k = 5 of the tiny model's 8 heads: the ranking must keep the 5 largest magnitudes
         "top_heads.rhai" => &["--n", "2", "--k", "5"],
         "expand.rhai" => &["--n", "2"],
+        "head_roles.rhai" => &["--n", "2"],
         "validate.rhai" => &["--n", "2", "--k", "4", "--draws", "2", "--each", "1"],
         _ => &[],
     };

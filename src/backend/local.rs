@@ -34,10 +34,38 @@ struct AttnKey {
 pub struct Local {
     model: Qwen2,
     tokenizer: tokenizers::Tokenizer,
+    dataset_options: Option<serde_json::Value>,
     store: RwLock<Store>,
     attn_cache: Mutex<HashMap<AttnKey, Tensor>>,
     /// Activation-cache byte budget and LRU order (lock order: store, then lru).
     lru: Mutex<Lru>,
+}
+
+/// The `dataset` entry of `dir/minarc.json` (None when the folder has no such file).
+fn read_dataset_options(dir: &Path) -> Result<Option<serde_json::Value>> {
+    let p = dir.join(crate::model::fixture::MINARC_JSON);
+    let meta = match std::fs::metadata(&p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    anyhow::ensure!(
+        meta.len() <= 16 << 20,
+        "{} is {} bytes (at most 16 MiB)",
+        p.display(),
+        meta.len()
+    );
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+    match v.get("dataset") {
+        None => Ok(None),
+        Some(d) if d.is_object() => Ok(Some(d.clone())),
+        Some(_) => anyhow::bail!(
+            "{}: \"dataset\" must be an object of gen_dataset options",
+            p.display()
+        ),
+    }
 }
 
 fn to_host(t: Tensor) -> Result<Tensor> {
@@ -70,7 +98,9 @@ impl Local {
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tok_path.display()))?;
-        Ok(Self::new(model, tokenizer))
+        let mut local = Self::new(model, tokenizer);
+        local.dataset_options = read_dataset_options(dir)?;
+        Ok(local)
     }
 
     /// Wraps an already loaded model and tokenizer.
@@ -78,6 +108,7 @@ impl Local {
         Self {
             model,
             tokenizer,
+            dataset_options: None,
             store: RwLock::new(HashMap::new()),
             attn_cache: Mutex::new(HashMap::new()),
             lru: Mutex::new(Lru::default()),
@@ -478,6 +509,10 @@ impl Backend for Local {
 
     fn describe(&self) -> String {
         format!("local: {}", self.model.describe())
+    }
+
+    fn dataset_options(&self) -> Option<&serde_json::Value> {
+        self.dataset_options.as_ref()
     }
 
     fn forward_sample(

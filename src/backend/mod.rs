@@ -112,6 +112,9 @@ pub trait Backend: Send + Sync {
     fn tokenizer(&self) -> &tokenizers::Tokenizer;
     /// Model path/name, dtype, device.
     fn describe(&self) -> String;
+    /// The `gen_dataset` options of the puzzle distribution the model was trained on (the
+    /// `dataset` entry of the folder's `minarc.json`), when the model records one.
+    fn dataset_options(&self) -> Option<&serde_json::Value>;
     /// Tokenize, forward with capture, store under (dataset, input.index). Skips if already
     /// cached unless `force`. Returns seq_len.
     fn forward_sample(

@@ -124,13 +124,13 @@ pub fn fixture_vocab_rounded() -> usize {
 }
 
 /// Deterministic normal sampler (Box–Muller over ChaCha8 uniforms).
-struct Normal {
+pub(crate) struct Normal {
     rng: ChaCha8Rng,
     spare: Option<f32>,
 }
 
 impl Normal {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self {
             rng: ChaCha8Rng::seed_from_u64(seed),
             spare: None,
@@ -147,13 +147,13 @@ impl Normal {
         self.spare = Some((r * t.sin()) as f32);
         (r * t.cos()) as f32
     }
-    fn vec(&mut self, len: usize, mean: f32, std: f32) -> Vec<f32> {
+    pub(crate) fn vec(&mut self, len: usize, mean: f32, std: f32) -> Vec<f32> {
         (0..len).map(|_| mean + std * self.sample()).collect()
     }
 }
 
 /// (name, shape, mean, std) of every tensor, in the canonical order.
-fn tensor_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, f32, f32)> {
+pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, f32, f32)> {
     let e = cfg.hidden_size;
     let m = cfg.intermediate_size;
     let nd = cfg.num_attention_heads * cfg.head_dim();
@@ -237,7 +237,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> Result<Vec<(String, Tenso
         .collect()
 }
 
-fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+pub(crate) fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     safetensors::serialize_to_file(data, Some(meta), path)
@@ -252,9 +252,23 @@ fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     Ok(())
 }
 
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes config.json and generation_config.json (greedy, the config's bos/eos ids) into `dir`.
+pub(crate) fn write_configs(dir: &Path, cfg: &ModelConfig) -> Result<()> {
+    write_json(&dir.join("config.json"), cfg)?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &serde_json::json!({
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "do_sample": false,
+            "transformers_version": "4.45.0"
+        }),
+    )
 }
 
 /// Writes config.json, generation_config.json and the weights (one `model.safetensors`, or
@@ -266,16 +280,7 @@ pub fn write_model(dir: &Path, cfg: &ModelConfig, seed: u64, shards: usize) -> R
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tensors = random_weights(cfg, seed)?;
-    write_json(&dir.join("config.json"), cfg)?;
-    write_json(
-        &dir.join("generation_config.json"),
-        &serde_json::json!({
-            "bos_token_id": cfg.bos_token_id,
-            "eos_token_id": cfg.eos_token_id,
-            "do_sample": false,
-            "transformers_version": "4.45.0"
-        }),
-    )?;
+    write_configs(dir, cfg)?;
     if shards == 1 {
         return write_safetensors(&dir.join(SINGLE_FILE), &tensors);
     }
@@ -339,6 +344,10 @@ pub fn fixture_dir(preset: Preset, seed: u64) -> Result<PathBuf> {
         .join("models")
         .join(format!("{}-s{seed}", preset.name())))
 }
+
+/// File in a model folder that records the puzzle distribution a trained model expects
+/// (`dataset`: `gen_dataset` options) and how it was trained (`training`).
+pub const MINARC_JSON: &str = "minarc.json";
 
 /// File name of SmolLM2-135M-Instruct as `scripts/fetch-smollm2.sh` writes it.
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

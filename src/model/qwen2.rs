@@ -388,21 +388,7 @@ impl Qwen2 {
     /// RoPE cos/sin rows `[i, d/2]` for absolute positions.
     pub(crate) fn rope_at(&self, pos: &[usize]) -> Result<(Tensor, Tensor)> {
         super::ops::check_positions(pos, self.cfg.max_position_embeddings, "RoPE")?;
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(pos.len() * half);
-        let mut sin = Vec::with_capacity(pos.len() * half);
-        for &p in pos {
-            for &f in &self.inv_freq {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        let shape = (pos.len(), half);
-        Ok((
-            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
-            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
-        ))
+        rope_tables(&self.inv_freq, pos, self.dtype, &self.device)
     }
 }
 
@@ -435,9 +421,34 @@ pub(crate) fn query_mask(
     Ok(Tensor::from_vec(m, (q_pos.len(), j), dev)?)
 }
 
+/// RoPE cos/sin rows `[i, d/2]` of absolute positions: angle p·inv_freq in f32, cos/sin in
+/// f32, then cast to `dtype`.
+pub(crate) fn rope_tables(
+    inv_freq: &[f32],
+    pos: &[usize],
+    dtype: DType,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(pos.len() * half);
+    let mut sin = Vec::with_capacity(pos.len() * half);
+    for &p in pos {
+        for &f in inv_freq {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let shape = (pos.len(), half);
+    Ok((
+        Tensor::from_vec(cos, shape, dev)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, shape, dev)?.to_dtype(dtype)?,
+    ))
+}
+
 /// RoPE inverse frequencies as HF computes them: inv_freq = θ^(−2i/d) in f32; the angle of
 /// position p is p·inv_freq (f32), cos/sin in f32, then cast to the compute dtype.
-fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+pub(crate) fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     let d = cfg.head_dim();
     (0..d / 2)
         .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32)

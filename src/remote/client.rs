@@ -26,7 +26,14 @@ pub struct Remote {
     config: ModelConfig,
     tokenizer: tokenizers::Tokenizer,
     model: String,
+    info: ModelExtras,
     wire_dtype: DType,
+}
+
+/// What the server says about its model beyond config and tokenizer.
+#[derive(Default)]
+struct ModelExtras {
+    dataset_options: Option<serde_json::Value>,
 }
 
 /// The HTTP connection: URL, token, agent.
@@ -61,12 +68,13 @@ impl Remote {
             token: token.filter(|t| !t.is_empty()).map(str::to_string),
             agent,
         };
-        let (config, tokenizer, model) = conn.model_info()?;
+        let (config, tokenizer, model, info) = conn.model_info()?;
         Ok(Self {
             conn,
             config,
             tokenizer,
             model,
+            info,
             wire_dtype: DType::F32,
         })
     }
@@ -102,7 +110,7 @@ impl Remote {
             dtype: dtype.map(str::to_string),
         };
         let _: Status = self.post_json("/load_model", &req)?;
-        (self.config, self.tokenizer, self.model) = self.conn.model_info()?;
+        (self.config, self.tokenizer, self.model, self.info) = self.conn.model_info()?;
         Ok(())
     }
 
@@ -328,12 +336,15 @@ impl Remote {
 
 impl Conn {
     /// Config, tokenizer and description of the served model.
-    fn model_info(&self) -> Result<(ModelConfig, tokenizers::Tokenizer, String)> {
+    fn model_info(&self) -> Result<(ModelConfig, tokenizers::Tokenizer, String, ModelExtras)> {
         let st: Status = self.get_json("/status")?;
         let tok = self.call("GET", "/tokenizer", Body::None)?;
         let tokenizer = tokenizers::Tokenizer::from_bytes(&tok)
             .map_err(|e| anyhow!("tokenizer from server at {}: {e}", self.url))?;
-        Ok((st.config, tokenizer, st.model))
+        let extras = ModelExtras {
+            dataset_options: st.dataset_options,
+        };
+        Ok((st.config, tokenizer, st.model, extras))
     }
 
     fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
@@ -464,6 +475,10 @@ impl Backend for Remote {
 
     fn describe(&self) -> String {
         format!("remote {}: {}", self.url(), self.model)
+    }
+
+    fn dataset_options(&self) -> Option<&serde_json::Value> {
+        self.info.dataset_options.as_ref()
     }
 
     fn forward_sample(

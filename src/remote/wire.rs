@@ -71,6 +71,9 @@ pub struct Status {
     pub attn_cache_bytes: usize,
     /// Server crate version.
     pub version: String,
+    /// The model's `gen_dataset` options (its `minarc.json`), when it records them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_options: Option<serde_json::Value>,
 }
 
 /// `POST /load_model`: replaces the model (all datasets are dropped).

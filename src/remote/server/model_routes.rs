@@ -21,6 +21,7 @@ pub(super) async fn status(State(st): State<Shared>) -> ApiResult<Response> {
         attn_cache_entries,
         attn_cache_bytes,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        dataset_options: local.dataset_options().cloned(),
     })
 }
 

@@ -326,6 +326,24 @@ fn register_model_info(r: &mut Registrar) {
         |m: ScriptModel| ScriptTokenizer(Arc::new(m.0.tokenizer().clone())),
     )
     .func(
+        "dataset_options",
+        "dataset_options(model: Model) -> Map",
+        "The gen_dataset options of the puzzle distribution the model was trained on (the `dataset` entry of its minarc.json, which minarc train writes); for a model without one, the notebook's W1 options (side+at, 5x5 corner grids, 5 colours, n_train 5, Q_train 4, default prompt). Add seeds and tokenizer and pass it to gen_dataset.",
+        |m: ScriptModel| {
+            guard("dataset_options", || {
+                let v = m.0.dataset_options().cloned().unwrap_or_else(|| {
+                    serde_json::json!({
+                        "relations": "side+at", "n": 5, "m": 5, "n_color": 5,
+                        "n_train": 5, "Q_train": 4
+                    })
+                });
+                rhai::serde::to_dynamic(v)?
+                    .try_cast::<Map>()
+                    .ok_or_else(|| anyhow::anyhow!("the model's dataset options are not a map"))
+            })
+        },
+    )
+    .func(
         "tokens",
         "tokens(model: Model, r: Cached) -> Array",
         "The text of every token of the forwarded sample's prompt, as the model's tokenizer decodes each one alone.",

@@ -66,7 +66,15 @@ struct PromptKeys {
     #[serde(default)]
     remove_instructions: Option<bool>,
     #[serde(default)]
-    template: Option<String>,
+    template: Option<TemplateSpec>,
+}
+
+/// The `template` option: a JSON file of prompt words, or the words as a map.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum TemplateSpec {
+    Path(String),
+    Words(Box<crate::puzzle::template::PromptTemplate>),
 }
 
 /// Prompt keys, for splitting the one map of `gen_dataset` into its parts.
@@ -127,10 +135,16 @@ pub fn prompt_options(map: &Map) -> Result<PromptOptions> {
         transpose: k.transpose.unwrap_or(d.transpose),
         color_quote: k.color_quote.unwrap_or(d.color_quote),
         remove_instructions: k.remove_instructions.unwrap_or(d.remove_instructions),
-        template: k
-            .template
-            .map(|p| crate::puzzle::template::PromptTemplate::from_file(Path::new(&p)))
-            .transpose()?,
+        template: match k.template {
+            None => None,
+            Some(TemplateSpec::Path(p)) => Some(
+                crate::puzzle::template::PromptTemplate::from_file(Path::new(&p))?,
+            ),
+            Some(TemplateSpec::Words(t)) => {
+                t.validate().map_err(|e| anyhow!("template: {e}"))?;
+                Some(*t)
+            }
+        },
     };
     o.validate()?;
     Ok(o)
@@ -317,7 +331,7 @@ fn register_generation(r: &mut Registrar, state: &Arc<HostState>) {
     .func(
         "gen_prompt",
         "gen_prompt(puzzle: Puzzle, opts: Map) -> String",
-        "The full prompt (P9). Keys: style (\"dict\", \"list\", \"markdown\"), transpose (true), color_quote (\"\"), remove_instructions (false), template (a JSON file of prompt words; see minarc puzzles --write-template).",
+        "The full prompt (P9). Keys: style (\"dict\", \"list\", \"markdown\"), transpose (true), color_quote (\"\"), remove_instructions (false), template (a JSON file of prompt words, see minarc puzzles --write-template, or a map of them; missing words keep the default).",
         |p: ScriptPuzzle, map: Map| {
             guard("gen_prompt", || {
                 let mut puzzle = (*p.0).clone();

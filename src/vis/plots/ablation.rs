@@ -104,14 +104,7 @@ impl Figure for CurveFigure<'_> {
             ))?
             .label("clean")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], grey));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .label_font((FONT, f))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::LowerLeft, f)
     }
 }
 

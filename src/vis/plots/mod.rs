@@ -6,6 +6,7 @@
 //! * [`plot_logit_lens`]: V5 grouped bars (resid / attn / mlp per layer).
 //! * [`plot_attention`]: one head's attention over chosen query rows, with token labels.
 //! * [`plot_ablation_curve`]: a metric after ablating the top-k vs k random heads.
+//! * [`plot_training_curve`]: loss and accuracy of a `minarc train` run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,12 +26,14 @@ mod attention;
 mod clustering;
 mod logit_lens;
 mod patterns;
+mod training;
 
 pub use ablation::{AblationCurveData, plot_ablation_curve};
 pub use attention::{display_token, plot_attention};
 pub use clustering::{DendrogramOptions, gqa_colors, plot_clustering};
 pub use logit_lens::{lens_rows, plot_logit_lens};
 pub use patterns::plot_group_patterns;
+pub use training::{TrainingCurveData, plot_training_curve};
 
 pub(super) const FONT: &str = "sans-serif";
 
@@ -41,6 +44,32 @@ pub(super) fn rgb(c: Rgb) -> RGBColor {
 /// Points to pixels at `dpi`.
 pub(super) fn pt(points: f64, dpi: f64) -> f64 {
     points * dpi / 72.0
+}
+
+/// A chart over f64 × f64 coordinates.
+pub(super) type F64Chart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The series legend in the house style (font size `f`, white translucent box, grey border).
+pub(super) fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut F64Chart<'a, DB>,
+    pos: SeriesLabelPosition,
+    f: f64,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .label_font((FONT, f))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .draw()?;
+    Ok(())
 }
 
 /// A figure that can be drawn on any plotters backend.

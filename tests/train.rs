@@ -1,0 +1,492 @@
+//! `minarc train`: the composed training forward against the inference forward and finite
+//! differences, the fused causal softmax against the composed one, loss decrease, bit-identical
+//! resume, and clear configuration errors.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use minarc::model::ops::{NEG_MASK, causal_softmax, softmax_last};
+use minarc::train::config::TrainConfig;
+use minarc::train::net::{Net, weighted_nll};
+use minarc::train::run::{RunOptions, Trainer, batch_loss, inference_model, run};
+
+/// A small model config: 2 layers, hidden 32, 4 query heads over 2 KV heads (GQA).
+fn small_cfg() -> TrainConfig {
+    let mut c = TrainConfig::default();
+    c.model.layers = 2;
+    c.model.hidden = 32;
+    c.model.heads = 4;
+    c.model.kv_heads = 2;
+    c.model.intermediate = 48;
+    c
+}
+
+/// A tiny run: 1 layer, 4×4 grids with 2 questions, batch 4.
+fn tiny_run(steps: usize) -> TrainConfig {
+    let mut c = small_cfg();
+    c.model.layers = 1;
+    c.puzzles.sizes = vec![[4, 4]];
+    c.puzzles.q_train = 2;
+    c.optim.steps = steps;
+    c.optim.batch = 4;
+    c.optim.lr = 3e-3;
+    c.optim.warmup = 5;
+    c.run.eval_every = 0;
+    c.run.eval_samples = 4;
+    c.run.final_eval_samples = 4;
+    c.run.checkpoint_every = 3;
+    c
+}
+
+/// max |a − b| of two f64 tensors.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+fn rand_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+#[test]
+fn causal_softmax_matches_the_composed_softmax_and_its_gradient() {
+    let dev = Device::Cpu;
+    let s = 7;
+    let x = Tensor::randn(0f64, 2.0, (2, 3, s, s), &dev).unwrap();
+    let w = Tensor::randn(0f64, 1.0, (2, 3, s, s), &dev).unwrap();
+    let mask: Vec<f64> = (0..s * s)
+        .map(|i| if i % s > i / s { NEG_MASK as f64 } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, (s, s), &dev).unwrap();
+    let composed = |x: &Tensor| softmax_last(&x.broadcast_add(&mask).unwrap()).unwrap();
+    // forward
+    let a = causal_softmax(&x).unwrap();
+    let b = composed(&x);
+    let d = max_abs_diff(&a, &b);
+    assert!(d < 1e-14, "forward differs by {d}");
+    // exact zeros above the diagonal, rows sum to 1
+    let flat: Vec<f64> = a.flatten_all().unwrap().to_vec1().unwrap();
+    for (i, row) in flat.chunks(s).enumerate() {
+        let q = i % s;
+        assert!(row[q + 1..].iter().all(|&p| p == 0.0));
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+    // gradient of Σ w ⊙ y: fused backward vs autograd of the composed ops
+    let xv = Var::from_tensor(&x).unwrap();
+    let ga = (causal_softmax(xv.as_tensor()).unwrap() * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gb = (composed(xv.as_tensor()) * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (ga, gb) = (ga.get(&xv).unwrap(), gb.get(&xv).unwrap());
+    let d = max_abs_diff(ga, gb);
+    assert!(d < 1e-14, "gradient differs by {d}");
+    // and against a central difference on a few entries
+    let xs: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let gv: Vec<f64> = ga.flatten_all().unwrap().to_vec1().unwrap();
+    let f = |xs: &[f64]| -> f64 {
+        let t = Tensor::from_vec(xs.to_vec(), (2, 3, s, s), &dev).unwrap();
+        (causal_softmax(&t).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    for idx in [s * 3 + 1, s * s + 2 * s + 2, 5 * s * s + s * s - 1, 17] {
+        let h = 1e-6;
+        let (mut p, mut m) = (xs.clone(), xs.clone());
+        p[idx] += h;
+        m[idx] -= h;
+        let fd = (f(&p) - f(&m)) / (2.0 * h);
+        assert!(
+            (fd - gv[idx]).abs() < 1e-8,
+            "entry {idx}: fd {fd} vs autograd {}",
+            gv[idx]
+        );
+    }
+}
+
+#[test]
+fn training_forward_matches_the_inference_forward() {
+    let tc = small_cfg();
+    let cfg = tc.model_config(1024).unwrap();
+    let net = Net::init(&cfg, 7, &Device::Cpu).unwrap();
+    let model = inference_model(&net).unwrap();
+    let (b, s) = (2, 40);
+    let ids: Vec<u32> = rand_ids(b * s, 1024, 3);
+    let ids_t = Tensor::from_vec(ids.clone(), (b, s), &Device::Cpu).unwrap();
+    let rows: Vec<u32> = (0..(b * s) as u32).collect();
+    let rows_t = Tensor::from_vec(rows, b * s, &Device::Cpu).unwrap();
+    let train = net.logits_at(&ids_t, &rows_t).unwrap(); // [b·s, v]
+    for i in 0..b {
+        let inf = model
+            .forward_logits(&ids[i * s..(i + 1) * s])
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let mine = train.narrow(0, i * s, s).unwrap();
+        let d = common::max_diff(&inf, &mine);
+        let scale = common::max_abs(&inf);
+        assert!(
+            d < 1e-4 * scale.max(1.0),
+            "sequence {i}: max |Δ| {d} (logit scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn training_gradients_match_finite_differences() {
+    let tc = small_cfg();
+    let cfg = tc.model_config(64).unwrap();
+    let dev = Device::Cpu;
+    let init = Net::init(&cfg, 11, &dev).unwrap();
+    // f64 twin with non-trivial norm weights and biases, so their gradients are exercised
+    let mut named = init.tensors().unwrap();
+    for (name, t) in named.iter_mut() {
+        let t64 = t.to_dtype(DType::F64).unwrap();
+        let noise = Tensor::randn(0f64, 0.1, t64.dims(), &dev).unwrap();
+        *t = if name.ends_with("norm.weight") || name.ends_with(".bias") {
+            (t64 + noise).unwrap()
+        } else {
+            t64
+        };
+    }
+    let net = Net::from_tensors(&cfg, named.clone(), DType::F64, &dev).unwrap();
+    let (b, s) = (2, 12);
+    let id_vec = rand_ids(b * s, 64, 5);
+    let ids = Tensor::from_vec(id_vec.clone(), (b, s), &dev).unwrap();
+    let rows = Tensor::new(&[3u32, 11, 12, 17, 23], &dev).unwrap();
+    let labels = Tensor::new(&[1u32, 5, 9, 2, 63], &dev).unwrap();
+    let weights = Tensor::new(&[1.0f64, 0.5, 1.0, 2.0, 1.0], &dev).unwrap();
+    let loss_of =
+        |net: &Net| weighted_nll(&net.logits_at(&ids, &rows).unwrap(), &labels, &weights).unwrap();
+    let grads = loss_of(&net).backward().unwrap();
+    let checks = [
+        ("model.embed_tokens.weight", id_vec[3] as usize * 32 + 4),
+        ("model.layers.0.input_layernorm.weight", 3),
+        ("model.layers.0.self_attn.q_proj.weight", 77),
+        ("model.layers.0.self_attn.q_proj.bias", 5),
+        ("model.layers.0.self_attn.k_proj.weight", 130),
+        ("model.layers.0.self_attn.k_proj.bias", 2),
+        ("model.layers.0.self_attn.v_proj.weight", 200),
+        ("model.layers.1.self_attn.v_proj.bias", 7),
+        ("model.layers.1.self_attn.o_proj.weight", 300),
+        ("model.layers.1.post_attention_layernorm.weight", 17),
+        ("model.layers.1.mlp.gate_proj.weight", 400),
+        ("model.layers.0.mlp.up_proj.weight", 401),
+        ("model.layers.1.mlp.down_proj.weight", 402),
+        ("model.norm.weight", 30),
+        ("lm_head.weight", 63 * 32 + 1),
+    ];
+    for (name, idx) in checks {
+        let i = net.names().iter().position(|n| n == name).unwrap();
+        let g: Vec<f64> = grads
+            .get(&net.vars()[i])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let shape = named[i].1.dims().to_vec();
+        let base: Vec<f64> = named[i].1.flatten_all().unwrap().to_vec1().unwrap();
+        let eval = |delta: f64| {
+            let mut v = base.clone();
+            v[idx] += delta;
+            let mut n2 = named.clone();
+            n2[i].1 = Tensor::from_vec(v, shape.as_slice(), &dev).unwrap();
+            let net2 = Net::from_tensors(&cfg, n2, DType::F64, &dev).unwrap();
+            loss_of(&net2).to_scalar::<f64>().unwrap()
+        };
+        let h = 1e-5;
+        let fd = (eval(h) - eval(-h)) / (2.0 * h);
+        let err = (fd - g[idx]).abs();
+        assert!(
+            err < 1e-7 + 1e-5 * fd.abs(),
+            "{name}[{idx}]: finite difference {fd:.10} vs autograd {:.10}",
+            g[idx]
+        );
+        assert!(
+            g[idx].abs() > 1e-9,
+            "{name}[{idx}]: zero gradient, the check would be vacuous"
+        );
+    }
+}
+
+#[test]
+fn a_few_dozen_steps_lower_the_loss_on_a_fixed_batch() {
+    let cfg = tiny_run(40);
+    let mut t = Trainer::new(cfg.clone(), &Device::Cpu).unwrap();
+    let probe = minarc::train::data::batch(&cfg, 0, t.tokenizer()).unwrap();
+    let before = batch_loss(&t.net, &probe, 1.0, 0.0)
+        .unwrap()
+        .0
+        .to_scalar::<f32>()
+        .unwrap();
+    for _ in 0..40 {
+        t.train_step().unwrap();
+    }
+    let after = batch_loss(&t.net, &probe, 1.0, 0.0)
+        .unwrap()
+        .0
+        .to_scalar::<f32>()
+        .unwrap();
+    // the initial loss is about ln(vocab) ≈ 6.9; learning the answer format alone takes it
+    // to about ln(n_color) ≈ 1.6
+    assert!(before > 5.0, "initial loss {before}");
+    assert!(
+        after < 0.5 * before,
+        "loss {before} -> {after} after 40 steps"
+    );
+}
+
+#[test]
+fn resume_continues_bit_identically() {
+    let cfg = tiny_run(6);
+    let straight = tempfile::tempdir().unwrap();
+    let split = tempfile::tempdir().unwrap();
+    let opts = |dir: &std::path::Path, resume: bool, stop_after: Option<usize>| RunOptions {
+        out: dir.to_path_buf(),
+        resume,
+        device: Device::Cpu,
+        stop_after,
+        progress: false,
+    };
+    let a = run(cfg.clone(), &opts(straight.path(), false, None)).unwrap();
+    assert!(a.finished);
+    let b1 = run(cfg.clone(), &opts(split.path(), false, Some(3))).unwrap();
+    assert!(!b1.finished && b1.step == 3);
+    // a fresh start over existing checkpoints is refused
+    let err = run(cfg.clone(), &opts(split.path(), false, None))
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("--resume"), "{err:#}");
+    // so is a resume with another configuration
+    let mut other = cfg.clone();
+    other.optim.lr *= 2.0;
+    let err = run(other, &opts(split.path(), true, None)).err().unwrap();
+    assert!(
+        format!("{err:#}").contains("configuration differs"),
+        "{err:#}"
+    );
+    let b2 = run(cfg.clone(), &opts(split.path(), true, None)).unwrap();
+    assert!(b2.finished && b2.step == 6);
+    let read = |d: &std::path::Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert_eq!(
+        read(straight.path(), "model/model.safetensors"),
+        read(split.path(), "model/model.safetensors"),
+        "weights after a resumed run differ from an uninterrupted one"
+    );
+    let hist = |d: &std::path::Path| {
+        let v: serde_json::Value = serde_json::from_slice(&read(d, "train.json")).unwrap();
+        v["history"].clone()
+    };
+    assert_eq!(hist(straight.path()), hist(split.path()));
+    // the written folder loads as a model with the training-time dataset options
+    let local = minarc::backend::local::Local::load(
+        &straight.path().join("model"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    use minarc::backend::Backend;
+    let opts = local.dataset_options().unwrap();
+    assert_eq!(opts["n"], 4);
+    assert_eq!(opts["Q_train"], 2);
+    assert!(
+        straight.path().join("curve.png").is_file() && straight.path().join("curve.svg").is_file()
+    );
+}
+
+#[test]
+fn configuration_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[optim]\nsteps = 0\n", "optim.steps"),
+        ("[optim]\nbatch = 100000000\n", "optim.batch"),
+        ("[optim]\nlr = -1.0\n", "optim.lr"),
+        ("[model]\nheads = 3\n", "model.heads"),
+        ("[model]\nlayers = 100000\n", "model.layers"),
+        ("[puzzles]\nn_train = [1, 2]\n", "must be at least 3"),
+        ("[puzzles]\nsizes = [[3, 3]]\n", "Q_train=4 is impossible"),
+        ("[puzzles]\nrelations = \"sideways\"\n", "sideways"),
+        ("[run]\nheld_out = 10\n", "run.held_out"),
+        ("[optim]\nstep = 10\n", "unknown field"),
+    ];
+    for (text, want) in cases {
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let err = format!("{:#}", TrainConfig::from_file(&p).unwrap_err());
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+    // the written default round-trips
+    let p = dir.path().join("d.toml");
+    std::fs::write(&p, TrainConfig::default().to_toml().unwrap()).unwrap();
+    assert_eq!(TrainConfig::from_file(&p).unwrap(), TrainConfig::default());
+}
+
+#[test]
+fn the_word_tokenizer_keeps_keys_whole_and_round_trips() {
+    use minarc::puzzle::{PuzzleParams, Sample, gen_puzzle};
+    let word = minarc::tokenizer::word_tokenizer().unwrap();
+    let bpe = minarc::tokenizer::fixture_tokenizer().unwrap();
+    let unk = word.token_to_id(minarc::tokenizer::WORD_UNK).unwrap();
+    let cfg = TrainConfig::default();
+    for (seed, frame) in [(0, "corner"), (1, "center")] {
+        let mut params = PuzzleParams {
+            seed,
+            n_train: 3,
+            ..PuzzleParams::default()
+        };
+        params.frame = minarc::puzzle::Frame::parse(frame).unwrap();
+        for opts in [
+            cfg.prompt_options(),
+            minarc::puzzle::PromptOptions::default(),
+        ] {
+            let s = Sample::build(0, gen_puzzle(&params).unwrap(), &opts, Some(&word)).unwrap();
+            let enc = word.encode(s.prompt.as_str(), false).unwrap();
+            // every cell key of every grid is one token reading " (x,y):"
+            let toks = enc.get_tokens();
+            let p = s.puzzle.as_ref().unwrap();
+            for ex in &p.train {
+                let gr = ex.input_ranges.as_ref().unwrap();
+                for (ix, col) in gr.cells.iter().enumerate() {
+                    for (iy, cell) in col.iter().enumerate() {
+                        let k = cell.key.x.token.unwrap();
+                        assert_eq!(cell.key.y.token, Some(k));
+                        let (x, y) = (
+                            ix as i32 + *ex.input.xs().start(),
+                            iy as i32 + *ex.input.ys().start(),
+                        );
+                        assert_eq!(toks[k], format!(" ({x},{y}):"));
+                        assert_eq!(cell.color.token, Some(k + 1));
+                    }
+                }
+            }
+            if opts.template.is_some() {
+                // the compact prompt has no unknown pieces, and is about half the BPE length
+                assert!(!enc.get_ids().contains(&unk), "{:?}", toks);
+                assert_eq!(word.decode(enc.get_ids(), false).unwrap(), s.prompt);
+                let n_bpe = bpe
+                    .encode(s.prompt.as_str(), false)
+                    .unwrap()
+                    .get_ids()
+                    .len();
+                assert!(
+                    10 * toks.len() < 6 * n_bpe,
+                    "{} word tokens vs {n_bpe} BPE tokens",
+                    toks.len()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_example_training_config_parses_and_trains() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/train_organism.toml");
+    let cfg = TrainConfig::from_file(&path).unwrap();
+    assert_eq!(
+        cfg.model.tokenizer,
+        minarc::train::config::TokenizerKind::Word
+    );
+    let out = tempfile::tempdir().unwrap();
+    let r = run(
+        cfg,
+        &RunOptions {
+            out: out.path().to_path_buf(),
+            resume: false,
+            device: Device::Cpu,
+            stop_after: Some(2),
+            progress: false,
+        },
+    )
+    .unwrap();
+    assert_eq!((r.step, r.finished), (2, false));
+    assert!(out.path().join("checkpoints/step-0000002.json").is_file());
+}
+
+#[test]
+fn a_trained_folder_brings_its_dataset_options_to_scripts_and_servers() {
+    use minarc::backend::Backend;
+    let out = tempfile::tempdir().unwrap();
+    let cfg = tiny_run(1);
+    let opts = RunOptions {
+        out: out.path().to_path_buf(),
+        resume: false,
+        device: Device::Cpu,
+        stop_after: None,
+        progress: false,
+    };
+    assert!(run(cfg.clone(), &opts).unwrap().finished);
+    let dir = out.path().join("model");
+    // the training-time sequences of held-out seeds 0..2, as `minarc train` scores them
+    let tok = cfg.model.tokenizer.build().unwrap();
+    let seqs = minarc::train::data::held_out(&cfg, 2, &tok).unwrap();
+    // a script builds the same prompts from dataset_options
+    let script = out.path().join("d.rhai");
+    std::fs::write(
+        &script,
+        format!(
+            "let m = load_model({dir:?});\nlet o = dataset_options(m);\no.seeds = [0, 2];\n\
+             o.tokenizer = tokenizer(m);\nlet ds = gen_dataset(o);\n\
+             print(`${{ds.len()}} ${{ds[0].n_tokens}} ${{ds[0].answers.len()}} ${{o.n}} ${{o.Q_train}}`);\n"
+        ),
+    )
+    .unwrap();
+    let run_out = std::process::Command::new(env!("CARGO_BIN_EXE_minarc"))
+        .args(["run", script.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        run_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run_out.stderr)
+    );
+    let evaluated = seqs[0]
+        .targets
+        .iter()
+        .filter(|t| t.kind == minarc::train::data::TargetKind::Answer { evaluated: true })
+        .count();
+    assert_eq!(
+        String::from_utf8_lossy(&run_out.stdout),
+        format!("2 {} {evaluated} 4 2\n", seqs[0].ids.len())
+    );
+    // through `minarc serve`, the options travel in /status
+    let local = minarc::backend::Local::load(&dir, DType::F32, &Device::Cpu).unwrap();
+    let want = local.dataset_options().cloned().unwrap();
+    let srv = minarc::remote::RunningServer::start(
+        local,
+        minarc::remote::ServeOptions {
+            port: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let remote = minarc::remote::Remote::connect(&srv.url(), None).unwrap();
+    assert_eq!(remote.dataset_options(), Some(&want));
+}
