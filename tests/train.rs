@@ -490,3 +490,64 @@ fn a_trained_folder_brings_its_dataset_options_to_scripts_and_servers() {
     let remote = minarc::remote::Remote::connect(&srv.url(), None).unwrap();
     assert_eq!(remote.dataset_options(), Some(&want));
 }
+
+#[test]
+fn a_curriculum_stage_replaces_the_distribution_before_its_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(
+        &p,
+        "[puzzles]\nn_train = [1, 3]\n[[puzzles.curriculum]]\nuntil_step = 10\nrelations = \"at\"\nn_train = [1]\nQ_train = 9\n",
+    )
+    .unwrap();
+    let cfg = TrainConfig::from_file(&p).unwrap();
+    let early = cfg.variants_at(9);
+    assert_eq!(early.len(), 1);
+    assert_eq!(
+        (
+            early[0].relations.as_str(),
+            early[0].n_train,
+            early[0].q_train
+        ),
+        ("at", 1, 9)
+    );
+    let late = cfg.variants_at(10);
+    assert_eq!(late, cfg.variants());
+    assert_eq!(late.len(), 2);
+    assert!(
+        late.iter()
+            .all(|v| v.relations == "side+at" && v.q_train == 4)
+    );
+    // the evaluations use the main distribution
+    assert_eq!(cfg.eval_variant().n_train, 3);
+    // a stage's batch: `at` puzzles with 9 questions per example
+    let tok = cfg.model.tokenizer.build().unwrap();
+    let batch = minarc::train::data::batch(&cfg, 3, &tok).unwrap();
+    for q in &batch {
+        assert_eq!(q.relation.name(), "at");
+        let answers = q
+            .targets
+            .iter()
+            .filter(|t| matches!(t.kind, minarc::train::data::TargetKind::Answer { .. }))
+            .count();
+        assert_eq!(answers, 9);
+    }
+    for (text, want) in [
+        (
+            "[[puzzles.curriculum]]\nuntil_step = 10\nQ_train = 10\n",
+            "Q_train=10 is impossible",
+        ),
+        (
+            "[[puzzles.curriculum]]\nuntil_step = 10\n[[puzzles.curriculum]]\nuntil_step = 5\n",
+            "not after the previous stage",
+        ),
+        (
+            "[[puzzles.curriculum]]\nuntil_step = 10\nn_train = []\n",
+            "1..=64 n_train",
+        ),
+    ] {
+        std::fs::write(&p, text).unwrap();
+        let err = format!("{:#}", TrainConfig::from_file(&p).unwrap_err());
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+}

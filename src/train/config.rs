@@ -114,6 +114,28 @@ pub struct PuzzleDist {
     pub remove_instructions: bool,
     /// The prompt words (None: the project's default wording).
     pub template: Option<PromptTemplate>,
+    /// A curriculum: stages that replace the relations, n_train or Q_train above for the
+    /// steps before their `until_step` (the first stage whose `until_step` exceeds the step is
+    /// in force; after the last one, the distribution above). Evaluations always use the
+    /// distribution above.
+    pub curriculum: Vec<Stage>,
+}
+
+/// One curriculum stage (fields left out keep the main distribution's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// The stage is in force for steps below this (and above the previous stage's).
+    pub until_step: usize,
+    /// Relation set of the stage.
+    #[serde(default)]
+    pub relations: Option<String>,
+    /// Numbers of train examples of the stage.
+    #[serde(default)]
+    pub n_train: Option<Vec<usize>>,
+    /// Questions per example of the stage.
+    #[serde(default, rename = "Q_train")]
+    pub q_train: Option<usize>,
 }
 
 impl Default for PuzzleDist {
@@ -128,6 +150,7 @@ impl Default for PuzzleDist {
             style: Style::Dict,
             remove_instructions: true,
             template: Some(compact_template()),
+            curriculum: Vec::new(),
         }
     }
 }
@@ -357,29 +380,79 @@ impl TrainConfig {
             );
         }
         self.prompt_options().validate()?;
-        for v in self.variants() {
-            v.validate().with_context(|| {
-                format!("puzzle variant {}×{} with n_train {}", v.n, v.m, v.n_train)
-            })?;
+        ensure!(
+            p.curriculum.len() <= 64,
+            "puzzles.curriculum takes at most 64 stages"
+        );
+        let mut last = 0;
+        for (i, st) in p.curriculum.iter().enumerate() {
+            ensure!(
+                st.until_step > last,
+                "puzzles.curriculum: stage {} ends at step {}, not after the previous stage ({last})",
+                i + 1,
+                st.until_step
+            );
+            last = st.until_step;
+            let n = st.n_train.as_ref().map_or(1, |v| v.len());
+            ensure!(
+                (1..=64).contains(&n),
+                "puzzles.curriculum: stage {} needs 1..=64 n_train values",
+                i + 1
+            );
+        }
+        // the main distribution, then every stage
+        for step in std::iter::once(usize::MAX).chain(p.curriculum.iter().map(|s| s.until_step - 1))
+        {
+            for v in self.variants_at(step) {
+                v.validate().with_context(|| {
+                    format!(
+                        "puzzle variant {}×{} with relations {}, n_train {}, Q_train {}{}",
+                        v.n,
+                        v.m,
+                        v.relations,
+                        v.n_train,
+                        v.q_train,
+                        if step == usize::MAX {
+                            String::new()
+                        } else {
+                            format!(" (curriculum, step {step})")
+                        }
+                    )
+                })?;
+            }
         }
         Ok(())
     }
 
-    /// Every (size, n_train) variant as generation parameters (seed 0).
+    /// Every (size, n_train) variant of the main distribution as generation parameters (seed 0).
     pub fn variants(&self) -> Vec<PuzzleParams> {
+        self.variants_at(usize::MAX)
+    }
+
+    /// The variants in force at `step` (the curriculum stage's, else the main distribution's).
+    pub fn variants_at(&self, step: usize) -> Vec<PuzzleParams> {
         let p = &self.puzzles;
+        let stage = p.curriculum.iter().find(|s| step < s.until_step);
+        let relations = stage
+            .and_then(|s| s.relations.clone())
+            .unwrap_or_else(|| p.relations.clone());
+        let n_train = stage
+            .and_then(|s| s.n_train.clone())
+            .unwrap_or_else(|| p.n_train.clone());
+        let q_train = stage.and_then(|s| s.q_train).unwrap_or(p.q_train);
         p.sizes
             .iter()
             .flat_map(|&[n, m]| {
-                p.n_train.iter().map(move |&k| PuzzleParams {
-                    relations: p.relations.clone(),
+                let relations = relations.clone();
+                n_train.iter().map(move |&k| PuzzleParams {
+                    relations: relations.clone(),
                     n,
                     m,
                     frame: p.frame,
                     n_color: p.n_color,
                     n_train: k,
                     n_test: 0,
-                    q_train: p.q_train,
+                    q_train,
                     q_test: 1,
                     seed: 0,
                 })

@@ -115,7 +115,7 @@ pub fn sequence(
 pub fn batch(cfg: &TrainConfig, step: usize, tok: &Tokenizer) -> Result<Vec<Sequence>> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.run.seed);
     rng.set_stream(step as u64);
-    let variants = cfg.variants();
+    let variants = cfg.variants_at(step);
     let variant = &variants[rng.random_range(0..variants.len() as u32) as usize];
     let span = u64::MAX - cfg.run.held_out;
     let b = cfg.optim.batch;
