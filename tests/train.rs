@@ -87,6 +87,13 @@ fn causal_softmax_matches_the_composed_softmax_and_its_gradient() {
         assert!(row[q + 1..].iter().all(|&p| p == 0.0));
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     }
+    // the composed path (taken for other dtypes and devices) agrees, in bf16
+    let bf = causal_softmax(&x.to_dtype(DType::BF16).unwrap())
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let d = max_abs_diff(&bf, &a);
+    assert!(d < 1e-2, "bf16 composed path differs by {d}");
     // gradient of Σ w ⊙ y: fused backward vs autograd of the composed ops
     let xv = Var::from_tensor(&x).unwrap();
     let ga = (causal_softmax(xv.as_tensor()).unwrap() * &w)

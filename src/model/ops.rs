@@ -235,14 +235,7 @@ pub fn causal_softmax(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
         return Ok(x.apply_op1(CausalSoftmax)?);
     }
-    let pos: Vec<usize> = (0..s).collect();
-    let mut m = vec![0f32; s * s];
-    for (r, &p) in pos.iter().enumerate() {
-        for t in p + 1..s {
-            m[r * s + t] = NEG_MASK;
-        }
-    }
-    let mask = Tensor::from_vec(m, (s, s), x.device())?.to_dtype(x.dtype())?;
+    let mask = super::qwen2::causal_mask(s, x.device())?.to_dtype(x.dtype())?;
     softmax_last(&x.broadcast_add(&mask)?)
 }
 
