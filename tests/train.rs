@@ -558,3 +558,17 @@ fn a_curriculum_stage_replaces_the_distribution_before_its_step() {
         assert!(err.contains(want), "{text:?}: {err}");
     }
 }
+
+#[test]
+fn an_oversized_batch_is_refused_before_allocation() {
+    let mut tc = small_cfg();
+    tc.model.max_positions = 65_536;
+    let cfg = tc.model_config(64).unwrap();
+    let net = Net::init(&cfg, 1, &Device::Cpu).unwrap();
+    // 4 heads × 9000² attention values exceed the bound
+    let s = 9000;
+    let ids = Tensor::from_vec(rand_ids(s, 64, 1), (1, s), &Device::Cpu).unwrap();
+    let rows = Tensor::new(&[0u32], &Device::Cpu).unwrap();
+    let err = format!("{:#}", net.logits_at(&ids, &rows).unwrap_err());
+    assert!(err.contains("too large to train on"), "{err}");
+}

@@ -155,6 +155,16 @@ impl Net {
             "sequence of {s} tokens exceeds max_position_embeddings {}",
             self.cfg.max_position_embeddings
         );
+        // bounded before anything is allocated: one sequence's [n, s, s] attention block and
+        // the batch's widest activation [b, s, max(e, intermediate)], each at most 2^28 values
+        let widest = e.max(self.cfg.intermediate_size);
+        ensure!(
+            n.saturating_mul(s).saturating_mul(s) <= MAX_BLOCK
+                && b.saturating_mul(s).saturating_mul(widest) <= MAX_BLOCK,
+            "a batch of {b} sequences of {s} tokens is too large to train on (attention block \
+             {n}×{s}×{s}, activations {b}×{s}×{widest}; at most {MAX_BLOCK} values each): \
+             lower optim.batch, the grid sizes or n_train"
+        );
         let pos: Vec<usize> = (0..s).collect();
         let dtype = self.vars[0].dtype();
         let (cos, sin) = rope_tables(&self.inv_freq, &pos, dtype, &self.device)?;
@@ -212,6 +222,9 @@ impl Net {
         Ok(xs.matmul(&head.t()?)?) // [k,v]
     }
 }
+
+/// Largest attention block or activation (values) a training step may allocate.
+const MAX_BLOCK: usize = 1 << 28;
 
 /// Repeats each key/value head `g` times: `[b,kvh,s,d]` → `[b,kvh·g,s,d]` (GQA).
 fn repeat_kv(x: &Tensor, g: usize) -> Result<Tensor> {
