@@ -109,6 +109,8 @@ pub struct Trainer {
     /// Training wall time of earlier sessions (seconds).
     pub elapsed_before: f64,
     tok: Tokenizer,
+    /// Held-out sequences of the last evaluation size (generated once, reused every evaluation).
+    held_out: std::sync::Mutex<Option<(usize, std::sync::Arc<Vec<Sequence>>)>>,
 }
 
 impl Trainer {
@@ -129,6 +131,7 @@ impl Trainer {
             evals: Vec::new(),
             elapsed_before: 0.0,
             tok,
+            held_out: std::sync::Mutex::new(None),
         })
     }
 
@@ -175,7 +178,20 @@ impl Trainer {
 
     /// Held-out evaluation on seeds 0..n through the inference model.
     pub fn evaluate(&self, n: usize) -> Result<EvalLog> {
-        let seqs = super::data::held_out(&self.cfg, n, &self.tok)?;
+        let seqs = {
+            let mut cache = self
+                .held_out
+                .lock()
+                .map_err(|_| anyhow::anyhow!("held-out cache lock poisoned"))?;
+            match cache.as_ref() {
+                Some((k, s)) if *k == n => s.clone(),
+                _ => {
+                    let s = std::sync::Arc::new(super::data::held_out(&self.cfg, n, &self.tok)?);
+                    *cache = Some((n, s.clone()));
+                    s
+                }
+            }
+        };
         let mut e = evaluate(&self.inference_model()?, &seqs)?;
         e.step = self.step;
         Ok(e)
