@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run a Rhai script (`minarc run FILE -- args`); errors print file:line:col.
     Run(script_cli::RunArgs),
+    /// Merge the partial results of a sharded run (`minarc run --shard`) for `--reduced`.
+    Reduce(script_cli::ReduceArgs),
     /// Run a script and re-run it on every save, keeping models and caches loaded.
     Watch(script_cli::WatchArgs),
     /// Interactive Rhai shell with the model kept loaded.
@@ -77,6 +79,7 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let code = match cli.command {
         Command::Run(a) => script_cli::run(a)?,
+        Command::Reduce(a) => script_cli::reduce(a)?,
         Command::Watch(a) => script_cli::watch(a)?,
         Command::Repl(a) => script_cli::repl(a)?,
         Command::HelpFunctions(a) => script_cli::help_functions(a)?,

@@ -49,6 +49,7 @@ fn extra_args(name: &str) -> Vec<String> {
         "top_heads.rhai" => &["--n", "2", "--k", "5"],
         "expand.rhai" => &["--n", "2"],
         "head_roles.rhai" => &["--n", "2"],
+        "sharded.rhai" => &["--n", "3"],
         "validate.rhai" => &["--n", "2", "--k", "4", "--draws", "2", "--each", "1"],
         _ => &[],
     };

@@ -2,6 +2,7 @@
 //! `minarc help-functions` (main.rs only parses arguments and calls these).
 
 use crate::script::host::Host;
+use crate::script::shard::{self, Shard, ShardMode};
 use crate::script::state::{Output, SharedBuf};
 use crate::script::watch::{WatchEvent, Watcher};
 use crate::script::{repl, runner};
@@ -15,9 +16,29 @@ use std::sync::atomic::Ordering;
 pub struct RunArgs {
     /// The script file.
     pub file: PathBuf,
+    /// Run one shard of the script's work: `i/N` (0-based), or `auto` for the index a Slurm
+    /// job array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX, MINARC_SHARD_COUNT) gives. `forward` and `mr` see the i-th
+    /// contiguous slice of their items; each `mr` call writes its partial sums to --shard-dir.
+    #[arg(long, value_name = "i/N|auto")]
+    pub shard: Option<String>,
+    /// Folder of the sharded run's partial results (each shard writes `shard-i-of-N/`).
+    #[arg(long, value_name = "DIR", default_value = "shards", requires = "shard")]
+    pub shard_dir: PathBuf,
+    /// Run the script with every `mr` call answered from the sums `minarc reduce DIR` merged
+    /// (and `forward` computing nothing): the output of one unsharded run.
+    #[arg(long, value_name = "DIR", conflicts_with = "shard")]
+    pub reduced: Option<PathBuf>,
     /// Arguments for the script, available as the constant array `ARGS`.
     #[arg(last = true)]
     pub args: Vec<String>,
+}
+
+/// `minarc reduce DIR`.
+#[derive(Args, Debug)]
+pub struct ReduceArgs {
+    /// The --shard-dir of a sharded run (all its shards finished).
+    pub dir: PathBuf,
 }
 
 /// `minarc watch FILE [-- args]`.
@@ -60,13 +81,57 @@ pub fn install_interrupt_handler(host: &Host) -> Result<()> {
 
 /// `minarc run`: returns the process exit code.
 pub fn run(args: RunArgs) -> Result<i32> {
+    let mode = match (&args.shard, &args.reduced) {
+        (Some(s), _) => {
+            let shard = if s.trim() == "auto" {
+                Shard::from_env(|k| std::env::var(k).ok())?
+            } else {
+                Shard::parse(s)?
+            };
+            eprintln!(
+                "shard {}/{}: partial results in {}",
+                shard.index,
+                shard.count,
+                shard.dir(&args.shard_dir).display()
+            );
+            ShardMode::Shard {
+                shard,
+                dir: args.shard_dir.clone(),
+            }
+        }
+        (None, Some(dir)) => {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--reduced {}: no such folder (run minarc reduce on the --shard-dir first)",
+                dir.display()
+            );
+            ShardMode::Replay(dir.clone())
+        }
+        (None, None) => ShardMode::Whole,
+    };
     let mut host = Host::new();
+    host.state().set_shard_mode(mode);
     install_interrupt_handler(&host)?;
     let result = runner::run(&mut host, &args.file, args.args);
     if let Err(e) = &result {
         eprintln!("{e}");
     }
     Ok(runner::exit_code(&result))
+}
+
+/// `minarc reduce DIR`: merges the shards' partial sums into DIR/reduced.
+pub fn reduce(args: ReduceArgs) -> Result<i32> {
+    let r = shard::reduce(&args.dir)?;
+    for line in &r.calls {
+        println!("{line}");
+    }
+    println!(
+        "merged {} shards into {}; run the script with --reduced {} for the full results",
+        r.shards,
+        r.out.display(),
+        args.dir.display()
+    );
+    Ok(0)
 }
 
 /// `minarc watch`: runs until Ctrl-C while idle.

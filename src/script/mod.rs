@@ -12,6 +12,7 @@ pub mod host;
 pub mod modules;
 pub mod repl;
 pub mod runner;
+pub mod shard;
 pub mod state;
 pub mod tensor;
 pub mod tensor_maths;

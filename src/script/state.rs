@@ -1,7 +1,8 @@
 //! The state a script session keeps whatever it runs: loaded models, memoised values, the
 //! graph-registry slot, typed slots for other domains, the interrupt flag and the output sink.
-//! Bindings and the host both use it; it imports neither.
+//! Bindings and the host both use it; it imports neither (only the shard mode's type).
 
+use crate::script::shard::ShardMode;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rhai::{Dynamic, EvalAltResult, Position};
@@ -104,6 +105,8 @@ pub struct HostState {
     output: Output,
     show_progress: AtomicBool,
     shown: Mutex<Vec<Shown>>,
+    shard: Mutex<ShardMode>,
+    mr_calls: AtomicUsize,
 }
 
 /// A value a script sent to the live view with `show` / `show_table`.
@@ -139,6 +142,8 @@ impl HostState {
             output,
             show_progress: AtomicBool::new(true),
             shown: Mutex::new(Vec::new()),
+            shard: Mutex::new(ShardMode::Whole),
+            mr_calls: AtomicUsize::new(0),
         }
     }
 
@@ -291,6 +296,21 @@ impl HostState {
         entry
             .downcast::<T>()
             .map_err(|_| anyhow::anyhow!("slot {key} holds a different type"))
+    }
+
+    /// Sets how `forward` and `mr` split their items (`minarc run --shard` / `--reduced`).
+    pub fn set_shard_mode(&self, mode: ShardMode) {
+        *lock(&self.shard) = mode;
+    }
+
+    /// How `forward` and `mr` split their items.
+    pub fn shard_mode(&self) -> ShardMode {
+        lock(&self.shard).clone()
+    }
+
+    /// The index of the next `mr` call of this process (0, 1, 2, … in call order).
+    pub fn next_mr_call(&self) -> usize {
+        self.mr_calls.fetch_add(1, Ordering::SeqCst)
     }
 
     /// Show progress bars (on by default; they draw only on a terminal).

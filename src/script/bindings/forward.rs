@@ -165,9 +165,21 @@ fn forward_with(
         ensure!(!dataset.is_empty(), "the dataset name must not be empty");
         samples_of(samples)
     })?;
-    let pb = st.progress(samples.len() as u64, &format!("forward {dataset}"));
+    // A sharded run forwards its slice only (the handles of the others are returned unforwarded,
+    // so `mr` over them takes the same slice); a replay of reduced results forwards nothing.
+    let mine = st.shard_mode().range(samples.len());
+    let pb = st.progress(mine.len() as u64, &format!("forward {dataset}"));
     let mut out = Array::with_capacity(samples.len());
-    for s in samples {
+    for (k, s) in samples.into_iter().enumerate() {
+        if !mine.contains(&k) {
+            out.push(Dynamic::from(Cached {
+                dataset: dataset.to_string(),
+                sample: s,
+                fresh: false,
+                home: None,
+            }));
+            continue;
+        }
         st.check_interrupt()?;
         let fresh = guard("forward", || forward_one(m.0.as_ref(), dataset, &s, opts))?;
         out.push(Dynamic::from(Cached {

@@ -6,7 +6,7 @@
 use super::args::{RResult, guard};
 use super::forward::{ForwardOptions, forward_one, forward_options, samples_of};
 use super::model::{Cached, ScriptModel};
-use super::util::mean_of;
+use super::util::reduce_items;
 use crate::backend::Backend;
 use crate::backend::spread::{run_shares, shares_of, spread_map};
 use crate::script::docs::Registrar;
@@ -41,9 +41,11 @@ fn forward_spread(
         Ok((models_of(models)?, samples_of(samples)?))
     })?;
     let backends: Vec<&dyn Backend> = models.iter().map(|m| m.0.as_ref()).collect();
-    let pb = st.progress(samples.len() as u64, &format!("forward {dataset}"));
+    // A sharded run forwards its slice (as forward(model, ...)); the others come back unforwarded.
+    let mine = st.shard_mode().range(samples.len());
+    let pb = st.progress(mine.len() as u64, &format!("forward {dataset}"));
     let fresh = guard("forward", || {
-        spread_map(&backends, &samples, &|b, s| {
+        spread_map(&backends, &samples[mine.clone()], &|b, s| {
             if st.interrupted() {
                 bail!("interrupted");
             }
@@ -58,13 +60,12 @@ fn forward_spread(
     let n = models.len();
     Ok(samples
         .into_iter()
-        .zip(fresh)
         .enumerate()
-        .map(|(j, (sample, fresh))| {
+        .map(|(j, sample)| {
             Dynamic::from(Cached {
                 dataset: dataset.to_string(),
                 sample,
-                fresh,
+                fresh: mine.contains(&j) && fresh[j - mine.start],
                 home: Some(models[j % n].clone()),
             })
         })
@@ -109,12 +110,29 @@ fn mr_spread(
         .iter()
         .map(|m| Arc::as_ptr(&m.0) as *const ())
         .collect();
-    let shares = shares_of(&keys);
-    let pb = st.progress(items.len() as u64, "mr");
+    reduce_items(st, items.len(), |range| {
+        spread_items(st, ctx, items, f, &item_models, &keys, range)
+    })
+}
+
+/// f(item, model) for items `range`, each model's share on its own thread, in item order.
+fn spread_items(
+    st: &HostState,
+    ctx: &NativeCallContext,
+    items: &Array,
+    f: &FnPtr,
+    item_models: &[ScriptModel],
+    keys: &[*const ()],
+    range: std::ops::Range<usize>,
+) -> RResult<Vec<Dynamic>> {
+    let start = range.start;
+    let shares = shares_of(&keys[range.clone()]);
+    let pb = st.progress(range.len() as u64, "mr");
     let vals: RResult<Vec<Dynamic>> = run_shares(
-        items.len(),
+        range.len(),
         &shares,
         &|j| {
+            let j = start + j;
             st.check_interrupt()?;
             let m = &item_models[j];
             let args = [items[j].clone(), Dynamic::from(m.clone())];
@@ -125,6 +143,7 @@ fn mr_spread(
             Ok::<Dynamic, Box<EvalAltResult>>(v)
         },
         &|j, msg| {
+            let j = start + j;
             let m = &item_models[j];
             format!(
                 "mr(): item {j} on {}: internal error (panic): {msg}",
@@ -132,12 +151,11 @@ fn mr_spread(
             )
             .into()
         },
-        &|j| format!("mr(): no result for item {j}").into(),
+        &|j| format!("mr(): no result for item {}", start + j).into(),
     );
     pb.finish_and_clear();
     st.check_interrupt()?;
-    let vals = vals?;
-    guard("mr", || mean_of(&vals))
+    vals
 }
 
 /// Register `forward(models: Array, ...)` (model domain).

@@ -3,10 +3,12 @@
 
 use super::args::{RResult, guard};
 use crate::script::docs::Registrar;
+pub use crate::script::shard::mean_of;
+use crate::script::shard::{self, Acc, Partial, ShardMode};
 use crate::script::state::HostState;
-use crate::script::tensor::Tensor;
-use anyhow::{anyhow, ensure};
+use anyhow::ensure;
 use rhai::{Array, Dynamic, FLOAT, FnPtr, INT, Map, NativeCallContext};
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Register the util domain.
@@ -15,6 +17,7 @@ pub fn register(r: &mut Registrar, state: &Arc<HostState>) {
     register_memo(r, state);
     register_graph_slot(r, state);
     register_map_reduce(r, state);
+    register_shard_info(r, state);
 }
 
 /// `x` with `d` decimals, or in scientific notation with `d` significant decimals when fixed
@@ -120,10 +123,9 @@ fn register_map_reduce(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "mr",
         "mr(items: Array, f: Fn(item) -> any) -> any",
-        "Map-reduce (U2): f(item) for every item, then the elementwise mean (numbers, Tensors stacked on a new dim 0, maps per key, arrays per element).",
+        "Map-reduce (U2): f(item) for every item, then the elementwise mean (numbers, Tensors stacked on a new dim 0, maps per key, arrays per element; f64 sums). In a sharded run (minarc run --shard) only the shard's slice of items, its sums written for minarc reduce.",
         move |ctx: NativeCallContext, items: Array, f: FnPtr| -> RResult<Dynamic> {
-            let vals = map_items(&st, &ctx, &items, &f, &[], "mr")?;
-            guard("mr", || mean_of(&vals))
+            map_reduce(&st, &ctx, &items, &f, &[])
         },
     );
     let st = state.clone();
@@ -132,8 +134,81 @@ fn register_map_reduce(r: &mut Registrar, state: &Arc<HostState>) {
         "mr(items: Array, f: Fn(item, ...args) -> any, args: Array) -> any",
         "Map-reduce calling f(item, args[0], args[1], ...) for every item.",
         move |ctx: NativeCallContext, items: Array, f: FnPtr, args: Array| -> RResult<Dynamic> {
-            let vals = map_items(&st, &ctx, &items, &f, &args, "mr")?;
+            map_reduce(&st, &ctx, &items, &f, &args)
+        },
+    );
+}
+
+/// `mr`: the mean of f over the items this process computes.
+fn map_reduce(
+    st: &HostState,
+    ctx: &NativeCallContext,
+    items: &Array,
+    f: &FnPtr,
+    extra: &[Dynamic],
+) -> RResult<Dynamic> {
+    reduce_items(st, items.len(), |range| {
+        map_items(st, ctx, &items[range], f, extra, "mr")
+    })
+}
+
+/// The reduction of every `mr`: `compute(range)` returns the results of items `range` (all of
+/// them in an ordinary run, the shard's slice in a sharded run, whose partial sums are written,
+/// or none: a replay answers from the reduced sums).
+pub(super) fn reduce_items(
+    st: &HostState,
+    n_items: usize,
+    compute: impl FnOnce(Range<usize>) -> RResult<Vec<Dynamic>>,
+) -> RResult<Dynamic> {
+    let call = st.next_mr_call();
+    match st.shard_mode() {
+        ShardMode::Whole => {
+            let vals = compute(0..n_items)?;
             guard("mr", || mean_of(&vals))
+        }
+        ShardMode::Replay(dir) => guard("mr", || shard::replay(&dir, call, n_items)),
+        ShardMode::Shard { shard, dir } => {
+            let vals = compute(shard.range(n_items))?;
+            guard("mr", || {
+                let partial = Partial {
+                    call,
+                    items: n_items as u64,
+                    count: vals.len() as u64,
+                    sum: Acc::sum_of(&vals)?,
+                };
+                partial.write(&shard::partial_path(&shard.dir(&dir), call))?;
+                match &partial.sum {
+                    Some(a) => a.mean(partial.count),
+                    None => {
+                        st.output().line(&format!(
+                            "mr call {call}: shard {}/{} has none of the {n_items} items (its partial is empty)",
+                            shard.index, shard.count
+                        ));
+                        Ok(Dynamic::UNIT)
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn register_shard_info(r: &mut Registrar, state: &Arc<HostState>) {
+    let st = state.clone();
+    r.func(
+        "shard_info",
+        "shard_info() -> Map",
+        "How this run splits forward and mr (minarc run --shard / --reduced): #{mode: \"whole\" | \"shard\" | \"replay\", index, count} (index 0 and count 1 unless sharded). A script skips its figures and files in a shard run, whose results are partial.",
+        move || -> Map {
+            let (mode, index, count) = match st.shard_mode() {
+                ShardMode::Whole => ("whole", 0, 1),
+                ShardMode::Shard { shard, .. } => ("shard", shard.index, shard.count),
+                ShardMode::Replay(_) => ("replay", 0, 1),
+            };
+            let mut m = Map::new();
+            m.insert("mode".into(), Dynamic::from(mode.to_string()));
+            m.insert("index".into(), Dynamic::from(index as INT));
+            m.insert("count".into(), Dynamic::from(count as INT));
+            m
         },
     );
 }
@@ -141,7 +216,7 @@ fn register_map_reduce(r: &mut Registrar, state: &Arc<HostState>) {
 fn map_items(
     st: &HostState,
     ctx: &NativeCallContext,
-    items: &Array,
+    items: &[Dynamic],
     f: &FnPtr,
     extra: &[Dynamic],
     label: &str,
@@ -158,82 +233,6 @@ fn map_items(
     }
     pb.finish_and_clear();
     Ok(out)
-}
-
-/// Elementwise mean of a list of equally structured values.
-pub fn mean_of(vals: &[Dynamic]) -> anyhow::Result<Dynamic> {
-    ensure!(!vals.is_empty(), "nothing to reduce (empty input)");
-    let first = &vals[0];
-    if first.as_int().is_ok() || first.as_float().is_ok() {
-        let mut sum = 0.0;
-        for (k, v) in vals.iter().enumerate() {
-            sum += v
-                .as_float()
-                .or_else(|_| v.as_int().map(|i| i as FLOAT))
-                .map_err(|t| anyhow!("item {k} is a {t}, expected a number like item 0"))?;
-        }
-        return Ok(Dynamic::from_float(sum / vals.len() as FLOAT));
-    }
-    if first.is::<Tensor>() {
-        let ts = vals
-            .iter()
-            .enumerate()
-            .map(|(k, v)| {
-                v.read_lock::<Tensor>().map(|t| t.clone()).ok_or_else(|| {
-                    anyhow!(
-                        "item {k} is a {}, expected a Tensor like item 0",
-                        v.type_name()
-                    )
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        return Ok(Dynamic::from(Tensor::stack(&ts, 0)?.reduce_dim("mean", 0)?));
-    }
-    if first.is_map() {
-        let keys: Vec<_> = first
-            .read_lock::<Map>()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        let mut out = Map::new();
-        for key in keys {
-            let col = vals
-                .iter()
-                .enumerate()
-                .map(|(k, v)| {
-                    v.read_lock::<Map>()
-                        .and_then(|m| m.get(&key).cloned())
-                        .ok_or_else(|| anyhow!("item {k} has no key {key}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            out.insert(
-                key.clone(),
-                mean_of(&col).map_err(|e| anyhow!("key {key}: {e}"))?,
-            );
-        }
-        return Ok(Dynamic::from_map(out));
-    }
-    if first.is_array() {
-        let n = first.read_lock::<Array>().map(|a| a.len()).unwrap_or(0);
-        let mut out = Array::with_capacity(n);
-        for i in 0..n {
-            let col = vals
-                .iter()
-                .enumerate()
-                .map(|(k, v)| {
-                    v.read_lock::<Array>()
-                        .filter(|a| a.len() == n)
-                        .map(|a| a[i].clone())
-                        .ok_or_else(|| anyhow!("item {k} is not an array of length {n}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            out.push(mean_of(&col).map_err(|e| anyhow!("element {i}: {e}"))?);
-        }
-        return Ok(Dynamic::from_array(out));
-    }
-    Err(anyhow!(
-        "cannot average values of type {}",
-        first.type_name()
-    ))
 }
 
 #[cfg(test)]
