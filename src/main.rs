@@ -36,6 +36,9 @@ enum Command {
     InitModel(minarc::model::cli::InitModelArgs),
     /// Render an attribution-graph view (JSON) as a self-contained HTML page (and DOT/JSON).
     Graph(minarc::vis::cli::GraphArgs),
+    /// Memory a model needs (weights, one forward, the capture per sample) and a layer
+    /// placement over devices, from its config alone.
+    Plan(minarc::model::cli::PlanArgs),
     /// Benchmarks that print timings and ratios.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(BenchCommand::Attribution(args)) => {
             minarc::attribution::bench::run(&args).map(|_| 0)?
         }
+        Command::Plan(args) => minarc::model::cli::run_plan(&args).map(|_| 0)?,
         Command::Serve(args) => minarc::remote::cli::run(&args).map(|_| 0)?,
         Command::Train(args) => minarc::train::cli::main(args)?,
     };

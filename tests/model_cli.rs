@@ -81,3 +81,73 @@ fn bad_arguments_are_clear_errors() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("unsupported dtype"));
 }
+
+/// `minarc plan` on a fixture folder agrees with what exists: its weight bytes with the
+/// safetensors on disk (f32), its capture bytes with a real forward's capture of that length.
+#[test]
+fn plan_matches_the_checkpoint_and_a_real_capture() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("small");
+    minarc::model::fixture::init_model(minarc::model::fixture::Preset::Small, 1, &dir, 1).unwrap();
+    let o = minarc(&[
+        "plan",
+        "--model",
+        dir.to_str().unwrap(),
+        "--tokens",
+        "37",
+        "--dtype",
+        "f32",
+        "--logits",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // weights: the data bytes of every tensor in the checkpoint
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let on_disk: usize = st.tensors().iter().map(|(_, v)| v.data().len()).sum();
+    assert_eq!(p["weights"].as_u64().unwrap() as usize, on_disk);
+    // capture: a forward of 37 tokens with full capture and logits
+    let m = minarc::model::Qwen2::load(&dir, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    let ids: Vec<u32> = (0..37).map(|k| (k * 7 % 50) as u32).collect();
+    let spec = minarc::model::CaptureSpec {
+        logits: true,
+        ..minarc::model::CaptureSpec::full()
+    };
+    let out = m.forward_capture(&ids, &spec).unwrap();
+    assert_eq!(p["capture"].as_u64().unwrap() as usize, out.bytes());
+    // and the text form names the placement
+    let o = minarc(&[
+        "plan",
+        "--model",
+        "qwen2.5-72b-gptq-int4",
+        "--devices",
+        "cuda:0=80GiB",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("cuda:0") && text.contains("layers 0-79"),
+        "{text}"
+    );
+    for (args, says) in [
+        (vec!["plan", "--model", "nope"], "built-in shape"),
+        (
+            vec!["plan", "--model", "qwen2.5-7b", "--devices", "cuda:0"],
+            "NAME=SIZE",
+        ),
+        (
+            vec!["plan", "--model", "qwen2.5-7b", "--tokens", "999999"],
+            "max_position_embeddings",
+        ),
+        (
+            vec!["plan", "--model", "qwen2.5-7b", "--host-memory", "12XB"],
+            "unknown unit",
+        ),
+    ] {
+        let o = minarc(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(says) && !e.contains("panicked"), "{args:?}: {e}");
+    }
+}

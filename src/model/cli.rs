@@ -167,3 +167,71 @@ pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `minarc plan` options.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A model folder, its config.json, or a built-in shape: qwen2.5-0.5b, qwen2.5-7b,
+    /// qwen2.5-72b, qwen2.5-72b-gptq-int4.
+    #[arg(long)]
+    pub model: String,
+    /// Tokens of one sample.
+    #[arg(long, default_value_t = 600)]
+    pub tokens: usize,
+    /// Compute dtype (f32, f16, bf16); default: the config's torch_dtype.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Storage dtype of the capture (f32, f16, bf16).
+    #[arg(long, default_value = "f32")]
+    pub capture_dtype: String,
+    /// The capture also stores logits.
+    #[arg(long)]
+    pub logits: bool,
+    /// Devices in layer order with their usable memory, e.g. cuda:0=80GiB,cuda:1=80GiB
+    /// (default: cpu with the memory available now).
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// Host memory for the activation store (default: the memory available now).
+    #[arg(long)]
+    pub host_memory: Option<String>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `minarc plan`.
+pub fn run_plan(a: &PlanArgs) -> Result<()> {
+    use super::plan::{DeviceBudget, PlanOptions, load_config, parse_bytes, parse_devices, plan};
+    let cfg = load_config(&a.model)?;
+    let avail = crate::limits::available_memory().unwrap_or(16 << 30);
+    let devices = match &a.devices {
+        Some(d) => parse_devices(d)?,
+        None => vec![DeviceBudget {
+            name: "cpu".into(),
+            bytes: avail,
+        }],
+    };
+    let dtype = match &a.dtype {
+        Some(d) => parse_dtype(d)?,
+        None => cfg.storage_dtype()?,
+    };
+    let o = PlanOptions {
+        tokens: a.tokens,
+        dtype,
+        capture_dtype: parse_dtype(&a.capture_dtype)?,
+        capture_logits: a.logits,
+        devices,
+        host_bytes: match &a.host_memory {
+            Some(h) => parse_bytes(h)?,
+            None => avail,
+        },
+    };
+    let dir = std::path::Path::new(&a.model);
+    let p = plan(&cfg, dir.is_dir().then_some(dir), &o)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print!("{}", p.render(&cfg, &o));
+    }
+    Ok(())
+}

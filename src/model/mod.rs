@@ -15,6 +15,7 @@ pub mod intervene;
 pub mod loader;
 pub mod ops;
 pub mod outputs;
+pub mod plan;
 pub mod qwen2;
 pub mod sample;
 pub mod weights;
