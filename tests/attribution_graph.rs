@@ -519,3 +519,48 @@ fn rank_heads_orders_by_magnitude_signed_score_or_the_seed_rule() {
     assert_eq!(seed.len(), 4);
     assert_eq!(rank_heads(&attr, 2, 2, HeadRanking::Abs).unwrap().len(), 2);
 }
+
+/// A graph saved as JSON reloads as a graph: the same view (nodes, patterns, spans, edges and
+/// scores, in order), frozen endpoints, the same traversal; bad JSON is refused.
+#[test]
+fn a_saved_graph_reloads_as_a_graph() {
+    use minarc::attribution::graph::GraphView;
+    let cfg = tiny_cfg();
+    let mut g = Graph::new(&cfg, 3);
+    let lm = g.lm_head_id();
+    g.add_node(lm, Some("A-->A-")).unwrap();
+    let a = g.node(1, Some(2), NodeType::AttnV, Some("A-->V")).unwrap();
+    let q = g.node(0, Some(1), NodeType::AttnQ, None).unwrap();
+    let m0 = g.id(0, None, NodeType::Mlp).unwrap();
+    g.add_edge(a, lm, 0.5).unwrap();
+    g.add_edge(q, a, -0.25).unwrap();
+    g.add_edge(m0, a, 1e-7).unwrap();
+    g.get_mut(a).unwrap().data.span = Some("A-".into());
+    g.get_mut(a).unwrap().data.src_span = Some("V".into());
+    let json = serde_json::to_string(&g.to_view()).unwrap();
+    let view: GraphView = serde_json::from_str(&json).unwrap();
+    let h = Graph::from_view(&cfg, &view, 3).unwrap();
+    assert_eq!(h.to_view(), g.to_view());
+    assert_eq!(h.topological_sort().unwrap(), g.topological_sort().unwrap());
+    assert!(h.get(a).unwrap().is_frozen());
+    assert_eq!(h.edge_score(m0, a), Some(1e-7));
+    // another model's shape, a duplicate edge, an edge from a node not listed, a bad pattern
+    let mut other = cfg.clone();
+    other.num_hidden_layers += 1;
+    let e = Graph::from_view(&other, &view, 3).unwrap_err().to_string();
+    assert!(e.contains("layers"), "{e}");
+    let mut dup = view.clone();
+    dup.edges.push(dup.edges[0].clone());
+    let e = format!("{:#}", Graph::from_view(&cfg, &dup, 3).unwrap_err());
+    assert!(e.contains("appears twice"), "{e}");
+    let mut stray = view.clone();
+    stray.nodes.retain(|n| n.id != q);
+    let e = format!("{:#}", Graph::from_view(&cfg, &stray, 3).unwrap_err());
+    assert!(e.contains("not among the nodes"), "{e}");
+    let mut bad = view.clone();
+    bad.nodes[1].attn_pattern = Some("nonsense".into());
+    assert!(Graph::from_view(&cfg, &bad, 3).is_err());
+    let mut nan = view.clone();
+    nan.edges[0].score = f64::NAN;
+    assert!(Graph::from_view(&cfg, &nan, 3).is_err());
+}

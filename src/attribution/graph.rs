@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::node::{Node, NodeId, NodeType};
@@ -349,6 +349,54 @@ impl Graph {
                 .collect(),
             edges: self.edges.clone(),
         }
+    }
+
+    /// A graph rebuilt from its saved view (`save_graph`'s JSON): the same nodes with their
+    /// patterns and spans, the same edges and scores, no per-sample data, the default IG
+    /// settings. The view must be of a model with `cfg`'s layers and heads.
+    pub fn from_view(cfg: &ModelConfig, view: &GraphView, dataset_size: usize) -> Result<Self> {
+        ensure!(
+            view.num_layers == cfg.num_hidden_layers && view.num_heads == cfg.num_attention_heads,
+            "the graph is of a model with {} layers and {} heads, this model has {} and {}",
+            view.num_layers,
+            view.num_heads,
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads
+        );
+        let mut g = Graph::new(cfg, dataset_size);
+        for (k, n) in view.nodes.iter().enumerate() {
+            let new = g
+                .add_node(n.id, n.attn_pattern.as_deref())
+                .with_context(|| format!("node {k}"))?;
+            ensure!(new, "node {k} ({:?}) appears twice", n.id);
+            let d = &mut g.get_mut(n.id)?.data;
+            d.span = n.span.clone();
+            d.src_span = n.src_span.clone();
+        }
+        let n = view.nodes.len();
+        ensure!(
+            view.edges.len() <= n.saturating_mul(n),
+            "{} edges between {n} nodes",
+            view.edges.len()
+        );
+        let mut seen = std::collections::HashSet::new();
+        for (k, e) in view.edges.iter().enumerate() {
+            ensure!(e.score.is_finite(), "edge {k} has a non-finite score");
+            ensure!(
+                g.contains(e.upstream),
+                "edge {k}: upstream node {} is not among the nodes",
+                e.upstream
+            );
+            ensure!(
+                seen.insert((e.upstream, e.downstream)),
+                "edge {k} ({} -> {}) appears twice",
+                e.upstream,
+                e.downstream
+            );
+            g.add_edge(e.upstream, e.downstream, e.score)
+                .with_context(|| format!("edge {k}"))?;
+        }
+        Ok(g)
     }
 
     /// Drops every per-sample position and gradient (keeps nodes, edges and spans).

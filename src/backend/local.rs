@@ -2,12 +2,13 @@
 //! an LRU byte budget.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 
+use super::disk;
 use super::lru::{CacheStats, Evicted, Lru};
 use super::{Act, Backend, CachedSample, HeadSel, InterveneOptions, SampleInput, SampleKey};
 use crate::ig::{self, NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
@@ -39,6 +40,10 @@ pub struct Local {
     attn_cache: Mutex<HashMap<AttnKey, Tensor>>,
     /// Activation-cache byte budget and LRU order (lock order: store, then lru).
     lru: Mutex<Lru>,
+    /// Folder that evicted samples are written to (None: dropped and recomputed on demand).
+    spill: Mutex<Option<PathBuf>>,
+    /// The model's fingerprint for saved activations (computed on first use).
+    fingerprint: OnceLock<String>,
 }
 
 /// The `dataset` entry of `dir/minarc.json` (None when the folder has no such file).
@@ -112,6 +117,8 @@ impl Local {
             store: RwLock::new(HashMap::new()),
             attn_cache: Mutex::new(HashMap::new()),
             lru: Mutex::new(Lru::default()),
+            spill: Mutex::new(None),
+            fingerprint: OnceLock::new(),
         }
     }
 
@@ -137,6 +144,19 @@ impl Local {
                         key.dataset
                     );
                 };
+                if let Some(path) = &kept.spilled {
+                    // read back what was spilled; a file gone or damaged is recomputed instead
+                    match disk::read_sample(path, self.model.config(), self.fingerprint()?) {
+                        Ok((_, s)) => {
+                            self.insert(&key.dataset, s)?;
+                            let _ = std::fs::remove_file(path);
+                            if let Some(s) = self.resident(key)? {
+                                return Ok(s);
+                            }
+                        }
+                        Err(e) => eprintln!("{e:#}; recomputing the sample"),
+                    }
+                }
                 self.forward_ids(
                     &key.dataset,
                     &kept.input,
@@ -246,16 +266,30 @@ impl Local {
         if argmax {
             input.labels = self.own_predictions(&input, &outputs)?;
         }
-        let input = &input;
         let seq_len = outputs.seq_len;
-        let bytes = outputs.bytes();
+        self.insert(
+            dataset,
+            CachedSample {
+                input,
+                token_ids: ids.to_vec(),
+                outputs,
+                capture: capture.clone(),
+            },
+        )?;
+        Ok(seq_len)
+    }
+
+    /// Stores a sample under (dataset, its index) as the most recently used, evicting the least
+    /// recently used ones over the budget (spilled to disk when a spill folder is set).
+    fn insert(&self, dataset: &str, sample: CachedSample) -> Result<()> {
+        let key = SampleKey::new(dataset, sample.input.index);
+        let bytes = sample.outputs.bytes();
         self.lru_lock()?.check_fits(&key, bytes)?;
-        let sample = Arc::new(CachedSample {
-            input: input.clone(),
-            token_ids: ids.to_vec(),
-            outputs,
-            capture: capture.clone(),
-        });
+        let spill = self
+            .spill
+            .lock()
+            .map_err(|_| anyhow!("spill lock poisoned"))?
+            .clone();
         self.clear_attn_cache_for(Some(&key));
         let mut store = self
             .store
@@ -264,7 +298,7 @@ impl Local {
         store
             .entry(dataset.to_string())
             .or_default()
-            .insert(input.index, sample);
+            .insert(key.index, Arc::new(sample));
         let mut lru = self.lru_lock()?;
         for victim in lru.admit(&key, bytes) {
             let Some(s) = store
@@ -273,15 +307,140 @@ impl Local {
             else {
                 continue;
             };
+            let spilled = match &spill {
+                Some(dir) => {
+                    let path = disk::spill_path(dir, &victim.dataset, victim.index);
+                    match disk::write_sample(&path, self.fingerprint()?, &victim.dataset, &s) {
+                        Ok(()) => Some(path),
+                        Err(e) => {
+                            eprintln!("{e:#}; the evicted sample will be recomputed instead");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
             let kept = Evicted {
                 input: s.input.clone(),
                 token_ids: s.token_ids.clone(),
                 capture: s.capture.clone(),
+                spilled,
             };
             lru.mark_evicted(&victim, kept);
             self.clear_attn_cache_for(Some(&victim));
         }
-        Ok(seq_len)
+        Ok(())
+    }
+
+    /// The model's fingerprint (written into saved activations, checked when they are read).
+    pub fn fingerprint(&self) -> Result<&str> {
+        if let Some(f) = self.fingerprint.get() {
+            return Ok(f);
+        }
+        let f = disk::model_fingerprint(&self.model)?;
+        Ok(self.fingerprint.get_or_init(|| f))
+    }
+
+    /// Evicted samples are written to `dir` and read back on demand instead of being recomputed
+    /// (None: dropped and recomputed). The folder is created.
+    pub fn set_spill_dir(&self, dir: Option<PathBuf>) -> Result<()> {
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        *self
+            .spill
+            .lock()
+            .map_err(|_| anyhow!("spill lock poisoned"))? = dir;
+        Ok(())
+    }
+
+    /// Writes every sample of `dataset` (evicted ones are read back or recomputed first) to
+    /// `dir`: one safetensors file per sample and `index.json`. Returns the number of samples.
+    pub fn save_dataset(
+        &self,
+        dataset: &str,
+        dir: &Path,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<usize> {
+        let mut indices: Vec<usize> = {
+            let store = self
+                .store
+                .read()
+                .map_err(|_| anyhow!("sample store lock poisoned"))?;
+            store
+                .get(dataset)
+                .ok_or_else(|| anyhow!("unknown dataset {dataset:?}"))?
+                .keys()
+                .copied()
+                .collect()
+        };
+        indices.extend(self.lru_lock()?.evicted_indices(dataset));
+        indices.sort_unstable();
+        indices.dedup();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let fp = self.fingerprint()?.to_string();
+        for (k, &i) in indices.iter().enumerate() {
+            let s = self.sample(&SampleKey::new(dataset, i))?;
+            disk::write_sample(&disk::sample_path(dir, i), &fp, dataset, &s)?;
+            progress(k + 1, indices.len());
+        }
+        disk::write_index(
+            dir,
+            &disk::Index {
+                format: disk::FORMAT,
+                model: fp,
+                dataset: dataset.to_string(),
+                samples: indices.clone(),
+            },
+        )?;
+        Ok(indices.len())
+    }
+
+    /// Reads a dataset saved by [`Local::save_dataset`] into the store under `name` (default:
+    /// the name it was saved under), without recomputing anything. Every file is checked
+    /// against this model first; nothing is stored when one fails. Returns (name, samples).
+    pub fn load_dataset(
+        &self,
+        dir: &Path,
+        name: Option<&str>,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<(String, usize)> {
+        let index = disk::read_index(dir)?;
+        let fp = self.fingerprint()?.to_string();
+        ensure!(
+            index.model == fp,
+            "{}: the activations were computed by another model (fingerprint {}, this model {fp})",
+            dir.display(),
+            index.model
+        );
+        let name = name.unwrap_or(&index.dataset).to_string();
+        ensure!(!name.is_empty(), "the dataset name must not be empty");
+        // every file exists, and all of them fit the memory available now
+        let mut total = 0u128;
+        for &i in &index.samples {
+            let p = disk::sample_path(dir, i);
+            total += std::fs::metadata(&p)
+                .with_context(|| format!("{}: sample {i} of the index is missing", p.display()))?
+                .len() as u128;
+        }
+        crate::limits::check_alloc(total, "the saved activations")?;
+        let mut samples = Vec::with_capacity(index.samples.len());
+        for (k, &i) in index.samples.iter().enumerate() {
+            let (_, s) = disk::read_sample(&disk::sample_path(dir, i), self.model.config(), &fp)?;
+            ensure!(
+                s.input.index == i,
+                "{}: holds sample {}, the index says {i}",
+                disk::sample_path(dir, i).display(),
+                s.input.index
+            );
+            samples.push(s);
+            progress(k + 1, index.samples.len());
+        }
+        let n = samples.len();
+        for s in samples {
+            self.insert(&name, s)?;
+        }
+        Ok((name, n))
     }
 
     /// Tokenizes a prompt (special tokens as the tokenizer's post-processor adds them). A prompt
@@ -553,6 +712,14 @@ impl Backend for Local {
             .collect();
         v.sort();
         Ok(v)
+    }
+
+    fn save_dataset(&self, dataset: &str, dir: &str) -> Result<usize> {
+        Local::save_dataset(self, dataset, Path::new(dir), &|_, _| {})
+    }
+
+    fn load_dataset(&self, dir: &str, name: Option<&str>) -> Result<(String, usize)> {
+        Local::load_dataset(self, Path::new(dir), name, &|_, _| {})
     }
 
     fn drop_dataset(&self, dataset: &str) -> Result<()> {

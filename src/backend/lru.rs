@@ -22,6 +22,8 @@ pub struct Evicted {
     pub token_ids: Vec<u32>,
     /// How it was captured.
     pub capture: CaptureSpec,
+    /// Where its activations were spilled (read back instead of recomputed), if they were.
+    pub spilled: Option<std::path::PathBuf>,
 }
 
 /// Activation-cache figures of a [`super::Local`].
@@ -33,7 +35,8 @@ pub struct CacheStats {
     pub resident_bytes: usize,
     /// Samples whose activations are held.
     pub resident_samples: usize,
-    /// Samples whose activations were evicted (recomputed on demand).
+    /// Samples whose activations were evicted (read back from the spill folder or recomputed
+    /// on demand).
     pub evicted_samples: usize,
     /// Evictions since start.
     pub evictions: u64,
@@ -168,6 +171,7 @@ mod tests {
             },
             token_ids: vec![1, 2],
             capture: CaptureSpec::full(),
+            spilled: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //!
 //! Every tensor a `Backend` returns is f32 on the CPU, whatever the compute device/dtype.
 
+pub mod disk;
 pub mod local;
 pub mod lru;
 pub mod spread;
@@ -132,6 +133,14 @@ pub trait Backend: Send + Sync {
     fn datasets(&self) -> Result<Vec<(String, Vec<usize>)>>;
     /// Removes a dataset (and its cached attention weights).
     fn drop_dataset(&self, dataset: &str) -> Result<()>;
+    /// Writes a dataset's captured activations to the folder `dir` (one safetensors file per
+    /// sample + index.json; for a served model a folder name under the server's `--store`).
+    /// Returns the number of samples written.
+    fn save_dataset(&self, dataset: &str, dir: &str) -> Result<usize>;
+    /// Reads activations saved by [`Backend::save_dataset`] into the cache under `name`
+    /// (default: the name they were saved under) without recomputing them; refused when they
+    /// were computed by another model. Returns (name, samples).
+    fn load_dataset(&self, dir: &str, name: Option<&str>) -> Result<(String, usize)>;
     /// Token count of a cached sample.
     fn seq_len(&self, key: &SampleKey) -> Result<usize>;
     /// One activation of a cached sample at `pos_ids` (None = every position); see [`Act`]

@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// memory.
     #[arg(long = "cache-bytes")]
     pub cache_bytes: Option<String>,
+    /// The activation store on disk: evicted samples spill to DIR/spill (read back instead of
+    /// recomputed), and save_activations / load_activations name folders under DIR.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
     /// Do not scan the checkpoint's weights for NaN/inf on load.
     #[arg(long = "skip-weight-check")]
     pub skip_weight_check: bool,
@@ -70,6 +74,7 @@ impl ServeArgs {
             load: LoadOptions {
                 check_finite: !self.skip_weight_check && LoadOptions::default().check_finite,
             },
+            store: self.store.clone(),
         })
     }
 }

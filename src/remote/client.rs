@@ -514,6 +514,28 @@ impl Backend for Remote {
             .collect())
     }
 
+    fn save_dataset(&self, dataset: &str, dir: &str) -> Result<usize> {
+        let r: crate::remote::wire::StoreReply = self.post_json(
+            &format!("/datasets/{}/save", path_segment(dataset)?),
+            &crate::remote::wire::StoreRequest {
+                dir: dir.to_string(),
+                name: None,
+            },
+        )?;
+        Ok(r.count)
+    }
+
+    fn load_dataset(&self, dir: &str, name: Option<&str>) -> Result<(String, usize)> {
+        let r: crate::remote::wire::StoreReply = self.post_json(
+            "/datasets/load",
+            &crate::remote::wire::StoreRequest {
+                dir: dir.to_string(),
+                name: name.map(str::to_string),
+            },
+        )?;
+        Ok((r.dataset, r.count))
+    }
+
     fn drop_dataset(&self, dataset: &str) -> Result<()> {
         self.call(
             "DELETE",

@@ -639,3 +639,23 @@ mod tests {
         Ok(())
     }
 }
+
+/// Request of `POST /datasets/{id}/save` and `POST /datasets/load`: a folder under the
+/// server's `--store` (relative, no `..`), and for a load the name to cache the samples under.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreRequest {
+    /// Folder name relative to the server's store.
+    pub dir: String,
+    /// Dataset name for a load (default: the saved one).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Reply of the store routes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreReply {
+    /// The dataset.
+    pub dataset: String,
+    /// Samples written or read.
+    pub count: usize,
+}

@@ -29,7 +29,8 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::wire::{
     self, Ack, BatchForwardRequest, BatchForwardResponse, DatasetInfo, ErrorBody, ForwardRequest,
-    ForwardResponse, GetRequest, Getter, LoadModelRequest, SampleInfo, Status,
+    ForwardResponse, GetRequest, Getter, LoadModelRequest, SampleInfo, Status, StoreReply,
+    StoreRequest,
 };
 use crate::backend::{Backend, Local, SampleKey};
 use crate::model::parse_dtype;
@@ -69,6 +70,9 @@ pub struct ServeOptions {
     pub device: Device,
     /// How checkpoints are read (the startup model and `/load_model`).
     pub load: crate::model::LoadOptions,
+    /// The activation store on disk: evicted samples spill to `store/spill`, and
+    /// `/datasets/{id}/save` and `/datasets/load` name folders under it (None: no disk store).
+    pub store: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -83,6 +87,7 @@ impl Default for ServeOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             load: crate::model::LoadOptions::default(),
+            store: None,
         }
     }
 }
@@ -114,6 +119,9 @@ impl AppState {
     /// Wraps a loaded backend; applies the cache budget.
     pub fn new(local: Local, opts: ServeOptions) -> Result<Self> {
         local.set_cache_budget(opts.cache_bytes)?;
+        if let Some(store) = &opts.store {
+            local.set_spill_dir(Some(store.join("spill")))?;
+        }
         let tok = local
             .tokenizer()
             .to_string(false)
@@ -164,6 +172,8 @@ pub fn router(state: Shared) -> Router {
         .route("/weight", post(weight).layer(small))
         .route("/datasets", get(list_datasets).delete(delete_all))
         .route("/datasets/{id}", delete(delete_dataset))
+        .route("/datasets/{id}/save", post(save_dataset).layer(small))
+        .route("/datasets/load", post(load_dataset).layer(small))
         .route("/datasets/{id}/samples", get(list_samples))
         .route("/datasets/{id}/samples/{index}", get(sample_info))
         .route("/empty_cache", post(empty_cache))

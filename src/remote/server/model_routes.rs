@@ -364,6 +364,70 @@ pub(super) async fn delete_dataset(
     })
 }
 
+/// A folder under the server's store: relative, plain names only (no `..`, no root).
+fn store_dir(st: &AppState, dir: &str) -> ApiResult<std::path::PathBuf> {
+    let Some(root) = &st.opts.store else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this server has no activation store: start minarc serve with --store DIR",
+        ));
+    };
+    let rel = std::path::Path::new(dir);
+    let plain = !dir.is_empty()
+        && dir.len() <= 255
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(ApiError::bad(format!(
+            "store folder {dir:?}: a relative folder name under the server's store (no '..', no absolute path)"
+        )));
+    }
+    if rel.starts_with("spill") {
+        return Err(ApiError::bad(
+            "the store folder 'spill' is the server's own",
+        ));
+    }
+    Ok(root.join(rel))
+}
+
+pub(super) async fn save_dataset(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<StoreRequest>,
+) -> ApiResult<Response> {
+    let dir = store_dir(&st, &req.dir)?;
+    let local = st.local();
+    dataset_samples(&local, &id)?;
+    let dataset = id.clone();
+    let count = heavy(&st, move || {
+        Local::save_dataset(&local, &id, &dir, &|_, _| {}).map_err(ApiError::unprocessable)
+    })
+    .await?;
+    json(&StoreReply { dataset, count })
+}
+
+pub(super) async fn load_dataset(
+    State(st): State<Shared>,
+    JsonBody(req): JsonBody<StoreRequest>,
+) -> ApiResult<Response> {
+    let dir = store_dir(&st, &req.dir)?;
+    if !dir.join(crate::backend::disk::INDEX).is_file() {
+        return Err(ApiError::not_found(format!(
+            "no saved dataset {:?} in the store",
+            req.dir
+        )));
+    }
+    let local = st.local();
+    let name = req.name.clone();
+    let (dataset, count) = heavy(&st, move || {
+        Local::load_dataset(&local, &dir, name.as_deref(), &|_, _| {})
+            .map_err(ApiError::unprocessable)
+    })
+    .await?;
+    json(&StoreReply { dataset, count })
+}
+
 pub(super) async fn delete_all(State(st): State<Shared>) -> ApiResult<Response> {
     let local = st.local();
     let names: Vec<String> = local

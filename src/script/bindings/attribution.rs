@@ -315,6 +315,24 @@ fn register_graph(r: &mut Registrar) {
             .collect::<Array>()
     })
     .func(
+        "load_graph",
+        "load_graph(model: Model, path: String, dataset_size: int) -> Graph",
+        "A graph saved by save_graph, rebuilt as a graph for model (same layers and heads): its nodes with patterns and spans, its edges and scores, no per-sample data (attribute again to get gradients), default IG settings.",
+        |m: ScriptModel, path: &str, n: INT| {
+            guard("load_graph", || {
+                ensure!(n > 0, "dataset_size must be positive, got {n}");
+                use anyhow::Context as _;
+                let text = crate::limits::read_text_file(Path::new(path))
+                    .with_context(|| format!("reading {path}"))?;
+                let view: crate::attribution::graph::GraphView = serde_json::from_str(&text)
+                    .with_context(|| format!("{path} is not a graph written by save_graph"))?;
+                let g = Graph::from_view(m.0.config(), &view, n as usize)
+                    .with_context(|| format!("graph {path}"))?;
+                Ok(ScriptGraph(Arc::new(Mutex::new(g))))
+            })
+        },
+    )
+    .func(
         "save_graph",
         "save_graph(g: Graph, path: String)",
         "Write the graph (nodes with patterns, edges with scores) as JSON, e.g. for `minarc graph`.",

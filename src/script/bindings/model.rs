@@ -374,6 +374,32 @@ fn register_model_info(r: &mut Registrar) {
         |m: ScriptModel, name: &str| guard("drop_dataset", || m.0.drop_dataset(name)),
     )
     .func(
+        "save_activations",
+        "save_activations(model: Model, dataset: String, dir: String) -> int",
+        "Write a dataset's captured activations to the folder dir (one safetensors file per sample + index.json; for a served model, a folder name under the server's --store); returns the number of samples. load_activations reads them back in a later session without recomputing.",
+        |m: ScriptModel, dataset: &str, dir: &str| {
+            guard("save_activations", || {
+                Ok(m.0.save_dataset(dataset, dir)? as INT)
+            })
+        },
+    )
+    .func(
+        "load_activations",
+        "load_activations(model: Model, dir: String) -> String",
+        "Read activations written by save_activations into the model's cache under the dataset name they were saved with (returned); refused when another model computed them. A forward of that dataset then finds its samples cached and computes nothing.",
+        |m: ScriptModel, dir: &str| {
+            guard("load_activations", || Ok(m.0.load_dataset(dir, None)?.0))
+        },
+    )
+    .func(
+        "load_activations",
+        "load_activations(model: Model, dir: String, dataset: String) -> String",
+        "load_activations under another dataset name.",
+        |m: ScriptModel, dir: &str, dataset: &str| {
+            guard("load_activations", || Ok(m.0.load_dataset(dir, Some(dataset))?.0))
+        },
+    )
+    .func(
         "to_string",
         "to_string(m: Model) -> String",
         "Model path, dtype and device.",
