@@ -240,7 +240,7 @@ fn ig_path_average_matches_fd_path_integral() {
     let idx = Tensor::new(&[POS[0] as u32, POS[1] as u32], &Device::Cpu).unwrap();
     let xq = xkv.index_select(&idx, 1).unwrap();
     let vq = vals(&var.index_select(&idx, 1).unwrap());
-    let w = vals(&m.weights().layers[LAYER].input_norm);
+    let w = vals(&m.weights().layer(LAYER).unwrap().input_norm);
     let heads = [HEAD];
     for rule in [
         IgRule::Seed { steps: 4 },

@@ -63,12 +63,7 @@ fn local() -> Local {
         w_up_t: t2(&WU),
         w_down_t: t2(&WD),
     };
-    let w = Weights {
-        embed: t2(&EMBED),
-        layers: vec![layer],
-        final_norm: t1(&W_FIN),
-        lm_head_t: t2(&WLM),
-    };
+    let w = Weights::new(t2(&EMBED), vec![layer], t1(&W_FIN), t2(&WLM));
     let m = Qwen2::from_weights(cfg, w, DType::F32, &Device::Cpu).unwrap();
     let l = Local::new(m, minarc::tokenizer::fixture_tokenizer().unwrap());
     let input = SampleInput {

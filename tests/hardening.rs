@@ -684,6 +684,7 @@ fn non_finite_weights_are_refused_on_load_unless_the_check_is_skipped() {
         );
         let skip = minarc::model::LoadOptions {
             check_finite: false,
+            ..Default::default()
         };
         Local::load_with(dir.path(), DType::F32, &Device::Cpu, &skip).unwrap();
     }

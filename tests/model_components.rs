@@ -130,7 +130,7 @@ fn mlp_separate_inputs_match_manual_swiglu() {
     let e = m.config().hidden_size;
     let xi = randn(&[1, 4, e], 1);
     let xg = randn(&[1, 4, e], 2);
-    let lw = &m.weights().layers[1];
+    let lw = m.weights().layer(1).unwrap();
     let up = xi.broadcast_matmul(&lw.w_up_t).unwrap();
     let g = xg.broadcast_matmul(&lw.w_gate_t).unwrap();
     let silu = (&g * candle_nn::ops::sigmoid(&g).unwrap()).unwrap();
@@ -354,7 +354,7 @@ fn gradients_rms_norm_free_and_frozen() {
     let gy = randn(y.dims(), 3);
     let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
     let want = gy
-        .broadcast_mul(&m.weights().layers[0].post_norm)
+        .broadcast_mul(&m.weights().layer(0).unwrap().post_norm)
         .unwrap()
         .broadcast_div(&(var + m.config().rms_norm_eps).unwrap().sqrt().unwrap())
         .unwrap();

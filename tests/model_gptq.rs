@@ -199,3 +199,125 @@ fn unsupported_quantisation_is_a_clear_error() {
     }
     let _ = Backend::config(&load(&twin));
 }
+
+/// Packed GPTQ (layers kept as stored, dequantised one at a time when used) computes exactly
+/// what the dequantised-on-load model does — forward, capture, weights by name — holds fewer
+/// bytes, and its layer cache keeps to its budget.
+#[test]
+fn packed_layers_match_dequantised_on_load() {
+    use minarc::backend::{Backend, SampleKey};
+    use minarc::model::{CaptureSpec, LoadOptions, SampleInput};
+    let src = source();
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, twin) = (tmp.path().join("gptq"), tmp.path().join("twin"));
+    write_gptq(src.path(), &q, &twin, &opts(4, 16, true, true, "gptq")).unwrap();
+    let dense = load(&q);
+    let packed_with = |budget: usize| {
+        Local::load_with(
+            &q,
+            DType::F32,
+            &Device::Cpu,
+            &LoadOptions {
+                gptq_packed: Some(budget),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let packed = packed_with(0);
+    assert!(packed.model().weights().is_packed());
+    assert!(!dense.model().weights().is_packed());
+    let ids: Vec<u32> = (0..17u32).map(|i| 3 + (i * 41) % 250).collect();
+    let (a, b) = (
+        dense.model().forward(&ids).unwrap(),
+        packed.model().forward(&ids).unwrap(),
+    );
+    assert_eq!(max_abs_diff(&a, &b), 0.0, "packed forward differs");
+    // budget 0 keeps only the layer in use: two forwards dequantise every layer twice
+    let nl = dense.config().num_hidden_layers;
+    packed.model().forward(&ids).unwrap();
+    let (packed_bytes, held, n) = packed.model().weights().packed_stats();
+    assert_eq!(n, 2 * nl as u64);
+    let cfg = dense.config();
+    let (e, m) = (cfg.hidden_size, cfg.intermediate_size);
+    let kv = cfg.num_kv_heads() * cfg.head_dim();
+    let dense_layer = (2 * e * e + 2 * e * kv + 3 * e * m) * 4;
+    assert_eq!(held, dense_layer, "one dequantised layer held");
+    assert!(
+        packed_bytes < nl * dense_layer / 4,
+        "packed {packed_bytes} bytes vs dense {}",
+        nl * dense_layer
+    );
+    // a budget for everything dequantises each layer once
+    let roomy = packed_with(1 << 30);
+    roomy.model().forward(&ids).unwrap();
+    roomy.model().forward(&ids).unwrap();
+    assert_eq!(roomy.model().weights().packed_stats().2, nl as u64);
+    // attribution through the Backend: a node gradient is the same
+    let input = SampleInput {
+        index: 0,
+        prompt: "<|im_start|>user\nWhat is the color of the cell (3,3)? Answer: R<|im_end|>".into(),
+        labels: vec![7],
+        candidate_ids: vec![5, 6, 7],
+        answer_indices: vec![3],
+        objective: Default::default(),
+    };
+    let key = SampleKey::new("d", 0);
+    for b in [&dense, &packed] {
+        b.forward_sample("d", &input, &CaptureSpec::full(), false)
+            .unwrap();
+    }
+    let ha = dense.hidden_states(&key, nl, None).unwrap();
+    let hb = packed.hidden_states(&key, nl, None).unwrap();
+    assert_eq!(max_abs_diff(&ha, &hb), 0.0);
+    let w = |b: &Local| {
+        b.weight("model.layers.1.mlp.down_proj.weight", Some(&[0, 5]))
+            .unwrap()
+    };
+    assert_eq!(max_abs_diff(&w(&dense), &w(&packed)), 0.0);
+}
+
+/// The same through a script: load_model's gptq option, and an attribution (IG backward through
+/// every layer, re-dequantised on each use) equal to the dequantised-on-load model's.
+#[test]
+fn scripts_load_packed_gptq_and_attribute_the_same() {
+    use minarc::script::{Host, Output};
+    let src = source();
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, twin) = (tmp.path().join("gptq"), tmp.path().join("twin"));
+    write_gptq(src.path(), &q, &twin, &opts(4, 32, true, false, "gptq")).unwrap();
+    let (out, _) = Output::buffer();
+    let mut host = Host::with_output(out);
+    host.state().set_show_progress(false);
+    let code = format!(
+        r#"let attr = |m| {{
+               let s = prompt_sample(tokenizer(m), "The capital of France is Paris", #{{answers: [" Paris"]}});
+               let rs = forward(m, "p", [s]);
+               let g = Graph(m, 1);
+               let lm = Node(g, m.n_layers, (), "lm_head", "A-->A-");
+               attribute_step(g, m, rs[0], [lm])
+           }};
+           let a = attr.call(load_model("{q}", #{{gptq: "dense"}}));
+           let b = attr.call(load_model("{q}", #{{gptq: "packed", gptq_cache_bytes: 0}}));
+           [(a - b).abs().max(), a.abs().max(), loaded_models().len()]"#,
+        q = q.display()
+    );
+    let v = host.eval_source("gptq", &code, false).unwrap();
+    let v = v.into_array().unwrap();
+    assert_eq!(v[0].as_float().unwrap(), 0.0);
+    assert!(v[1].as_float().unwrap() > 0.0);
+    assert_eq!(
+        v[2].as_int().unwrap(),
+        2,
+        "packed and dense are two loaded models"
+    );
+    let e = host
+        .eval_source(
+            "bad",
+            &format!(r#"load_model("{}", #{{gptq: "int4"}})"#, q.display()),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("packed") && e.contains("dense"), "{e}");
+}

@@ -81,15 +81,15 @@ impl<'m> Head<'m> {
 /// Linearised RMSNorm backward (A5): gx = w ⊙ gy ⊙ rsqrt(var + eps). gy `[1,k,e]`, var `[1,k,1]`.
 pub(super) fn ln_back(m: &Qwen2, norm: Norm, gy: &Tensor, var: &Tensor) -> Result<Tensor> {
     let w = match norm {
-        Norm::Input(l) => &m.weights().layers[l].input_norm,
-        Norm::PostAttention(l) => &m.weights().layers[l].post_norm,
-        Norm::Final => &m.weights().final_norm,
+        Norm::Input(l) => m.weights().layer(l)?.input_norm.clone(),
+        Norm::PostAttention(l) => m.weights().layer(l)?.post_norm.clone(),
+        Norm::Final => m.weights().final_norm.clone(),
     };
     let dev = gy.device();
     let scale = (f32t(var, dev)? + m.config().rms_norm_eps)?
         .sqrt()?
         .recip()?;
-    Ok(gy.broadcast_mul(&scale)?.broadcast_mul(&f32t(w, dev)?)?)
+    Ok(gy.broadcast_mul(&scale)?.broadcast_mul(&f32t(&w, dev)?)?)
 }
 
 /// The normed input with the cached variance: `[1,k,e]` f32.

@@ -63,7 +63,7 @@ pub fn attribute_residual(m: &Qwen2, s: &CachedSample, req: &ResidualRequest) ->
         let gt = Tensor::cat(&gs, 0)?; // [gg,k,e]
         let g2 = gt.reshape((gg * k, e))?;
         for l in from..to {
-            let wo = f32t(&m.weights().layers[l].wo_t, dev)?; // [n·d,e]
+            let wo = f32t(&m.weights().layer(l)?.wo_t, dev)?; // [n·d,e]
             let proj = g2.matmul(&wo.t()?)?.reshape((gg, k, n, d))?; // [gg,k,n,d]
             let ao = f32t(&s.outputs.attn_out(l, Some(pos))?, dev)?; // [1,k,n,d]
             let heads = proj.broadcast_mul(&ao)?.sum(3)?.sum(1)?.to_vec2::<f32>()?; // [gg,n]

@@ -194,6 +194,10 @@ pub struct PlanArgs {
     /// Host memory for the activation store (default: the memory available now).
     #[arg(long)]
     pub host_memory: Option<String>,
+    /// GPTQ layers kept packed or dequantised on load (default: packed when a device is CUDA,
+    /// as loading does).
+    #[arg(long, value_parser = ["packed", "dense"])]
+    pub gptq: Option<String>,
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
@@ -225,6 +229,7 @@ pub fn run_plan(a: &PlanArgs) -> Result<()> {
             Some(h) => parse_bytes(h)?,
             None => avail,
         },
+        gptq_packed: a.gptq.as_deref().map(|g| g == "packed"),
     };
     let dir = std::path::Path::new(&a.model);
     let p = plan(&cfg, dir.is_dir().then_some(dir), &o)?;

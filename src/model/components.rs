@@ -103,17 +103,17 @@ struct AttnShape {
 }
 
 impl Qwen2 {
-    fn norm_weight(&self, norm: Norm) -> Result<&Tensor> {
+    fn norm_weight(&self, norm: Norm) -> Result<Tensor> {
         Ok(match norm {
             Norm::Input(l) => {
                 self.cfg.check_layer(l)?;
-                &self.w.layers[l].input_norm
+                self.w.layer(l)?.input_norm.clone()
             }
             Norm::PostAttention(l) => {
                 self.cfg.check_layer(l)?;
-                &self.w.layers[l].post_norm
+                self.w.layer(l)?.post_norm.clone()
             }
-            Norm::Final => &self.w.final_norm,
+            Norm::Final => self.w.final_norm.clone(),
         })
     }
 
@@ -147,7 +147,7 @@ impl Qwen2 {
             }
             None => rms_variance(&x)?,
         };
-        rms_apply(&x, &var, w, self.cfg.rms_norm_eps)
+        rms_apply(&x, &var, &w, self.cfg.rms_norm_eps)
     }
 
     fn resolve_heads(&self, heads: Option<&[usize]>) -> Result<(Vec<usize>, bool)> {
@@ -207,7 +207,7 @@ impl Qwen2 {
     /// Projects x `[b,t,e]` with the key or value weights of the KV groups used by `heads`,
     /// then expands groups to heads: → `[b,h,t,d]` (RoPE applied for keys, positions 0..t).
     fn kv_heads(&self, layer: usize, x: &Tensor, sh: &AttnShape, is_key: bool) -> Result<Tensor> {
-        let lw = &self.w.layers[layer];
+        let lw = self.w.layer(layer)?;
         let d = self.cfg.head_dim();
         let (w, bias) = if is_key {
             (&lw.wk_t, &lw.bk)
@@ -258,7 +258,7 @@ impl Qwen2 {
 
     /// Computed post-softmax weights `[b,h,i,j]` f32.
     fn attn_probs(&self, layer: usize, a: &AttnInputs, sh: &AttnShape) -> Result<Tensor> {
-        let lw = &self.w.layers[layer];
+        let lw = self.w.layer(layer)?;
         let d = self.cfg.head_dim();
         let h = sh.heads.len();
         let xq = self.prep(a.xq)?;
@@ -349,7 +349,7 @@ impl Qwen2 {
         let h = sh.heads.len();
         let d = self.cfg.head_dim();
         let o = o.transpose(1, 2)?.reshape((b, sh.i, h * d))?; // [b,i,h·d]
-        let lw = &self.w.layers[layer];
+        let lw = self.w.layer(layer)?;
         if sh.all_heads {
             linear(&o, &lw.wo_t, None)
         } else {
@@ -362,7 +362,7 @@ impl Qwen2 {
     pub fn mlp(&self, layer: usize, xi: &Tensor, xg: Option<&Tensor>) -> Result<Tensor> {
         self.cfg.check_layer(layer)?;
         let (_, k) = self.check_hidden(xi, "xi")?;
-        let lw = &self.w.layers[layer];
+        let lw = self.w.layer(layer)?;
         let xi = self.prep(xi)?;
         let up = linear(&xi, &lw.w_up_t, None)?;
         let gate = match xg {
@@ -432,7 +432,7 @@ impl Qwen2 {
         );
         let h = heads.len();
         let mut a = self.prep(attn_out)?;
-        let mut wo = self.w.layers[layer].wo_t.reshape((n, d, e))?;
+        let mut wo = self.w.layer(layer)?.wo_t.reshape((n, d, e))?;
         if !all {
             let idx = index_tensor(&heads, &self.device)?;
             a = a.index_select(&idx, 2)?;
@@ -461,7 +461,8 @@ impl Qwen2 {
         let (heads, all) = self.resolve_heads(heads)?;
         let d = self.cfg.head_dim();
         let a = self.prep(attn_out)?;
-        let wo = &self.w.layers[layer].wo_t;
+        let lw = self.w.layer(layer)?;
+        let wo = &lw.wo_t;
         if all {
             return linear(&a.reshape((b, k, heads.len() * d))?, wo, None);
         }

@@ -117,18 +117,76 @@ fn ints(files: &WeightFiles, name: &str, shape: &[usize]) -> Result<Vec<i32>> {
         .collect())
 }
 
-/// The dequantised weight of linear `prefix` (`model.layers.0.self_attn.q_proj`) in our
-/// layout `[in, out]`, f32 on the host.
-pub fn dequantize(
+/// One GPTQ linear as stored: packed words, zeros, scales and the group of every input row,
+/// read and checked once ([`read_packed`]); [`PackedLinear::dequantize`] expands it.
+#[derive(Debug, Clone)]
+pub struct PackedLinear {
+    /// Name prefix (`model.layers.0.self_attn.q_proj`), for errors.
+    pub prefix: String,
+    in_dim: usize,
+    out_dim: usize,
+    bits: u32,
+    v1: bool,
+    /// `[in/pack, out]` words, 32/bits values each (low bits first).
+    qweight: Vec<i32>,
+    /// `[groups, out/pack]` words.
+    qzeros: Vec<i32>,
+    /// `[groups, out]`, in the checkpoint's dtype (f16 as stored).
+    scales: Tensor,
+    /// Group of every input row.
+    g_idx: Vec<u32>,
+}
+
+impl PackedLinear {
+    /// Resident bytes.
+    pub fn bytes(&self) -> usize {
+        self.qweight.len() * 4
+            + self.qzeros.len() * 4
+            + self.scales.elem_count() * self.scales.dtype().size_in_bytes()
+            + self.g_idx.len() * 4
+    }
+
+    /// The dequantised weight in our layout `[in, out]`, f32 on the host:
+    /// W\[i,o\] = scales\[g_idx\[i\],o\] · (q\[i,o\] − zero\[g_idx\[i\],o\]).
+    pub fn dequantize(&self) -> Result<Tensor> {
+        let (in_dim, out_dim, bits) = (self.in_dim, self.out_dim, self.bits);
+        let pack = (32 / bits) as usize;
+        let mask = (1u32 << bits) - 1;
+        let scales = self
+            .scales
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let zero = |g: usize, o: usize| -> f32 {
+            let word = self.qzeros[g * (out_dim / pack) + o / pack] as u32;
+            let z = (word >> (bits as usize * (o % pack))) & mask;
+            // v1 stores zero − 1 (a zero of 0 cannot be written in v1)
+            if self.v1 { (z + 1) as f32 } else { z as f32 }
+        };
+        let mut w = vec![0f32; in_dim * out_dim];
+        for i in 0..in_dim {
+            let g = self.g_idx[i] as usize;
+            let shift = bits as usize * (i % pack);
+            let row = &self.qweight[(i / pack) * out_dim..(i / pack + 1) * out_dim];
+            for o in 0..out_dim {
+                let qv = ((row[o] as u32) >> shift) & mask;
+                w[i * out_dim + o] = scales[g * out_dim + o] * (qv as f32 - zero(g, o));
+            }
+        }
+        Ok(Tensor::from_vec(w, (in_dim, out_dim), &Device::Cpu)?)
+    }
+}
+
+/// Reads and checks the packed tensors of linear `prefix` (`model.layers.0.self_attn.q_proj`).
+pub fn read_packed(
     files: &WeightFiles,
     q: &GptqConfig,
     prefix: &str,
     in_dim: usize,
     out_dim: usize,
-) -> Result<Tensor> {
+) -> Result<PackedLinear> {
     let pack = q.pack();
     let bits = q.bits;
-    let mask = (1u32 << bits) - 1;
     ensure!(
         in_dim.is_multiple_of(pack) && out_dim.is_multiple_of(pack),
         "{prefix}: in {in_dim} and out {out_dim} must be multiples of {pack} for {bits}-bit GPTQ"
@@ -139,10 +197,10 @@ pub fn dequantize(
         &[in_dim / pack, out_dim],
     )?;
     let g_name = format!("{prefix}.g_idx");
-    let g_idx: Vec<usize> = if files.contains(&g_name) {
+    let g_idx: Vec<u32> = if files.contains(&g_name) {
         ints(files, &g_name, &[in_dim])?
             .into_iter()
-            .map(|g| usize::try_from(g).with_context(|| format!("{g_name}: negative group {g}")))
+            .map(|g| u32::try_from(g).with_context(|| format!("{g_name}: negative group {g}")))
             .collect::<Result<_>>()?
     } else {
         let gs = if q.group_size < 0 {
@@ -150,9 +208,9 @@ pub fn dequantize(
         } else {
             q.group_size as usize
         };
-        (0..in_dim).map(|i| i / gs).collect()
+        (0..in_dim).map(|i| (i / gs) as u32).collect()
     };
-    let groups = g_idx.iter().copied().max().map_or(0, |m| m + 1);
+    let groups = g_idx.iter().copied().max().map_or(0, |m| m as usize + 1);
     let expected_groups = if q.group_size < 0 {
         1
     } else {
@@ -168,33 +226,36 @@ pub fn dequantize(
         &format!("{prefix}.qzeros"),
         &[expected_groups, out_dim / pack],
     )?;
-    let scales = files
-        .tensor(
-            &format!("{prefix}.scales"),
-            &[expected_groups, out_dim],
-            DType::F32,
-            &Device::Cpu,
-        )?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let v1 = q.checkpoint_format == "gptq";
-    let zero = |g: usize, o: usize| -> f32 {
-        let word = qzeros[g * (out_dim / pack) + o / pack] as u32;
-        let z = (word >> (bits as usize * (o % pack))) & mask;
-        // v1 stores zero − 1 (a zero of 0 cannot be written in v1)
-        if v1 { (z + 1) as f32 } else { z as f32 }
+    let s_name = format!("{prefix}.scales");
+    let (s_dtype, _, _) = files.raw(&s_name)?;
+    let keep = if s_dtype == safetensors::Dtype::F16 {
+        DType::F16
+    } else {
+        DType::F32
     };
-    let mut w = vec![0f32; in_dim * out_dim];
-    for i in 0..in_dim {
-        let g = g_idx[i];
-        let shift = bits as usize * (i % pack);
-        let row = &qweight[(i / pack) * out_dim..(i / pack + 1) * out_dim];
-        for o in 0..out_dim {
-            let qv = ((row[o] as u32) >> shift) & mask;
-            w[i * out_dim + o] = scales[g * out_dim + o] * (qv as f32 - zero(g, o));
-        }
-    }
-    Ok(Tensor::from_vec(w, (in_dim, out_dim), &Device::Cpu)?)
+    let scales = files.tensor(&s_name, &[expected_groups, out_dim], keep, &Device::Cpu)?;
+    Ok(PackedLinear {
+        prefix: prefix.to_string(),
+        in_dim,
+        out_dim,
+        bits,
+        v1: q.checkpoint_format == "gptq",
+        qweight,
+        qzeros,
+        scales,
+        g_idx,
+    })
+}
+
+/// The dequantised weight of linear `prefix` in our layout `[in, out]`, f32 on the host.
+pub fn dequantize(
+    files: &WeightFiles,
+    q: &GptqConfig,
+    prefix: &str,
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<Tensor> {
+    read_packed(files, q, prefix, in_dim, out_dim)?.dequantize()
 }
 
 /// How [`write_gptq`] quantises a dense checkpoint.

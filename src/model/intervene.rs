@@ -317,11 +317,12 @@ impl Qwen2 {
             }
             Ok(())
         };
-        for (l, lw) in self.w.layers.iter().enumerate().skip(l0) {
+        for (l, edits) in layers.iter().enumerate().take(nl).skip(l0) {
             crate::cancel::check()?;
-            x = self.apply_edits(&x, None, &layers[l].resid)?;
+            let lw = self.w.layer(l)?;
+            x = self.apply_edits(&x, None, &edits.resid)?;
             keep(l, &x, &mut hidden)?;
-            x = self.layer_forward_edited(l, lw, &x, &mask, &layers[l])?;
+            x = self.layer_forward_edited(l, &lw, &x, &mask, edits)?;
         }
         x = self.apply_edits(&x, None, &layers[nl].resid)?;
         let var = rms_variance(&x)?;

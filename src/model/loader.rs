@@ -19,12 +19,37 @@ pub struct LoadOptions {
     /// Scan every weight for NaN/inf on load (an error names the file, the tensor and the first
     /// bad element). On by default; `MINARC_SKIP_WEIGHT_CHECK=1` turns the default off.
     pub check_finite: bool,
+    /// GPTQ checkpoints: `Some(budget)` keeps the decoder layers packed and dequantises one
+    /// layer at a time when it is used, holding up to `budget` bytes of dequantised layers
+    /// (at least the one in use); None dequantises everything on load. None by default on the
+    /// CPU; [`LoadOptions::for_device`] packs on CUDA.
+    pub gptq_packed: Option<usize>,
+}
+
+/// Default budget of dequantised GPTQ layers when packed: 4 GiB (`MINARC_GPTQ_CACHE_BYTES`).
+pub fn default_gptq_cache_bytes() -> usize {
+    std::env::var("MINARC_GPTQ_CACHE_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(4 << 30)
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             check_finite: !crate::limits::env_flag("MINARC_SKIP_WEIGHT_CHECK"),
+            gptq_packed: None,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// The defaults for a device: GPTQ stays packed on CUDA (an int4 72B model fits one 80 GB
+    /// GPU only packed), dequantised on load on the CPU.
+    pub fn for_device(dev: &candle_core::Device) -> Self {
+        Self {
+            gptq_packed: dev.is_cuda().then(default_gptq_cache_bytes),
+            ..Self::default()
         }
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! Everything is computed from the model's config.json (no weights are read), so a plan for a
 //! 72B model runs anywhere. The byte counts follow what minarc allocates:
-//! * weights: every matrix and vector in the compute dtype; a GPTQ checkpoint on CUDA keeps its
-//!   packed int4/int8 words, scales, zeros and g_idx resident plus one dequantised layer
-//!   (the reusable buffer), on the CPU it is dequantised on load (dense);
+//! * weights: every matrix and vector in the compute dtype; a packed GPTQ checkpoint (the
+//!   default on CUDA, `--gptq packed` elsewhere) keeps its int4/int8 words, scales, zeros and
+//!   g_idx resident plus one dequantised layer, a dense one is dequantised on load;
 //! * one forward (the largest moment of one decoder layer, inference with capture): the residual,
 //!   its norm, q/k/v, the attention scores and probabilities `[n, s, s]` (f32), the head outputs,
 //!   the MLP's gate/up/activation `[s, i]`, and the logits `[s, v]` (f32);
@@ -133,6 +133,8 @@ pub struct PlanOptions {
     pub devices: Vec<DeviceBudget>,
     /// Host memory for the activation store (captures are kept on the host).
     pub host_bytes: u64,
+    /// GPTQ kept packed (None: packed when a device is CUDA, as loading does).
+    pub gptq_packed: Option<bool>,
 }
 
 /// The bytes of one piece of the model.
@@ -258,6 +260,7 @@ pub fn plan(cfg: &ModelConfig, dir: Option<&Path>, o: &PlanOptions) -> Result<Pl
     let s = o.tokens as u64;
     let w = dtype_bytes(o.dtype);
     let cuda = o.devices.iter().any(DeviceBudget::is_cuda);
+    let packed = o.gptq_packed.unwrap_or(cuda);
     let bias = if cfg.has_qkv_bias() {
         n * d + 2 * kv
     } else {
@@ -274,7 +277,7 @@ pub fn plan(cfg: &ModelConfig, dir: Option<&Path>, o: &PlanOptions) -> Result<Pl
         (i, e),
     ];
     let dense_layer: u64 = linears.iter().map(|(a, b)| a * b).sum::<u64>() + bias + 2 * e;
-    let (layer_bytes, dequant_buffer) = match (&gptq, cuda) {
+    let (layer_bytes, dequant_buffer) = match (&gptq, packed) {
         (Some(q), true) => {
             let packed: u64 = linears.iter().map(|&(a, b)| gptq_linear(q, a, b)).sum();
             (packed + (bias + 2 * e) * 2, dense_layer * w)
@@ -331,10 +334,10 @@ pub fn plan(cfg: &ModelConfig, dir: Option<&Path>, o: &PlanOptions) -> Result<Pl
                 q.bits,
                 q.group_size,
                 if q.desc_act { ", desc_act" } else { "" },
-                if cuda {
-                    " (packed on CUDA, one layer dequantised at a time)"
+                if packed {
+                    " (packed, one layer dequantised at a time)"
                 } else {
-                    " (dequantised on load: no CUDA device in the plan)"
+                    " (dequantised on load)"
                 }
             )
         }),
@@ -516,6 +519,7 @@ mod tests {
             capture_logits: false,
             devices: parse_devices(devices).unwrap(),
             host_bytes: 64 << 30,
+            gptq_packed: None,
         }
     }
 

@@ -63,18 +63,29 @@ impl Qwen2 {
         }
         super::ops::tune_allocator();
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        let gptq = super::gptq::GptqConfig::of_folder(dir, cfg.quantization_config.as_ref())
+            .with_context(|| format!("model {}", dir.display()))?;
+        // packed GPTQ: the embeddings and lm_head dense, the layers at bits/8 bytes a weight
+        let packed = gptq.as_ref().and(opts.gptq_packed);
+        let bytes = match (&gptq, packed) {
+            (Some(q), Some(budget)) => {
+                let layers = (cfg.num_params() - cfg.vocab_size * cfg.hidden_size * 2) as u128;
+                layers * q.bits as u128 / 8
+                    + (cfg.vocab_size * cfg.hidden_size * 2 * dtype.size_in_bytes()) as u128
+                    + budget as u128
+            }
+            _ => cfg.num_params() as u128 * dtype.size_in_bytes() as u128,
+        };
         crate::limits::check_alloc(
-            cfg.num_params() as u128 * dtype.size_in_bytes() as u128,
+            bytes,
             &format!(
                 "loading {} ({} parameters)",
                 dir.display(),
                 cfg.num_params()
             ),
         )?;
-        let gptq = super::gptq::GptqConfig::of_folder(dir, cfg.quantization_config.as_ref())
-            .with_context(|| format!("model {}", dir.display()))?;
         let files = WeightFiles::open(dir)?.with_options(opts).with_gptq(gptq);
-        let w = Weights::load(&files, &cfg, dtype, device)
+        let w = Weights::load_with(&files, &cfg, dtype, device, packed)
             .with_context(|| format!("loading model weights from {}", dir.display()))?;
         let mut m = Self::from_weights(cfg, w, dtype, device)?;
         m.path = Some(dir.to_path_buf());
@@ -194,9 +205,10 @@ impl Qwen2 {
         let s = ids.len();
         let mut x = self.embed(ids)?;
         let mask = causal_mask(s, &self.device)?;
-        for lw in &self.w.layers {
+        for l in 0..self.w.num_layers() {
             crate::cancel::check()?;
-            let (h, _) = self.layer_forward(lw, &x, &mask)?;
+            let lw = self.w.layer(l)?;
+            let (h, _) = self.layer_forward(&lw, &x, &mask)?;
             x = h;
         }
         let var = rms_variance(&x)?;
@@ -234,9 +246,10 @@ impl Qwen2 {
         };
         let mut x = self.embed(ids)?;
         let mask = causal_mask(s, &self.device)?;
-        for (l, lw) in self.w.layers.iter().enumerate() {
+        for l in 0..self.w.num_layers() {
             crate::cancel::check()?;
-            let (h, lo) = self.layer_forward(lw, &x, &mask)?;
+            let lw = self.w.layer(l)?;
+            let (h, lo) = self.layer_forward(&lw, &x, &mask)?;
             if spec.has_layer(l) {
                 out.hidden_states[l] = Some(store(&x, rows, dt)?);
                 out.attn_outs[l] = lo

@@ -2,10 +2,14 @@
 //! **pre-transposed and contiguous** as `[in, out]` (HF stores `[out, in]`), so `x @ w_t`
 //! runs on a contiguous right-hand side (2–4× faster at small row counts).
 
-use anyhow::Result;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, anyhow};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
+use super::gptq::PackedLinear;
 use super::loader::WeightFiles;
 
 /// One decoder layer's weights.
@@ -42,13 +46,85 @@ pub struct LayerWeights {
 pub struct Weights {
     /// embed_tokens `[v, e]`.
     pub embed: Tensor,
-    /// Decoder layers.
-    pub layers: Vec<LayerWeights>,
+    /// Decoder layers: dense, or GPTQ-packed and dequantised on use.
+    layers: Vec<Layer>,
     /// Final norm weight `[e]`.
     pub final_norm: Tensor,
     /// lm_head as `[e, v]`: a contiguous transposed copy when untied, the (strided) transposed
     /// view of `embed` when tied (no extra memory; same speed at large row counts).
     pub lm_head_t: Tensor,
+    /// Dequantised packed layers, least recently used dropped beyond the budget.
+    cache: Arc<Mutex<DequantCache>>,
+}
+
+/// A decoder layer as held.
+#[derive(Debug, Clone)]
+enum Layer {
+    Dense(Arc<LayerWeights>),
+    Packed(Box<PackedLayer>),
+}
+
+/// A GPTQ layer kept packed: its seven linears as stored, norms and biases dense.
+#[derive(Debug, Clone)]
+struct PackedLayer {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    bq: Tensor,
+    bk: Tensor,
+    bv: Tensor,
+    /// q, k, v, o, gate, up, down.
+    linears: [PackedLinear; 7],
+    dtype: DType,
+    device: Device,
+}
+
+impl PackedLayer {
+    fn dequantize(&self) -> Result<LayerWeights> {
+        let lin = |k: usize| -> Result<Tensor> {
+            Ok(self.linears[k]
+                .dequantize()?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)?)
+        };
+        Ok(LayerWeights {
+            input_norm: self.input_norm.clone(),
+            wq_t: lin(0)?,
+            bq: self.bq.clone(),
+            wk_t: lin(1)?,
+            bk: self.bk.clone(),
+            wv_t: lin(2)?,
+            bv: self.bv.clone(),
+            wo_t: lin(3)?,
+            post_norm: self.post_norm.clone(),
+            w_gate_t: lin(4)?,
+            w_up_t: lin(5)?,
+            w_down_t: lin(6)?,
+        })
+    }
+}
+
+/// Dequantised layers of a packed model: (last use, layer, bytes) by layer index.
+#[derive(Debug, Default)]
+struct DequantCache {
+    budget: usize,
+    tick: u64,
+    layers: HashMap<usize, (u64, Arc<LayerWeights>, usize)>,
+    dequantisations: u64,
+}
+
+fn layer_bytes(lw: &LayerWeights) -> usize {
+    [
+        &lw.wq_t,
+        &lw.wk_t,
+        &lw.wv_t,
+        &lw.wo_t,
+        &lw.w_gate_t,
+        &lw.w_up_t,
+        &lw.w_down_t,
+    ]
+    .iter()
+    .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+    .sum()
 }
 
 fn linear_t(
@@ -73,6 +149,96 @@ fn linear_t(
 }
 
 impl Weights {
+    /// Weights from dense tensors in our layout (tests, hand-built models).
+    pub fn new(
+        embed: Tensor,
+        layers: Vec<LayerWeights>,
+        final_norm: Tensor,
+        lm_head_t: Tensor,
+    ) -> Self {
+        Self {
+            embed,
+            layers: layers
+                .into_iter()
+                .map(|l| Layer::Dense(Arc::new(l)))
+                .collect(),
+            final_norm,
+            lm_head_t,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decoder layer `l`'s weights: held, or (a packed GPTQ layer) dequantised now or taken from
+    /// the cache of dequantised layers.
+    pub fn layer(&self, l: usize) -> Result<Arc<LayerWeights>> {
+        let layer = self.layers.get(l).ok_or_else(|| {
+            anyhow!(
+                "layer {l} out of range (the model has {} layers)",
+                self.layers.len()
+            )
+        })?;
+        let p = match layer {
+            Layer::Dense(w) => return Ok(w.clone()),
+            Layer::Packed(p) => p,
+        };
+        let mut c = self
+            .cache
+            .lock()
+            .map_err(|_| anyhow!("dequantised-layer cache lock poisoned"))?;
+        c.tick += 1;
+        let tick = c.tick;
+        if let Some(e) = c.layers.get_mut(&l) {
+            e.0 = tick;
+            return Ok(e.1.clone());
+        }
+        let w = Arc::new(p.dequantize()?);
+        let bytes = layer_bytes(&w);
+        c.dequantisations += 1;
+        c.layers.insert(l, (tick, w.clone(), bytes));
+        // drop the least recently used beyond the budget (never the layer just made)
+        let mut used: usize = c.layers.values().map(|e| e.2).sum();
+        while used > c.budget {
+            let Some((&victim, _)) = c
+                .layers
+                .iter()
+                .filter(|(k, _)| **k != l)
+                .min_by_key(|(_, e)| e.0)
+            else {
+                break;
+            };
+            used -= c.layers.remove(&victim).map_or(0, |e| e.2);
+        }
+        Ok(w)
+    }
+
+    /// Whether the decoder layers are kept GPTQ-packed (dequantised on use).
+    pub fn is_packed(&self) -> bool {
+        self.layers.iter().any(|l| matches!(l, Layer::Packed(_)))
+    }
+
+    /// (bytes of the packed layers, bytes of dequantised layers held, dequantisations so far).
+    pub fn packed_stats(&self) -> (usize, usize, u64) {
+        let packed = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Layer::Packed(p) => p.linears.iter().map(PackedLinear::bytes).sum(),
+                Layer::Dense(_) => 0,
+            })
+            .sum();
+        let (held, n) = self
+            .cache
+            .lock()
+            .map(|c| (c.layers.values().map(|e| e.2).sum(), c.dequantisations))
+            .unwrap_or((0, 0));
+        (packed, held, n)
+    }
+
     /// Loads all weights with HF names (`model.layers.{l}.self_attn.q_proj.weight`, …),
     /// converting to `dtype` on `dev`. A missing `lm_head.weight` with tied embeddings uses the
     /// embedding; with untied embeddings it is an error.
@@ -81,6 +247,19 @@ impl Weights {
         cfg: &ModelConfig,
         dtype: DType,
         dev: &Device,
+    ) -> Result<Self> {
+        Self::load_with(files, cfg, dtype, dev, None)
+    }
+
+    /// [`Weights::load`]; with `packed = Some(budget)` a GPTQ checkpoint's decoder layers stay
+    /// packed and are dequantised one layer at a time when used, keeping up to `budget` bytes of
+    /// dequantised layers (at least the one in use).
+    pub fn load_with(
+        files: &WeightFiles,
+        cfg: &ModelConfig,
+        dtype: DType,
+        dev: &Device,
+        packed: Option<usize>,
     ) -> Result<Self> {
         let e = cfg.hidden_size;
         let m = cfg.intermediate_size;
@@ -103,7 +282,33 @@ impl Weights {
                     Ok(Tensor::zeros(n, dtype, dev)?)
                 }
             };
-            layers.push(LayerWeights {
+            if let (Some(q), Some(_)) = (files.gptq(), packed)
+                && files.contains(&format!("{p}.self_attn.q_proj.qweight"))
+            {
+                let pk = |name: &str, o: usize, i: usize| {
+                    super::gptq::read_packed(files, q, &format!("{p}.{name}"), i, o)
+                };
+                layers.push(Layer::Packed(Box::new(PackedLayer {
+                    input_norm: vec("input_layernorm.weight", e)?,
+                    post_norm: vec("post_attention_layernorm.weight", e)?,
+                    bq: bias("self_attn.q_proj.bias", nd)?,
+                    bk: bias("self_attn.k_proj.bias", kvd)?,
+                    bv: bias("self_attn.v_proj.bias", kvd)?,
+                    linears: [
+                        pk("self_attn.q_proj", nd, e)?,
+                        pk("self_attn.k_proj", kvd, e)?,
+                        pk("self_attn.v_proj", kvd, e)?,
+                        pk("self_attn.o_proj", e, nd)?,
+                        pk("mlp.gate_proj", m, e)?,
+                        pk("mlp.up_proj", m, e)?,
+                        pk("mlp.down_proj", e, m)?,
+                    ],
+                    dtype,
+                    device: dev.clone(),
+                })));
+                continue;
+            }
+            layers.push(Layer::Dense(Arc::new(LayerWeights {
                 input_norm: vec("input_layernorm.weight", e)?,
                 wq_t: lin("self_attn.q_proj", nd, e)?,
                 bq: bias("self_attn.q_proj.bias", nd)?,
@@ -116,7 +321,7 @@ impl Weights {
                 w_gate_t: lin("mlp.gate_proj", m, e)?,
                 w_up_t: lin("mlp.up_proj", m, e)?,
                 w_down_t: lin("mlp.down_proj", e, m)?,
-            });
+            })));
         }
         let final_norm = files.tensor("model.norm.weight", &[e], dtype, dev)?;
         let lm_head_t = if cfg.tie_word_embeddings {
@@ -129,6 +334,10 @@ impl Weights {
             layers,
             final_norm,
             lm_head_t,
+            cache: Arc::new(Mutex::new(DequantCache {
+                budget: packed.unwrap_or(0),
+                ..Default::default()
+            })),
         })
     }
 }
@@ -157,7 +366,7 @@ impl Weights {
                     "weight {name:?}: layer {l} out of range (model has {} layers)",
                     self.layers.len()
                 );
-                let lw = &self.layers[l];
+                let lw = self.layer(l)?;
                 let bias = |b: &Tensor| -> Result<Tensor> {
                     if !cfg.has_qkv_bias() {
                         bail!("weight {name:?}: this model has no q/k/v biases");

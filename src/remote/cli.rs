@@ -50,11 +50,31 @@ pub struct ServeArgs {
     /// Per-request time limit in seconds.
     #[arg(long = "timeout-s", default_value_t = 600)]
     pub timeout_s: u64,
+    /// GPTQ checkpoints: `packed` keeps the layers packed and dequantises one at a time when
+    /// used (the default on CUDA), `dense` dequantises on load (the default on the CPU).
+    #[arg(long, value_parser = ["packed", "dense"])]
+    pub gptq: Option<String>,
+    /// Bytes of dequantised layers a packed GPTQ model keeps (N[K|M|G]; default 4G).
+    #[arg(long = "gptq-cache-bytes")]
+    pub gptq_cache_bytes: Option<String>,
 }
 
 impl ServeArgs {
     /// The server options these flags describe.
     pub fn options(&self) -> Result<ServeOptions> {
+        let device = parse_device(&self.device)?;
+        let mut load = LoadOptions::for_device(&device);
+        load.check_finite = !self.skip_weight_check && load.check_finite;
+        let budget = match &self.gptq_cache_bytes {
+            Some(v) => parse_cache_bytes(v)?
+                .ok_or_else(|| anyhow::anyhow!("--gptq-cache-bytes must be a size"))?,
+            None => crate::model::loader::default_gptq_cache_bytes(),
+        };
+        load.gptq_packed = match self.gptq.as_deref() {
+            Some("packed") => Some(budget),
+            Some(_) => None,
+            None => load.gptq_packed.map(|_| budget),
+        };
         Ok(ServeOptions {
             host: self.host.clone(),
             port: self.port,
@@ -70,10 +90,8 @@ impl ServeArgs {
             body_limit: self.body_limit_mb.saturating_mul(1 << 20),
             timeout: Duration::from_secs(self.timeout_s.max(1)),
             dtype: parse_dtype(&self.dtype)?,
-            device: parse_device(&self.device)?,
-            load: LoadOptions {
-                check_finite: !self.skip_weight_check && LoadOptions::default().check_finite,
-            },
+            device,
+            load,
             store: self.store.clone(),
         })
     }

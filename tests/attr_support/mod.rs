@@ -82,12 +82,12 @@ pub fn random_model(cfg: &ModelConfig, seed: u64) -> Qwen2 {
             w_down_t: r.tensor(&[m, e], 0.0, inv(m)),
         })
         .collect();
-    let w = Weights {
-        embed: r.tensor(&[v, e], 0.0, 1.0),
+    let w = Weights::new(
+        r.tensor(&[v, e], 0.0, 1.0),
         layers,
-        final_norm: r.tensor(&[e], 1.0, 0.1),
-        lm_head_t: r.tensor(&[e, v], 0.0, inv(e)),
-    };
+        r.tensor(&[e], 1.0, 0.1),
+        r.tensor(&[e, v], 0.0, inv(e)),
+    );
     Qwen2::from_weights(cfg.clone(), w, DType::F32, &Device::Cpu).unwrap()
 }
 

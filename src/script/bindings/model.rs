@@ -75,6 +75,13 @@ struct LoadModelOptions {
     /// Scan the weights for NaN/inf (default: on unless MINARC_SKIP_WEIGHT_CHECK is set).
     #[serde(default)]
     check_weights: Option<bool>,
+    /// GPTQ: "packed" (dequantise one layer at a time when used) or "dense" (on load);
+    /// default: packed on CUDA, dense on the CPU.
+    #[serde(default)]
+    gptq: Option<String>,
+    /// Bytes of dequantised layers a packed GPTQ model keeps (default 4 GiB).
+    #[serde(default)]
+    gptq_cache_bytes: Option<u64>,
 }
 
 fn default_dtype() -> String {
@@ -88,17 +95,31 @@ fn default_device() -> String {
 /// Load options: dtype, device, the memo variant ("" for f32 on the CPU) and how to read.
 fn load_options(opts: &Map) -> Result<(DType, Device, String, LoadOptions)> {
     let o: LoadModelOptions = options(opts)?;
-    let mut load = LoadOptions::default();
+    let dt = crate::model::config::parse_dtype(&o.dtype)?;
+    let dev = crate::model::config::parse_device(&o.device)?;
+    let mut load = LoadOptions::for_device(&dev);
     if let Some(c) = o.check_weights {
         load.check_finite = c;
     }
-    let dt = crate::model::config::parse_dtype(&o.dtype)?;
-    let dev = crate::model::config::parse_device(&o.device)?;
-    let variant = if (dt, o.device.as_str()) == (DType::F32, "cpu") {
+    let budget = match o.gptq_cache_bytes {
+        Some(b) => usize::try_from(b).map_err(|_| anyhow!("gptq_cache_bytes {b} is too large"))?,
+        None => crate::model::loader::default_gptq_cache_bytes(),
+    };
+    match o.gptq.as_deref() {
+        None if o.gptq_cache_bytes.is_some() => load.gptq_packed = Some(budget),
+        None => load.gptq_packed = load.gptq_packed.map(|_| budget),
+        Some("packed") => load.gptq_packed = Some(budget),
+        Some("dense") => load.gptq_packed = None,
+        Some(other) => anyhow::bail!("gptq {other:?}: \"packed\" or \"dense\""),
+    }
+    let mut variant = if (dt, o.device.as_str()) == (DType::F32, "cpu") {
         String::new()
     } else {
         format!("{dt:?}@{}", o.device)
     };
+    if let Some(b) = load.gptq_packed {
+        variant.push_str(&format!("+gptq-packed-{b}"));
+    }
     Ok((dt, dev, variant, load))
 }
 
@@ -262,7 +283,7 @@ fn register_loading(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "load_model",
         "load_model(path: String, opts: Map) -> Model",
-        "Load with options: dtype (\"f32\", \"f16\", \"bf16\"; default f32), device (\"cpu\", \"cuda\", \"cuda:N\") and check_weights (scan every weight for NaN/inf, default true; env MINARC_SKIP_WEIGHT_CHECK=1 changes the default); memoised per path, dtype and device. path \"default\" is the default model.",
+        "Load with options: dtype (\"f32\", \"f16\", \"bf16\"; default f32), device (\"cpu\", \"cuda\", \"cuda:N\"), check_weights (scan every weight for NaN/inf, default true; env MINARC_SKIP_WEIGHT_CHECK=1 changes the default), gptq (\"packed\": a GPTQ model's layers stay packed and are dequantised one at a time when used, the default on CUDA; \"dense\": dequantised on load, the default on the CPU) and gptq_cache_bytes (dequantised layers a packed model keeps, default 4 GiB); memoised per path, dtype, device and packing. path \"default\" is the default model.",
         move |path: &str, opts: Map| guard("load_model", || load_with(&st, path, &opts)),
     );
     let st = state.clone();
