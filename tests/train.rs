@@ -280,6 +280,7 @@ fn resume_continues_bit_identically() {
         resume,
         device: Device::Cpu,
         stop_after,
+        init: None,
         progress: false,
     };
     let a = run(cfg.clone(), &opts(straight.path(), false, None)).unwrap();
@@ -429,6 +430,7 @@ fn the_example_training_config_parses_and_trains() {
             resume: false,
             device: Device::Cpu,
             stop_after: Some(2),
+            init: None,
             progress: false,
         },
     )
@@ -447,6 +449,7 @@ fn a_trained_folder_brings_its_dataset_options_to_scripts_and_servers() {
         resume: false,
         device: Device::Cpu,
         stop_after: None,
+        init: None,
         progress: false,
     };
     assert!(run(cfg.clone(), &opts).unwrap().finished);
@@ -571,4 +574,72 @@ fn an_oversized_batch_is_refused_before_allocation() {
     let rows = Tensor::new(&[0u32], &Device::Cpu).unwrap();
     let err = format!("{:#}", net.logits_at(&ids, &rows).unwrap_err());
     assert!(err.contains("too large to train on"), "{err}");
+}
+
+/// `--init`: a second phase starts from a checkpoint's weights (equal to the first phase's
+/// written model), records the phase before it, and refuses a checkpoint of another model.
+#[test]
+fn a_second_phase_starts_from_a_checkpoint() {
+    let phase1 = tempfile::tempdir().unwrap();
+    let cfg = tiny_run(4);
+    let opts = |dir: &std::path::Path, init: Option<std::path::PathBuf>| RunOptions {
+        out: dir.to_path_buf(),
+        resume: false,
+        device: Device::Cpu,
+        stop_after: None,
+        init,
+        progress: false,
+    };
+    assert!(
+        run(cfg.clone(), &opts(phase1.path(), None))
+            .unwrap()
+            .finished
+    );
+    let ck = phase1.path().join("checkpoints/step-0000004.safetensors");
+    // phase 2: another learning rate and seed, same model
+    let mut cfg2 = cfg.clone();
+    cfg2.optim.lr *= 0.5;
+    cfg2.run.seed = 7;
+    let mut t = Trainer::new(cfg2.clone(), &Device::Cpu).unwrap();
+    t.init_from(&ck).unwrap();
+    let saved = candle_core::safetensors::load(&ck, &Device::Cpu).unwrap();
+    let phase1_model =
+        candle_core::safetensors::load(phase1.path().join("model/model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let mine = t.net.tensors().unwrap();
+    let mut compared = 0;
+    for (name, w) in &mine {
+        if let Some(p) = phase1_model.get(name) {
+            let d = (w - p)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{name}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 5 && saved.len() > compared);
+    let phase2 = tempfile::tempdir().unwrap();
+    assert!(
+        run(cfg2.clone(), &opts(phase2.path(), Some(ck.clone())))
+            .unwrap()
+            .finished
+    );
+    let minarc_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(phase2.path().join("model/minarc.json")).unwrap())
+            .unwrap();
+    let init = &minarc_json["training"]["init"];
+    assert_eq!(init["step"], 4);
+    assert_eq!(init["checkpoint"], ck.display().to_string());
+    assert_eq!(init["config"]["optim"]["lr"], cfg.optim.lr);
+    // another model
+    let mut wide = cfg.clone();
+    wide.model.hidden *= 2;
+    let mut t = Trainer::new(wide, &Device::Cpu).unwrap();
+    let e = t.init_from(&ck).unwrap_err();
+    assert!(format!("{e:#}").contains("model section differs"), "{e:#}");
 }

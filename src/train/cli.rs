@@ -21,6 +21,11 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in OUT/checkpoints (same configuration).
     #[arg(long)]
     pub resume: bool,
+    /// Start from the weights of a checkpoint (OUT/checkpoints/step-N.safetensors of an earlier
+    /// run with the same model section): a next training phase with its own configuration,
+    /// optimiser and schedule. The earlier run is recorded in the checkpoints and minarc.json.
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
     /// Stop with a checkpoint once this many steps are done (continue later with --resume).
     #[arg(long)]
     pub stop_after: Option<usize>,
@@ -55,6 +60,7 @@ pub fn main(args: TrainArgs) -> Result<i32> {
             resume: args.resume,
             device,
             stop_after: args.stop_after,
+            init: args.init.clone(),
             progress: true,
         },
     )?;

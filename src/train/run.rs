@@ -66,6 +66,24 @@ pub struct CheckpointMeta {
     pub evals: Vec<EvalLog>,
     /// Training wall time so far (seconds).
     pub elapsed_s: f64,
+    /// The checkpoint this run started from (`--init`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitFrom>,
+}
+
+/// Where a run's initial weights came from (`minarc train --init CHECKPOINT`): the earlier
+/// run's checkpoint, its step and configuration, so a multi-phase recipe is on record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InitFrom {
+    /// The checkpoint file as given.
+    pub checkpoint: String,
+    /// Steps the earlier run had done.
+    pub step: usize,
+    /// The earlier run's configuration.
+    pub config: TrainConfig,
+    /// Its own init, when it had one (phases before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<Box<InitFrom>>,
 }
 
 /// Options of one run.
@@ -78,6 +96,8 @@ pub struct RunOptions {
     pub device: Device,
     /// Stop (with a checkpoint) after this many steps in total, e.g. to split a long run.
     pub stop_after: Option<usize>,
+    /// Start a fresh run from this checkpoint's weights (new optimiser state and schedule).
+    pub init: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -108,12 +128,53 @@ pub struct Trainer {
     pub evals: Vec<EvalLog>,
     /// Training wall time of earlier sessions (seconds).
     pub elapsed_before: f64,
+    /// The checkpoint the run started from, if any.
+    pub init: Option<InitFrom>,
     tok: Tokenizer,
     /// Held-out sequences of the last evaluation size (generated once, reused every evaluation).
     held_out: std::sync::Mutex<Option<(usize, std::sync::Arc<Vec<Sequence>>)>>,
 }
 
 impl Trainer {
+    /// Replaces the fresh weights with those of checkpoint `st` (a `step-N.safetensors` of any
+    /// run whose model section equals this one's); the optimiser starts fresh.
+    pub fn init_from(&mut self, st: &Path) -> Result<()> {
+        let json = st.with_extension("json");
+        let text = std::fs::read_to_string(&json).with_context(|| {
+            format!(
+                "--init: reading {} (next to the checkpoint)",
+                json.display()
+            )
+        })?;
+        let meta: CheckpointMeta =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+        ensure!(
+            meta.config.model == self.cfg.model,
+            "--init {}: its model section differs from this configuration's (the weights must fit the same model)",
+            st.display()
+        );
+        let saved = candle_core::safetensors::load(st, self.net.vars()[0].device())
+            .with_context(|| format!("reading {}", st.display()))?;
+        let mut named = Vec::new();
+        for name in self.net.names() {
+            let w = saved
+                .get(&format!("w.{name}"))
+                .cloned()
+                .with_context(|| format!("{} has no tensor w.{name}", st.display()))?;
+            named.push((name.clone(), w));
+        }
+        let device = self.net.vars()[0].device().clone();
+        self.net = Net::from_tensors(self.net.config(), named, DType::F32, &device)?;
+        self.opt = AdamW::new(self.net.vars(), self.net.names())?;
+        self.init = Some(InitFrom {
+            checkpoint: st.display().to_string(),
+            step: meta.step,
+            config: meta.config,
+            init: meta.init.map(Box::new),
+        });
+        Ok(())
+    }
+
     /// A fresh run.
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Trainer> {
         cfg.validate()?;
@@ -130,6 +191,7 @@ impl Trainer {
             history: Vec::new(),
             evals: Vec::new(),
             elapsed_before: 0.0,
+            init: None,
             tok,
             held_out: std::sync::Mutex::new(None),
         })
@@ -216,6 +278,7 @@ impl Trainer {
             history: self.history.clone(),
             evals: self.evals.clone(),
             elapsed_s,
+            init: self.init.clone(),
         };
         let json = dir.join(format!("{stem}.json"));
         let tmp = dir.join(format!(".{stem}.json.tmp"));
@@ -269,6 +332,7 @@ impl Trainer {
         t.history = meta.history;
         t.evals = meta.evals;
         t.elapsed_before = meta.elapsed_s;
+        t.init = meta.init;
         ensure!(
             t.history.len() == t.step,
             "{}: {} history rows for {} steps",
@@ -500,7 +564,11 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunResult> {
                 ck_dir.display()
             );
         }
-        Trainer::new(cfg, &opts.device)?
+        let mut t = Trainer::new(cfg, &opts.device)?;
+        if let Some(st) = &opts.init {
+            t.init_from(st)?;
+        }
+        t
     };
     let steps = t.cfg.optim.steps;
     let end = opts.stop_after.map_or(steps, |s| s.min(steps));
@@ -630,6 +698,7 @@ fn finish(t: &mut Trainer, out: &Path, elapsed_s: f64) -> Result<RunResult> {
         "steps": t.step,
         "puzzles_seen": t.step * t.cfg.optim.batch,
         "wall_time_s": elapsed_s,
+        "init": t.init,
         "parameters": t.net.num_params(),
         "train_answer_acc_last_100_steps": train_acc,
         "held_out": {
