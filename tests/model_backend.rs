@@ -257,3 +257,61 @@ fn default_model_dir_creates_the_small_fixture_once() {
     assert!(m.config().vocab_size >= minarc::tokenizer::fixture_vocab_size());
     assert_eq!(default_model_dir().unwrap(), dir);
 }
+
+/// A layer device map (here over the one CPU device candle has: the code path of a multi-GPU
+/// placement, not a second device) computes exactly what the single-device model does:
+/// forward, capture, an intervention and an attribution.
+#[test]
+fn a_layer_device_map_computes_what_one_device_does() {
+    let (d, plain) = local();
+    let mapped = Local::load_with(
+        d.path(),
+        DType::F32,
+        &Device::Cpu,
+        &minarc::model::LoadOptions {
+            device_map: Some("cpu=0-0,cpu=1-1".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(mapped.model().layer_devices().len(), 2);
+    for b in [plain.as_ref(), &mapped] {
+        b.forward_sample("m", &input(0, PROMPT), &CaptureSpec::full(), false)
+            .unwrap();
+    }
+    let key = SampleKey::new("m", 0);
+    for l in 0..=2 {
+        let a = plain.hidden_states(&key, l, None).unwrap();
+        let b = mapped.hidden_states(&key, l, None).unwrap();
+        assert_eq!(max_abs_diff(&a, &b), 0.0, "hidden_states[{l}]");
+    }
+    let w = |b: &Local| b.attn_weights(&key, 1, &HeadSel::All, None).unwrap();
+    assert_eq!(max_abs_diff(&w(&plain), &w(&mapped)), 0.0);
+    let zero = |b: &Local| {
+        let runs = b
+            .intervene(
+                &key,
+                &[vec![minarc::model::Intervention {
+                    site: minarc::model::Site::Head { layer: 1, head: 2 },
+                    positions: None,
+                    edit: minarc::model::Edit::Zero,
+                }]],
+                &Default::default(),
+            )
+            .unwrap();
+        runs[0].logits.clone()
+    };
+    assert_eq!(max_abs_diff(&zero(&plain), &zero(&mapped)), 0.0);
+    let bad = Local::load_with(
+        d.path(),
+        DType::F32,
+        &Device::Cpu,
+        &minarc::model::LoadOptions {
+            device_map: Some("cpu=0-0".into()),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(format!("{bad:#}").contains("no device"), "{bad:#}");
+}

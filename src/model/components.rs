@@ -135,7 +135,7 @@ impl Qwen2 {
     pub fn rms_norm(&self, norm: Norm, x: &Tensor, variance: Option<&Tensor>) -> Result<Tensor> {
         let w = self.norm_weight(norm)?;
         let (_, k) = self.check_hidden(x, "rms_norm input")?;
-        let x = self.prep(x)?;
+        let x = self.prep_on(x, w.device())?;
         let var = match variance {
             Some(v) => {
                 let vd = v.dims();
@@ -147,7 +147,7 @@ impl Qwen2 {
             }
             None => rms_variance(&x)?,
         };
-        rms_apply(&x, &var, &w, self.cfg.rms_norm_eps)
+        self.home(rms_apply(&x, &var, &w, self.cfg.rms_norm_eps)?)
     }
 
     fn resolve_heads(&self, heads: Option<&[usize]>) -> Result<(Vec<usize>, bool)> {
@@ -226,7 +226,7 @@ impl Qwen2 {
                     .iter()
                     .flat_map(|&g| g * d..(g + 1) * d)
                     .collect::<Vec<_>>(),
-                &self.device,
+                w.device(),
             )?;
             linear(
                 x,
@@ -241,7 +241,7 @@ impl Qwen2 {
             .contiguous()?; // [b,G,t,d]
         if is_key {
             let pos: Vec<usize> = (0..t).collect();
-            let (cos, sin) = self.rope_at(&pos)?;
+            let (cos, sin) = self.rope_at(&pos, y.device())?;
             y = rope_rotate_half(&y, &cos, &sin)?;
         }
         // group slot of each selected head
@@ -253,7 +253,7 @@ impl Qwen2 {
         if slots.len() == groups.len() && slots.iter().enumerate().all(|(a, &b)| a == b) {
             return Ok(y);
         }
-        Ok(y.index_select(&index_tensor(&slots, &self.device)?, 1)?)
+        Ok(y.index_select(&index_tensor(&slots, y.device())?, 1)?)
     }
 
     /// Computed post-softmax weights `[b,h,i,j]` f32.
@@ -261,12 +261,13 @@ impl Qwen2 {
         let lw = self.w.layer(layer)?;
         let d = self.cfg.head_dim();
         let h = sh.heads.len();
-        let xq = self.prep(a.xq)?;
-        let xk = self.prep(a.xk)?;
+        let dev = lw.wq_t.device();
+        let xq = self.prep_on(a.xq, dev)?;
+        let xk = self.prep_on(a.xk, dev)?;
         let q = if sh.all_heads {
             linear(&xq, &lw.wq_t, Some(&lw.bq))?
         } else {
-            let idx = index_tensor(&self.head_cols(&sh.heads), &self.device)?;
+            let idx = index_tensor(&self.head_cols(&sh.heads), dev)?;
             linear(
                 &xq,
                 &lw.wq_t.index_select(&idx, 1)?,
@@ -275,7 +276,7 @@ impl Qwen2 {
         };
         let bq = q.dim(0)?;
         let q = q.reshape((bq, sh.i, h, d))?.transpose(1, 2)?.contiguous()?; // [bq,h,i,d]
-        let (cos, sin) = self.rope_at(a.q_pos)?;
+        let (cos, sin) = self.rope_at(a.q_pos, dev)?;
         let q = rope_rotate_half(&q, &cos, &sin)?;
         let k = self.kv_heads(layer, &xk, sh, true)?; // [bk,h,j,d]
         let b = q.dim(0)?.max(k.dim(0)?);
@@ -285,7 +286,7 @@ impl Qwen2 {
         let scores =
             (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
         let sink = (a.no_sink == NoSink::MaskBeforeSoftmax).then_some(0);
-        let mask = query_mask(a.q_pos, sh.j, sink, &self.device)?; // [i,j]
+        let mask = query_mask(a.q_pos, sh.j, sink, dev)?; // [i,j]
         let mut w = softmax_last(&scores.broadcast_add(&mask)?)?;
         match a.no_sink {
             NoSink::Off => {}
@@ -299,7 +300,13 @@ impl Qwen2 {
         Ok(w)
     }
 
-    fn checked_weights(&self, w: &Tensor, sh: &AttnShape, no_sink: NoSink) -> Result<Tensor> {
+    fn checked_weights(
+        &self,
+        layer: usize,
+        w: &Tensor,
+        sh: &AttnShape,
+        no_sink: NoSink,
+    ) -> Result<Tensor> {
         let dims = w.dims();
         let h = sh.heads.len();
         if dims.len() != 4 || dims[1] != h || dims[2] != sh.i || dims[3] != sh.j {
@@ -309,7 +316,9 @@ impl Qwen2 {
                 sh.j
             );
         }
-        let w = w.to_device(&self.device)?.to_dtype(DType::F32)?;
+        let w = w
+            .to_device(self.layer_device(layer))?
+            .to_dtype(DType::F32)?;
         match no_sink {
             NoSink::Off => Ok(w),
             NoSink::ZeroAfterSoftmax => zero_sink(&w),
@@ -324,10 +333,10 @@ impl Qwen2 {
     /// [`Qwen2::attention`]; injected weights are returned after the no_sink treatment).
     pub fn attention_weights(&self, layer: usize, a: &AttnInputs) -> Result<Tensor> {
         let sh = self.attn_shape(layer, a)?;
-        match a.attn_weights {
-            Some(w) => self.checked_weights(w, &sh, a.no_sink),
-            None => self.attn_probs(layer, a, &sh),
-        }
+        self.home(match a.attn_weights {
+            Some(w) => self.checked_weights(layer, w, &sh, a.no_sink)?,
+            None => self.attn_probs(layer, a, &sh)?,
+        })
     }
 
     /// Attention of `layer` restricted to `a.heads` (None = all): Σ over those heads of
@@ -337,12 +346,13 @@ impl Qwen2 {
         let w = match a.attn_weights {
             Some(w) => {
                 broadcast_batch(&[("xq", a.xq), ("xv", a.xv), ("attn_weights", w)])?;
-                self.checked_weights(w, &sh, a.no_sink)?
+                self.checked_weights(layer, w, &sh, a.no_sink)?
             }
             None => self.attn_probs(layer, a, &sh)?,
         }
         .to_dtype(self.dtype)?; // [bw,h,i,j]
-        let xv = self.prep(a.xv)?;
+        let dev = self.layer_device(layer);
+        let xv = self.prep_on(a.xv, dev)?;
         let v = self.kv_heads(layer, &xv, &sh, false)?; // [bv,h,j,d]
         let b = w.dim(0)?.max(v.dim(0)?).max(a.xq.dim(0)?);
         let o = expand_batch(&w, b)?.matmul(&expand_batch(&v, b)?)?; // [b,h,i,d]
@@ -350,12 +360,12 @@ impl Qwen2 {
         let d = self.cfg.head_dim();
         let o = o.transpose(1, 2)?.reshape((b, sh.i, h * d))?; // [b,i,h·d]
         let lw = self.w.layer(layer)?;
-        if sh.all_heads {
-            linear(&o, &lw.wo_t, None)
+        self.home(if sh.all_heads {
+            linear(&o, &lw.wo_t, None)?
         } else {
-            let idx = index_tensor(&self.head_cols(&sh.heads), &self.device)?;
-            linear(&o, &lw.wo_t.index_select(&idx, 0)?, None)
-        }
+            let idx = index_tensor(&self.head_cols(&sh.heads), dev)?;
+            linear(&o, &lw.wo_t.index_select(&idx, 0)?, None)?
+        })
     }
 
     /// down( silu(gate(xg)) ⊙ up(xi) ); xg defaults to xi. xi, xg `[b|1,k,e]` → `[b,k,e]`.
@@ -363,7 +373,8 @@ impl Qwen2 {
         self.cfg.check_layer(layer)?;
         let (_, k) = self.check_hidden(xi, "xi")?;
         let lw = self.w.layer(layer)?;
-        let xi = self.prep(xi)?;
+        let dev = lw.w_up_t.device();
+        let xi = self.prep_on(xi, dev)?;
         let up = linear(&xi, &lw.w_up_t, None)?;
         let gate = match xg {
             None => linear(&xi, &lw.w_gate_t, None)?,
@@ -373,10 +384,14 @@ impl Qwen2 {
                     bail!("xg has {kg} positions but xi has {k}");
                 }
                 broadcast_batch(&[("xi", &xi), ("xg", xg)])?;
-                linear(&self.prep(xg)?, &lw.w_gate_t, None)?
+                linear(&self.prep_on(xg, dev)?, &lw.w_gate_t, None)?
             }
         };
-        linear(&gate.silu()?.broadcast_mul(&up)?, &lw.w_down_t, None)
+        self.home(linear(
+            &gate.silu()?.broadcast_mul(&up)?,
+            &lw.w_down_t,
+            None,
+        )?)
     }
 
     /// x `[b,k,e]` (already final-normed) → logits `[b,k,v]` (compute dtype).
@@ -431,10 +446,11 @@ impl Qwen2 {
             self.cfg.hidden_size,
         );
         let h = heads.len();
-        let mut a = self.prep(attn_out)?;
+        let dev = self.layer_device(layer);
+        let mut a = self.prep_on(attn_out, dev)?;
         let mut wo = self.w.layer(layer)?.wo_t.reshape((n, d, e))?;
         if !all {
-            let idx = index_tensor(&heads, &self.device)?;
+            let idx = index_tensor(&heads, dev)?;
             a = a.index_select(&idx, 2)?;
             wo = wo.index_select(&idx, 0)?;
         }
@@ -443,9 +459,11 @@ impl Qwen2 {
             .reshape((h, b * k, d))?
             .contiguous()?; // [h,b·k,d]
         let y = a.matmul(&wo)?; // [h,b·k,e]
-        Ok(y.reshape((h, b, k, e))?
-            .permute((1, 2, 0, 3))?
-            .contiguous()?)
+        self.home(
+            y.reshape((h, b, k, e))?
+                .permute((1, 2, 0, 3))?
+                .contiguous()?,
+        )
     }
 
     /// Sum of the selected heads' outputs: attn_out `[b,k,n,d]` → `[b,k,e]` (the o_proj of only
@@ -460,16 +478,17 @@ impl Qwen2 {
         let (b, k) = self.check_attn_out(attn_out)?;
         let (heads, all) = self.resolve_heads(heads)?;
         let d = self.cfg.head_dim();
-        let a = self.prep(attn_out)?;
+        let dev = self.layer_device(layer);
+        let a = self.prep_on(attn_out, dev)?;
         let lw = self.w.layer(layer)?;
         let wo = &lw.wo_t;
         if all {
-            return linear(&a.reshape((b, k, heads.len() * d))?, wo, None);
+            return self.home(linear(&a.reshape((b, k, heads.len() * d))?, wo, None)?);
         }
-        let idx = index_tensor(&heads, &self.device)?;
+        let idx = index_tensor(&heads, dev)?;
         let a = a.index_select(&idx, 2)?.reshape((b, k, heads.len() * d))?;
-        let cols = index_tensor(&self.head_cols(&heads), &self.device)?;
-        linear(&a, &wo.index_select(&cols, 0)?, None)
+        let cols = index_tensor(&self.head_cols(&heads), dev)?;
+        self.home(linear(&a, &wo.index_select(&cols, 0)?, None)?)
     }
 }
 

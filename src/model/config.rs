@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
@@ -352,4 +352,156 @@ pub fn parse_device(name: &str) -> Result<candle_core::Device> {
         bail!("device {name:?} needs minarc built with the `cuda` cargo feature");
     }
     candle_core::Device::new_cuda(ordinal).with_context(|| format!("cannot open device {name:?}"))
+}
+
+/// Whether a device spec is a layer map (`cuda:0,cuda:1` or `cuda:0=0-39,…`), not one device.
+pub fn is_device_map(spec: &str) -> bool {
+    spec.contains(',') || spec.contains('=')
+}
+
+/// Resolves a device or a layer device map for a model of `n_layers` decoder layers:
+/// `cpu`, `cuda:1` (one device: no map); `cuda:0,cuda:1` (the layers split in order into
+/// near-equal contiguous runs); `cuda:0=0-39,cuda:1=40-79` (explicit ranges covering every
+/// layer once). The first named device is the home device (embeddings, final norm, lm_head):
+/// pass it already opened as `home` ([`home_device`]). Returns each layer's device (empty
+/// without a map). Each name is opened once.
+pub fn parse_device_map(
+    spec: &str,
+    n_layers: usize,
+    home: &candle_core::Device,
+) -> Result<Vec<candle_core::Device>> {
+    if !is_device_map(spec) {
+        return Ok(Vec::new());
+    }
+    let parts = map_entries(spec)?;
+    let first = entry_name(parts[0]);
+    let named = |n: &str| {
+        n == "cpu"
+            || n == "cuda"
+            || n.strip_prefix("cuda:")
+                .is_some_and(|i| i.parse::<usize>().is_ok())
+    };
+    ensure!(
+        named(&first),
+        "unknown device {first:?} (cpu, cuda or cuda:N) in device map {spec:?}"
+    );
+    let mut opened: Vec<(String, candle_core::Device)> = vec![(first, home.clone())];
+    let mut open = |name: &str| -> Result<candle_core::Device> {
+        let key = name.trim().to_ascii_lowercase();
+        if let Some((_, d)) = opened.iter().find(|(n, _)| *n == key) {
+            return Ok(d.clone());
+        }
+        let d = parse_device(&key)?;
+        opened.push((key, d.clone()));
+        Ok(d)
+    };
+    let mut layers: Vec<Option<candle_core::Device>> = vec![None; n_layers];
+    let explicit = parts.iter().all(|p| p.contains('='));
+    ensure!(
+        explicit || parts.iter().all(|p| !p.contains('=')),
+        "device map {spec:?}: give every entry a layer range (cuda:0=0-39) or none"
+    );
+    for (k, part) in parts.iter().enumerate() {
+        let (name, range) = match part.split_once('=') {
+            Some((n, r)) => {
+                let (a, b) = r
+                    .split_once('-')
+                    .map_or((r, r), |(a, b)| (a.trim(), b.trim()));
+                let a: usize = a
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("device map entry {part:?}: bad layer {a:?}"))?;
+                let b: usize = b
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("device map entry {part:?}: bad layer {b:?}"))?;
+                ensure!(
+                    a <= b && b < n_layers,
+                    "device map entry {part:?}: layers {a}-{b} outside 0..{n_layers}"
+                );
+                (n, a..b + 1)
+            }
+            None => {
+                let at = |i: usize| i * n_layers / parts.len();
+                (*part, at(k)..at(k + 1))
+            }
+        };
+        let dev = open(name)?;
+        for l in range {
+            ensure!(
+                layers[l].is_none(),
+                "device map {spec:?}: layer {l} is placed twice"
+            );
+            layers[l] = Some(dev.clone());
+        }
+    }
+    let missing: Vec<usize> = (0..n_layers).filter(|&l| layers[l].is_none()).collect();
+    ensure!(
+        missing.is_empty(),
+        "device map {spec:?}: layers {missing:?} have no device"
+    );
+    Ok(layers.into_iter().map(|d| d.expect("checked")).collect())
+}
+
+fn map_entries(spec: &str) -> Result<Vec<&str>> {
+    let parts: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    ensure!(
+        !parts.is_empty() && parts.len() <= 64,
+        "device map {spec:?}: 1 to 64 entries"
+    );
+    Ok(parts)
+}
+
+fn entry_name(part: &str) -> String {
+    part.split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The home device of a device or a device map (its first device), opened.
+pub fn home_device(spec: &str) -> Result<candle_core::Device> {
+    if !is_device_map(spec) {
+        return parse_device(spec);
+    }
+    parse_device(&entry_name(map_entries(spec)?[0]))
+}
+
+#[cfg(test)]
+mod device_map_tests {
+    use super::*;
+
+    fn map(spec: &str, n: usize) -> Result<Vec<candle_core::Device>> {
+        parse_device_map(spec, n, &candle_core::Device::Cpu)
+    }
+
+    #[test]
+    fn device_maps_cover_every_layer_once() {
+        assert!(map("cpu", 4).unwrap().is_empty());
+        assert_eq!(map("cpu,cpu", 5).unwrap().len(), 5);
+        assert_eq!(map("cpu=0-2,cpu=3-4", 5).unwrap().len(), 5);
+        assert_eq!(map("cpu=0-0, cpu=1", 2).unwrap().len(), 2);
+        for (bad, says) in [
+            ("cpu=0-2,cpu=2-4", "placed twice"),
+            ("cpu=0-1,cpu=3-4", "have no device"),
+            ("cpu=0-9", "outside"),
+            ("cpu=0-2,cpu", "every entry"),
+            ("cpu=x-2", "bad layer"),
+            ("gpu,cpu", "unknown device"),
+        ] {
+            let e = format!("{:#}", map(bad, 5).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // the even split: 5 layers over 2 devices = 0-1 / 2-4
+        assert!(is_device_map("cuda:0,cuda:1") && !is_device_map("cuda:1"));
+        assert!(matches!(
+            home_device("cpu,cpu"),
+            Ok(candle_core::Device::Cpu)
+        ));
+    }
 }

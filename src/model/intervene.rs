@@ -306,7 +306,7 @@ impl Qwen2 {
         let mut x = x0
             .broadcast_as((b, s, self.cfg.hidden_size))?
             .contiguous()?;
-        let mask = causal_mask(s, &self.device)?;
+        let mut mask = causal_mask(s, &self.device)?;
         let mut hidden: Vec<Vec<(usize, Tensor)>> = vec![Vec::new(); b];
         let keep = |l: usize, x: &Tensor, hidden: &mut Vec<Vec<(usize, Tensor)>>| -> Result<()> {
             if hidden_layers.contains(&l) {
@@ -320,10 +320,12 @@ impl Qwen2 {
         for (l, edits) in layers.iter().enumerate().take(nl).skip(l0) {
             crate::cancel::check()?;
             let lw = self.w.layer(l)?;
+            (x, mask) = self.to_layer(l, x, mask)?;
             x = self.apply_edits(&x, None, &edits.resid)?;
             keep(l, &x, &mut hidden)?;
             x = self.layer_forward_edited(l, &lw, &x, &mask, edits)?;
         }
+        x = self.home(x)?;
         x = self.apply_edits(&x, None, &layers[nl].resid)?;
         let var = rms_variance(&x)?;
         let hn = rms_apply(&x, &var, &self.w.final_norm, self.cfg.rms_norm_eps)?;
@@ -479,7 +481,8 @@ impl Qwen2 {
                     self.attention(l, &a)?
                 }
                 (None, None) => bail!("head edits need the attention output"),
-            };
+            }
+            .to_device(out.device())?;
             let edits: Vec<(usize, &Intervention)> = le
                 .head
                 .iter()

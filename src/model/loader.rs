@@ -14,7 +14,7 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// How a checkpoint is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Scan every weight for NaN/inf on load (an error names the file, the tensor and the first
     /// bad element). On by default; `MINARC_SKIP_WEIGHT_CHECK=1` turns the default off.
@@ -24,6 +24,10 @@ pub struct LoadOptions {
     /// (at least the one in use); None dequantises everything on load. None by default on the
     /// CPU; [`LoadOptions::for_device`] packs on CUDA.
     pub gptq_packed: Option<usize>,
+    /// A layer device map (`cuda:0,cuda:1` or `cuda:0=0-39,cuda:1=40-79`, see
+    /// [`super::config::parse_device_map`]): decoder layers on several devices, the home device
+    /// being the load's `device`. None: every layer on the load's device.
+    pub device_map: Option<String>,
 }
 
 /// Default budget of dequantised GPTQ layers when packed: 4 GiB (`MINARC_GPTQ_CACHE_BYTES`).
@@ -39,6 +43,7 @@ impl Default for LoadOptions {
         Self {
             check_finite: !crate::limits::env_flag("MINARC_SKIP_WEIGHT_CHECK"),
             gptq_packed: None,
+            device_map: None,
         }
     }
 }

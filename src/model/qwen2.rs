@@ -22,7 +22,10 @@ pub struct Qwen2 {
     /// `max_position_embeddings`.
     inv_freq: Vec<f32>,
     pub(crate) dtype: DType,
+    /// The home device: embeddings, final norm, lm_head, and where component results return.
     pub(crate) device: Device,
+    /// Device of each decoder layer (the home device unless a device map was given).
+    layer_devices: Vec<Device>,
     path: Option<PathBuf>,
 }
 
@@ -33,6 +36,15 @@ struct LayerOut {
     mlp_output: Tensor,
     input_var: Tensor,
     post_var: Tensor,
+}
+
+/// Each layer's device from the load options' device map (empty without one); the map's first
+/// device is the load's device (the home device).
+fn layer_devices(opts: &LoadOptions, n_layers: usize, device: &Device) -> Result<Vec<Device>> {
+    let Some(spec) = &opts.device_map else {
+        return Ok(Vec::new());
+    };
+    super::config::parse_device_map(spec, n_layers, device)
 }
 
 /// The compute dtypes the model runs in.
@@ -85,7 +97,8 @@ impl Qwen2 {
             ),
         )?;
         let files = WeightFiles::open(dir)?.with_options(opts).with_gptq(gptq);
-        let w = Weights::load_with(&files, &cfg, dtype, device, packed)
+        let layer_devs = layer_devices(opts, cfg.num_hidden_layers, device)?;
+        let w = Weights::load_with(&files, &cfg, dtype, device, packed, &layer_devs)
             .with_context(|| format!("loading model weights from {}", dir.display()))?;
         let mut m = Self::from_weights(cfg, w, dtype, device)?;
         m.path = Some(dir.to_path_buf());
@@ -103,7 +116,8 @@ impl Qwen2 {
         check_compute_dtype(dtype)?;
         super::ops::tune_allocator();
         let files = WeightFiles::from_tensors(g.path.clone(), g.tensors).with_options(opts);
-        let w = Weights::load(&files, &g.config, dtype, device)
+        let layer_devs = layer_devices(opts, g.config.num_hidden_layers, device)?;
+        let w = Weights::load_with(&files, &g.config, dtype, device, None, &layer_devs)
             .with_context(|| format!("loading model weights from {}", g.path.display()))?;
         drop(files);
         let mut m = Self::from_weights(g.config, w, dtype, device)?;
@@ -120,12 +134,16 @@ impl Qwen2 {
     ) -> Result<Self> {
         cfg.validate()?;
         let inv_freq = rope_inv_freq(&cfg);
+        let layer_devices = (0..w.num_layers())
+            .map(|l| w.layer_device(l))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg,
             w,
             inv_freq,
             dtype,
             device: device.clone(),
+            layer_devices,
             path: None,
         })
     }
@@ -170,7 +188,27 @@ impl Qwen2 {
 
     /// Moves/converts a tensor to the compute device and dtype (no-op when already there).
     pub(crate) fn prep(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.to_device(&self.device)?.to_dtype(self.dtype)?)
+        self.prep_on(x, &self.device)
+    }
+
+    /// x on `dev` in the compute dtype.
+    pub(crate) fn prep_on(&self, x: &Tensor, dev: &Device) -> Result<Tensor> {
+        Ok(x.to_device(dev)?.to_dtype(self.dtype)?)
+    }
+
+    /// A component's result back on the home device.
+    pub(crate) fn home(&self, x: Tensor) -> Result<Tensor> {
+        Ok(x.to_device(&self.device)?)
+    }
+
+    /// Device of decoder layer `l` (the home device for an index out of range).
+    pub fn layer_device(&self, l: usize) -> &Device {
+        self.layer_devices.get(l).unwrap_or(&self.device)
+    }
+
+    /// Each decoder layer's device.
+    pub fn layer_devices(&self) -> &[Device] {
+        &self.layer_devices
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
@@ -204,13 +242,15 @@ impl Qwen2 {
     pub fn forward(&self, ids: &[u32]) -> Result<Tensor> {
         let s = ids.len();
         let mut x = self.embed(ids)?;
-        let mask = causal_mask(s, &self.device)?;
+        let mut mask = causal_mask(s, &self.device)?;
         for l in 0..self.w.num_layers() {
             crate::cancel::check()?;
             let lw = self.w.layer(l)?;
+            (x, mask) = self.to_layer(l, x, mask)?;
             let (h, _) = self.layer_forward(&lw, &x, &mask)?;
             x = h;
         }
+        let x = self.home(x)?;
         let var = rms_variance(&x)?;
         rms_apply(&x, &var, &self.w.final_norm, self.cfg.rms_norm_eps)
     }
@@ -245,10 +285,17 @@ impl Qwen2 {
             logits: None,
         };
         let mut x = self.embed(ids)?;
-        let mask = causal_mask(s, &self.device)?;
+        let mut mask = causal_mask(s, &self.device)?;
         for l in 0..self.w.num_layers() {
             crate::cancel::check()?;
             let lw = self.w.layer(l)?;
+            (x, mask) = self.to_layer(l, x, mask)?;
+            let rows = match rows {
+                Some(r) if r.device().same_device(x.device()) => Some(r.clone()),
+                Some(r) => Some(r.to_device(x.device())?),
+                None => None,
+            };
+            let rows = rows.as_ref();
             let (h, lo) = self.layer_forward(&lw, &x, &mask)?;
             if spec.has_layer(l) {
                 out.hidden_states[l] = Some(store(&x, rows, dt)?);
@@ -263,6 +310,7 @@ impl Qwen2 {
             }
             x = h;
         }
+        let x = self.home(x)?;
         let var = rms_variance(&x)?;
         let hn = rms_apply(&x, &var, &self.w.final_norm, self.cfg.rms_norm_eps)?;
         if spec.has_layer(n_layers) {
@@ -316,7 +364,7 @@ impl Qwen2 {
             Some((l, le)) if le.has_pattern() => {
                 let (o, w) = self.attn_output_patterned(l, &xn, le)?;
                 let o = self.apply_head_edits(l, &o, None, Some((&xn, &w)), le)?;
-                (None, o)
+                (None, o.to_device(x.device())?)
             }
             _ => {
                 let attn_out = self.attn_fast(lw, &xn, mask)?; // [b,s,n,d]
@@ -362,7 +410,7 @@ impl Qwen2 {
         let d = self.cfg.head_dim();
         let g = n / kvh;
         let all: Vec<usize> = (0..s).collect();
-        let (cos, sin) = self.rope_at(&all)?;
+        let (cos, sin) = self.rope_at(&all, xn.device())?;
         let heads = |t: Tensor, h: usize| -> Result<Tensor> {
             let t = t.reshape((b, s, h, d))?.transpose(1, 2)?.contiguous()?;
             Ok(candle_nn::rotary_emb::rope(&t, &cos, &sin)?)
@@ -399,9 +447,18 @@ impl Qwen2 {
     }
 
     /// RoPE cos/sin rows `[i, d/2]` for absolute positions.
-    pub(crate) fn rope_at(&self, pos: &[usize]) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn rope_at(&self, pos: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> {
         super::ops::check_positions(pos, self.cfg.max_position_embeddings, "RoPE")?;
-        rope_tables(&self.inv_freq, pos, self.dtype, &self.device)
+        rope_tables(&self.inv_freq, pos, self.dtype, dev)
+    }
+
+    /// The residual stream and the mask moved to layer `l`'s device (no copy when already there).
+    pub(crate) fn to_layer(&self, l: usize, x: Tensor, mask: Tensor) -> Result<(Tensor, Tensor)> {
+        let dev = self.layer_device(l);
+        if x.device().same_device(dev) {
+            return Ok((x, mask));
+        }
+        Ok((x.to_device(dev)?, mask.to_device(dev)?))
     }
 }
 

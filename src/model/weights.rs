@@ -216,6 +216,15 @@ impl Weights {
         Ok(w)
     }
 
+    /// Device of decoder layer `l`'s weights.
+    pub fn layer_device(&self, l: usize) -> Result<Device> {
+        match self.layers.get(l) {
+            Some(Layer::Dense(w)) => Ok(w.wq_t.device().clone()),
+            Some(Layer::Packed(p)) => Ok(p.device.clone()),
+            None => Err(anyhow!("layer {l} out of range")),
+        }
+    }
+
     /// Whether the decoder layers are kept GPTQ-packed (dequantised on use).
     pub fn is_packed(&self) -> bool {
         self.layers.iter().any(|l| matches!(l, Layer::Packed(_)))
@@ -248,19 +257,29 @@ impl Weights {
         dtype: DType,
         dev: &Device,
     ) -> Result<Self> {
-        Self::load_with(files, cfg, dtype, dev, None)
+        Self::load_with(files, cfg, dtype, dev, None, &[])
     }
 
     /// [`Weights::load`]; with `packed = Some(budget)` a GPTQ checkpoint's decoder layers stay
     /// packed and are dequantised one layer at a time when used, keeping up to `budget` bytes of
-    /// dequantised layers (at least the one in use).
+    /// dequantised layers (at least the one in use). `layer_devs` (empty: every layer on
+    /// `dev`) puts decoder layer l on `layer_devs[l]`; embeddings, final norm and lm_head stay on
+    /// `dev`.
     pub fn load_with(
         files: &WeightFiles,
         cfg: &ModelConfig,
         dtype: DType,
-        dev: &Device,
+        home: &Device,
         packed: Option<usize>,
+        layer_devs: &[Device],
     ) -> Result<Self> {
+        anyhow::ensure!(
+            layer_devs.is_empty() || layer_devs.len() == cfg.num_hidden_layers,
+            "a device map of {} layers for a model of {}",
+            layer_devs.len(),
+            cfg.num_hidden_layers
+        );
+        let dev = home;
         let e = cfg.hidden_size;
         let m = cfg.intermediate_size;
         let nd = cfg.num_attention_heads * cfg.head_dim();
@@ -269,6 +288,7 @@ impl Weights {
         let embed = files.tensor("model.embed_tokens.weight", &[v, e], dtype, dev)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
+            let dev = layer_devs.get(l).unwrap_or(home);
             let p = format!("model.layers.{l}");
             let vec = |name: &str, n: usize| files.tensor(&format!("{p}.{name}"), &[n], dtype, dev);
             let lin = |name: &str, o: usize, i: usize| {

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::server::{ServeOptions, serve_blocking};
 use crate::backend::Local;
-use crate::model::{LoadOptions, parse_device, parse_dtype};
+use crate::model::{LoadOptions, parse_dtype};
 
 /// Arguments of `minarc serve`.
 #[derive(Args, Debug, Clone)]
@@ -41,7 +41,8 @@ pub struct ServeArgs {
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// Compute device: cpu, cuda or cuda:N.
+    /// Compute device: cpu, cuda or cuda:N, or a layer map over several GPUs (cuda:0,cuda:1 or
+    /// cuda:0=0-39,cuda:1=40-79; the first device holds the embeddings and lm_head).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Largest accepted request body in MiB.
@@ -62,8 +63,11 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The server options these flags describe.
     pub fn options(&self) -> Result<ServeOptions> {
-        let device = parse_device(&self.device)?;
+        let device = crate::model::config::home_device(&self.device)?;
         let mut load = LoadOptions::for_device(&device);
+        if crate::model::config::is_device_map(&self.device) {
+            load.device_map = Some(self.device.clone());
+        }
         load.check_finite = !self.skip_weight_check && load.check_finite;
         let budget = match &self.gptq_cache_bytes {
             Some(v) => parse_cache_bytes(v)?

@@ -96,8 +96,11 @@ fn default_device() -> String {
 fn load_options(opts: &Map) -> Result<(DType, Device, String, LoadOptions)> {
     let o: LoadModelOptions = options(opts)?;
     let dt = crate::model::config::parse_dtype(&o.dtype)?;
-    let dev = crate::model::config::parse_device(&o.device)?;
+    let dev = crate::model::config::home_device(&o.device)?;
     let mut load = LoadOptions::for_device(&dev);
+    if crate::model::config::is_device_map(&o.device) {
+        load.device_map = Some(o.device.clone());
+    }
     if let Some(c) = o.check_weights {
         load.check_finite = c;
     }
@@ -283,7 +286,7 @@ fn register_loading(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "load_model",
         "load_model(path: String, opts: Map) -> Model",
-        "Load with options: dtype (\"f32\", \"f16\", \"bf16\"; default f32), device (\"cpu\", \"cuda\", \"cuda:N\"), check_weights (scan every weight for NaN/inf, default true; env MINARC_SKIP_WEIGHT_CHECK=1 changes the default), gptq (\"packed\": a GPTQ model's layers stay packed and are dequantised one at a time when used, the default on CUDA; \"dense\": dequantised on load, the default on the CPU) and gptq_cache_bytes (dequantised layers a packed model keeps, default 4 GiB); memoised per path, dtype, device and packing. path \"default\" is the default model.",
+        "Load with options: dtype (\"f32\", \"f16\", \"bf16\"; default f32), device (\"cpu\", \"cuda\", \"cuda:N\", or a layer map: \"cuda:0,cuda:1\" splits the layers in order, \"cuda:0=0-39,cuda:1=40-79\" places them explicitly; the first device holds embeddings and lm_head), check_weights (scan every weight for NaN/inf, default true; env MINARC_SKIP_WEIGHT_CHECK=1 changes the default), gptq (\"packed\": a GPTQ model's layers stay packed and are dequantised one at a time when used, the default on CUDA; \"dense\": dequantised on load, the default on the CPU) and gptq_cache_bytes (dequantised layers a packed model keeps, default 4 GiB); memoised per path, dtype, device and packing. path \"default\" is the default model.",
         move |path: &str, opts: Map| guard("load_model", || load_with(&st, path, &opts)),
     );
     let st = state.clone();
