@@ -146,6 +146,25 @@ impl PackedLinear {
             + self.g_idx.len() * 4
     }
 
+    /// The packed tensors on `dev` (int words as u32, scales as stored, g_idx as u32), for
+    /// [`PackedLinear::dequantize_tensors`] to expand there (an int4 layer stays on the GPU).
+    pub fn to_device(&self, dev: &Device) -> Result<PackedTensors> {
+        let words = |v: &[i32], rows: usize, cols: usize| -> Result<Tensor> {
+            let u: Vec<u32> = v.iter().map(|&x| x as u32).collect();
+            Ok(Tensor::from_vec(u, (rows, cols), dev)?)
+        };
+        let pack = (32 / self.bits) as usize;
+        let groups = self.scales.dim(0)?;
+        Ok(PackedTensors {
+            qweight: words(&self.qweight, self.in_dim / pack, self.out_dim)?,
+            qzeros: words(&self.qzeros, groups, self.out_dim / pack)?,
+            scales: self.scales.to_device(dev)?,
+            g_idx: Tensor::from_vec(self.g_idx.clone(), self.in_dim, dev)?,
+            bits: self.bits,
+            v1: self.v1,
+        })
+    }
+
     /// The dequantised weight in our layout `[in, out]`, f32 on the host:
     /// W\[i,o\] = scales\[g_idx\[i\],o\] · (q\[i,o\] − zero\[g_idx\[i\],o\]).
     pub fn dequantize(&self) -> Result<Tensor> {
@@ -174,6 +193,69 @@ impl PackedLinear {
             }
         }
         Ok(Tensor::from_vec(w, (in_dim, out_dim), &Device::Cpu)?)
+    }
+}
+
+/// A GPTQ linear's packed tensors on a device: `qweight` u32 `[in/pack, out]`, `qzeros` u32
+/// `[groups, out/pack]`, `scales` `[groups, out]` (as stored), `g_idx` u32 `[in]`.
+#[derive(Debug, Clone)]
+pub struct PackedTensors {
+    qweight: Tensor,
+    qzeros: Tensor,
+    scales: Tensor,
+    g_idx: Tensor,
+    bits: u32,
+    v1: bool,
+}
+
+/// The `bits`-bit fields of u32 words, exactly (through f64: every u32 is an exact f64):
+/// field k of w = ⌊w / 2^(bits·k)⌋ − 2^bits · ⌊w / 2^(bits·(k+1))⌋. words `[r, c]` → `[r, c, pack]`
+/// f32.
+fn unpack_fields(words: &Tensor, bits: u32) -> Result<Tensor> {
+    let pack = (32 / bits) as usize;
+    let w = words.to_dtype(DType::F64)?;
+    let step = 2f64.powi(bits as i32);
+    let mut fields = Vec::with_capacity(pack);
+    let mut below = w.floor()?; // ⌊w / 2^0⌋
+    for k in 0..pack {
+        let above = (&w / step.powi(k as i32 + 1))?.floor()?;
+        fields.push((&below - (&above * step)?)?);
+        below = above;
+    }
+    Ok(Tensor::stack(&fields, 2)?.to_dtype(DType::F32)?)
+}
+
+impl PackedTensors {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        [&self.qweight, &self.qzeros, &self.scales, &self.g_idx]
+            .iter()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// The dequantised weight `[in, out]` f32 on the tensors' device, with tensor operations
+    /// (the same numbers as [`PackedLinear::dequantize`], bit for bit).
+    pub fn dequantize_tensors(&self) -> Result<Tensor> {
+        let (rows, out) = self.qweight.dims2()?;
+        let pack = (32 / self.bits) as usize;
+        // row i of W is field i % pack of word row i / pack
+        let q = unpack_fields(&self.qweight, self.bits)? // [rows, out, pack]
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((rows * pack, out))?;
+        let (groups, zc) = self.qzeros.dims2()?;
+        // column o of the zeros is field o % pack of word column o / pack
+        let mut z = unpack_fields(&self.qzeros, self.bits)?.reshape((groups, zc * pack))?;
+        if self.v1 {
+            z = (z + 1.0)?;
+        }
+        let zg = z.index_select(&self.g_idx, 0)?; // [in, out]
+        let sg = self
+            .scales
+            .to_dtype(DType::F32)?
+            .index_select(&self.g_idx, 0)?;
+        Ok(sg.mul(&(q - zg)?)?)
     }
 }
 

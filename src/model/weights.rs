@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
-use super::gptq::PackedLinear;
+use super::gptq::PackedTensors;
 use super::loader::WeightFiles;
 
 /// One decoder layer's weights.
@@ -64,7 +64,7 @@ enum Layer {
     Packed(Box<PackedLayer>),
 }
 
-/// A GPTQ layer kept packed: its seven linears as stored, norms and biases dense.
+/// A GPTQ layer kept packed on its device: its seven linears as stored, norms and biases dense.
 #[derive(Debug, Clone)]
 struct PackedLayer {
     input_norm: Tensor,
@@ -73,18 +73,16 @@ struct PackedLayer {
     bk: Tensor,
     bv: Tensor,
     /// q, k, v, o, gate, up, down.
-    linears: [PackedLinear; 7],
+    linears: [PackedTensors; 7],
     dtype: DType,
     device: Device,
 }
 
 impl PackedLayer {
     fn dequantize(&self) -> Result<LayerWeights> {
+        // expanded on the layer's device (a GPU keeps the int words and expands them there)
         let lin = |k: usize| -> Result<Tensor> {
-            Ok(self.linears[k]
-                .dequantize()?
-                .to_dtype(self.dtype)?
-                .to_device(&self.device)?)
+            Ok(self.linears[k].dequantize_tensors()?.to_dtype(self.dtype)?)
         };
         Ok(LayerWeights {
             input_norm: self.input_norm.clone(),
@@ -236,7 +234,7 @@ impl Weights {
             .layers
             .iter()
             .map(|l| match l {
-                Layer::Packed(p) => p.linears.iter().map(PackedLinear::bytes).sum(),
+                Layer::Packed(p) => p.linears.iter().map(PackedTensors::bytes).sum(),
                 Layer::Dense(_) => 0,
             })
             .sum();
@@ -306,7 +304,7 @@ impl Weights {
                 && files.contains(&format!("{p}.self_attn.q_proj.qweight"))
             {
                 let pk = |name: &str, o: usize, i: usize| {
-                    super::gptq::read_packed(files, q, &format!("{p}.{name}"), i, o)
+                    super::gptq::read_packed(files, q, &format!("{p}.{name}"), i, o)?.to_device(dev)
                 };
                 layers.push(Layer::Packed(Box::new(PackedLayer {
                     input_norm: vec("input_layernorm.weight", e)?,
