@@ -67,6 +67,8 @@ fn opts(bits: u32, group_size: i64, sym: bool, desc_act: bool, format: &str) -> 
         sym,
         desc_act,
         checkpoint_format: format.into(),
+        pad_intermediate: 0,
+        shards: 1,
     }
 }
 
@@ -85,10 +87,26 @@ fn gptq_fixtures_match_their_dense_twins() {
         ("sym4_g32_desc_v1", opts(4, 32, true, true, "gptq")),
         ("asym4_g16_v2", opts(4, 16, false, false, "gptq_v2")),
         ("sym8_all_v1", opts(8, -1, true, false, "gptq")),
+        (
+            "sym4_g32_padded_sharded",
+            GptqWriteOptions {
+                pad_intermediate: 160,
+                shards: 3,
+                ..opts(4, 32, true, false, "gptq")
+            },
+        ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let (q, twin) = (tmp.path().join("gptq"), tmp.path().join("twin"));
         write_gptq(src.path(), &q, &twin, &o).unwrap();
+        if o.shards > 1 {
+            assert!(q.join("model.safetensors.index.json").is_file());
+            assert!(!q.join("model.safetensors").exists());
+            let cfg: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(q.join("config.json")).unwrap())
+                    .unwrap();
+            assert_eq!(cfg["intermediate_size"], 160, "the padded size");
+        }
         assert!(
             !q.join("model.safetensors").exists() || {
                 let f = WeightFiles::open(&q).unwrap();
@@ -110,8 +128,14 @@ fn gptq_fixtures_match_their_dense_twins() {
                 .unwrap();
         let tw =
             candle_core::safetensors::load(twin.join("model.safetensors"), &Device::Cpu).unwrap();
-        let packed =
-            candle_core::safetensors::load(q.join("model.safetensors"), &Device::Cpu).unwrap();
+        // every tensor of the checkpoint, one file or shards
+        let mut packed = std::collections::HashMap::new();
+        for e in std::fs::read_dir(&q).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "safetensors") {
+                packed.extend(candle_core::safetensors::load(&p, &Device::Cpu).unwrap());
+            }
+        }
         let mut checked = 0;
         for (n, w) in &orig {
             let Some(prefix) = n.strip_suffix(".weight").filter(|p| p.contains("_proj")) else {
@@ -324,7 +348,7 @@ fn scripts_load_packed_gptq_and_attribute_the_same() {
 
 /// The device-side expansion of packed layers (tensor operations) equals the reader's own
 /// dequantisation for every fixture format: 4 and 8 bits, groups of 16/32/all, desc_act,
-/// asymmetric v2 with zero-0 groups.
+/// asymmetric v2 with zero-0 groups, a padded MLP in shards.
 #[test]
 fn packed_expansion_matches_every_format() {
     use minarc::model::LoadOptions;
@@ -335,6 +359,14 @@ fn packed_expansion_matches_every_format() {
         ("sym4_g32_desc_v1", opts(4, 32, true, true, "gptq")),
         ("asym4_g16_v2", opts(4, 16, false, false, "gptq_v2")),
         ("sym8_all_v1", opts(8, -1, true, false, "gptq")),
+        (
+            "sym4_g32_padded_sharded",
+            GptqWriteOptions {
+                pad_intermediate: 160,
+                shards: 3,
+                ..opts(4, 32, true, false, "gptq")
+            },
+        ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let (q, twin) = (tmp.path().join("gptq"), tmp.path().join("twin"));

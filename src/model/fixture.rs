@@ -281,8 +281,18 @@ pub fn write_model(dir: &Path, cfg: &ModelConfig, seed: u64, shards: usize) -> R
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tensors = random_weights(cfg, seed)?;
     write_configs(dir, cfg)?;
+    write_weights(dir, &tensors, shards)
+}
+
+/// Writes named tensors as one `model.safetensors` (`shards` = 1) or as `shards` files
+/// `model-0000i-of-0000N.safetensors` in contiguous chunks of about equal bytes, with
+/// `model.safetensors.index.json`.
+pub(crate) fn write_weights(dir: &Path, tensors: &[(String, Tensor)], shards: usize) -> Result<()> {
+    if shards == 0 {
+        bail!("--shards must be at least 1");
+    }
     if shards == 1 {
-        return write_safetensors(&dir.join(SINGLE_FILE), &tensors);
+        return write_safetensors(&dir.join(SINGLE_FILE), tensors);
     }
     if shards > tensors.len() {
         bail!("--shards {shards} exceeds the {} tensors", tensors.len());

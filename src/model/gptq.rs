@@ -353,6 +353,11 @@ pub struct GptqWriteOptions {
     pub desc_act: bool,
     /// `gptq` (v1) or `gptq_v2`.
     pub checkpoint_format: String,
+    /// Pad the MLP's intermediate size with zero rows/columns to this size (0: no padding), as
+    /// Qwen's 72B GPTQ checkpoint pads 29,568 to 29,696; the config says the padded size.
+    pub pad_intermediate: usize,
+    /// Write the checkpoint in this many safetensors shards with an index (≤ 1: one file).
+    pub shards: usize,
 }
 
 /// Round-to-nearest GPTQ of one weight in our layout `[in, out]`: the packed tensors and the
@@ -463,6 +468,14 @@ pub fn write_gptq(src: &Path, out: &Path, twin: &Path, o: &GptqWriteOptions) -> 
     let cfg_text = crate::limits::read_text_file(&src.join("config.json"))?;
     let mut cfg: serde_json::Value = serde_json::from_str(&cfg_text)?;
     let raw = candle_core::safetensors::load(src.join(super::loader::SINGLE_FILE), &Device::Cpu)?;
+    let inter = cfg["intermediate_size"]
+        .as_u64()
+        .context("config.json has no intermediate_size")? as usize;
+    let pad = o.pad_intermediate;
+    ensure!(
+        pad == 0 || pad >= inter,
+        "pad_intermediate {pad} is below intermediate_size {inter}"
+    );
     let mut packed: HashMap<String, Tensor> = HashMap::new();
     let mut dense: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in &raw {
@@ -474,6 +487,24 @@ pub fn write_gptq(src: &Path, out: &Path, twin: &Path, o: &GptqWriteOptions) -> 
             dense.insert(name.clone(), t.clone());
             continue;
         }
+        // zero padding of the MLP: gate/up get zero output rows, down zero input columns
+        let (gate_up, down) = (
+            name.contains("mlp.gate_proj") || name.contains("mlp.up_proj"),
+            name.contains("mlp.down_proj"),
+        );
+        let padded = if pad > inter && (gate_up || down) {
+            let (r, c) = t.dims2()?;
+            let dim = usize::from(down);
+            let extra = if down {
+                (r, pad - inter)
+            } else {
+                (pad - inter, c)
+            };
+            Tensor::cat(&[t, &Tensor::zeros(extra, t.dtype(), &Device::Cpu)?], dim)?
+        } else {
+            t.clone()
+        };
+        let t = &padded;
         let (out_dim, in_dim) = t.dims2()?;
         let w = t
             .to_dtype(DType::F32)?
@@ -501,17 +532,25 @@ pub fn write_gptq(src: &Path, out: &Path, twin: &Path, o: &GptqWriteOptions) -> 
             format!("{prefix}.g_idx"),
             Tensor::from_vec(q.g_idx, in_dim, &Device::Cpu)?,
         );
-        // HF layout [out, in]
-        dense.insert(
-            name.clone(),
-            Tensor::from_vec(q.dense, (in_dim, out_dim), &Device::Cpu)?
-                .t()?
-                .contiguous()?,
-        );
+        // HF layout [out, in], the padding cut off again: the twin is the unpadded model
+        let mut d = Tensor::from_vec(q.dense, (in_dim, out_dim), &Device::Cpu)?
+            .t()?
+            .contiguous()?;
+        if pad > inter && gate_up {
+            d = d.narrow(0, 0, inter)?.contiguous()?;
+        } else if pad > inter && down {
+            d = d.narrow(1, 0, inter)?.contiguous()?;
+        }
+        dense.insert(name.clone(), d);
     }
-    for (dir, tensors) in [(out, &packed), (twin, &dense)] {
+    for (dir, tensors, shards) in [(out, &packed, o.shards.max(1)), (twin, &dense, 1)] {
         std::fs::create_dir_all(dir)?;
-        candle_core::safetensors::save(tensors, dir.join(super::loader::SINGLE_FILE))?;
+        let mut named: Vec<(String, Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        super::fixture::write_weights(dir, &named, shards)?;
         for f in ["tokenizer.json", "tokenizer_config.json"] {
             if src.join(f).exists() {
                 std::fs::copy(src.join(f), dir.join(f))?;
@@ -519,6 +558,9 @@ pub fn write_gptq(src: &Path, out: &Path, twin: &Path, o: &GptqWriteOptions) -> 
         }
     }
     std::fs::write(twin.join("config.json"), cfg.to_string())?;
+    if pad > inter {
+        cfg["intermediate_size"] = serde_json::json!(pad);
+    }
     cfg["quantization_config"] = serde_json::json!({
         "quant_method": "gptq", "bits": o.bits, "group_size": o.group_size, "desc_act": o.desc_act,
         "sym": o.sym, "checkpoint_format": o.checkpoint_format});
