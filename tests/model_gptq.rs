@@ -72,17 +72,10 @@ fn opts(bits: u32, group_size: i64, sym: bool, desc_act: bool, format: &str) -> 
     }
 }
 
-fn load(dir: &Path) -> Local {
-    Local::load(dir, DType::F32, &Device::Cpu).unwrap()
-}
-
-#[test]
-fn gptq_fixtures_match_their_dense_twins() {
-    let src = source();
-    let dense = load(src.path());
-    let ids: Vec<u32> = (0..17u32).map(|i| 3 + (i * 41) % 250).collect();
-    let reference = dense.model().forward(&ids).unwrap();
-    for (name, o) in [
+/// Every fixture format: 4 and 8 bits, groups of 16/32/all, desc_act, asymmetric v2 with
+/// zero-0 groups, a zero-padded MLP written in shards.
+fn formats() -> Vec<(&'static str, GptqWriteOptions)> {
+    vec![
         ("sym4_g32_v1", opts(4, 32, true, false, "gptq")),
         ("sym4_g32_desc_v1", opts(4, 32, true, true, "gptq")),
         ("asym4_g16_v2", opts(4, 16, false, false, "gptq_v2")),
@@ -95,7 +88,20 @@ fn gptq_fixtures_match_their_dense_twins() {
                 ..opts(4, 32, true, false, "gptq")
             },
         ),
-    ] {
+    ]
+}
+
+fn load(dir: &Path) -> Local {
+    Local::load(dir, DType::F32, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn gptq_fixtures_match_their_dense_twins() {
+    let src = source();
+    let dense = load(src.path());
+    let ids: Vec<u32> = (0..17u32).map(|i| 3 + (i * 41) % 250).collect();
+    let reference = dense.model().forward(&ids).unwrap();
+    for (name, o) in formats() {
         let tmp = tempfile::tempdir().unwrap();
         let (q, twin) = (tmp.path().join("gptq"), tmp.path().join("twin"));
         write_gptq(src.path(), &q, &twin, &o).unwrap();
@@ -354,20 +360,7 @@ fn packed_expansion_matches_every_format() {
     use minarc::model::LoadOptions;
     let src = source();
     let ids: Vec<u32> = (0..13u32).map(|i| 5 + (i * 37) % 240).collect();
-    for (name, o) in [
-        ("sym4_g32_v1", opts(4, 32, true, false, "gptq")),
-        ("sym4_g32_desc_v1", opts(4, 32, true, true, "gptq")),
-        ("asym4_g16_v2", opts(4, 16, false, false, "gptq_v2")),
-        ("sym8_all_v1", opts(8, -1, true, false, "gptq")),
-        (
-            "sym4_g32_padded_sharded",
-            GptqWriteOptions {
-                pad_intermediate: 160,
-                shards: 3,
-                ..opts(4, 32, true, false, "gptq")
-            },
-        ),
-    ] {
+    for (name, o) in formats() {
         let tmp = tempfile::tempdir().unwrap();
         let (q, twin) = (tmp.path().join("gptq"), tmp.path().join("twin"));
         write_gptq(src.path(), &q, &twin, &o).unwrap();

@@ -139,28 +139,50 @@ pub fn write_sample(path: &Path, model: &str, dataset: &str, s: &CachedSample) -
     Ok(())
 }
 
-/// Reads a sample written by [`write_sample`] for the model `cfg` with fingerprint `model`;
-/// returns the dataset name it was saved under and the sample.
-pub fn read_sample(path: &Path, cfg: &ModelConfig, model: &str) -> Result<(String, CachedSample)> {
-    let ctx = || format!("reading saved activations {}", path.display());
+/// A safetensors file written with a JSON description under `key` in its metadata, mapped
+/// read-only (refused over `max_bytes` or beyond the memory available now), and that description.
+/// `what` names the kind of file in errors ("activation file").
+pub fn open_described(
+    path: &Path,
+    key: &str,
+    what: &str,
+    max_bytes: u64,
+) -> Result<(memmap2::Mmap, String)> {
+    let ctx = || format!("reading {what} {}", path.display());
     let file = std::fs::File::open(path).with_context(ctx)?;
     let len = file.metadata().with_context(ctx)?.len();
-    crate::limits::check_alloc(len as u128, "the saved sample").with_context(ctx)?;
-    // SAFETY: read only; the store does not modify its files while reading them.
+    ensure!(
+        len <= max_bytes,
+        "{}: {} is over the limit of {} for a {what}",
+        path.display(),
+        crate::limits::fmt_bytes(len as u128),
+        crate::limits::fmt_bytes(max_bytes as u128)
+    );
+    crate::limits::check_alloc(len as u128, what).with_context(ctx)?;
+    // SAFETY: mapped read-only; minarc does not modify these files while it reads them.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(ctx)?;
-    let st = safetensors::SafeTensors::deserialize(&mmap)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(ctx)?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
         .map_err(|e| anyhow!("{e}"))
         .with_context(ctx)?;
     let text = header
         .metadata()
         .as_ref()
-        .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| anyhow!("no {META_KEY} description: not a minarc activation file"))
+        .and_then(|m| m.get(key))
+        .ok_or_else(|| anyhow!("no {key} description: not a minarc {what}"))
+        .with_context(ctx)?
+        .clone();
+    Ok((mmap, text))
+}
+
+/// Reads a sample written by [`write_sample`] for the model `cfg` with fingerprint `model`;
+/// returns the dataset name it was saved under and the sample.
+pub fn read_sample(path: &Path, cfg: &ModelConfig, model: &str) -> Result<(String, CachedSample)> {
+    let ctx = || format!("reading saved activations {}", path.display());
+    let (mmap, text) = open_described(path, META_KEY, "activation file", u64::MAX)?;
+    let st = safetensors::SafeTensors::deserialize(&mmap)
+        .map_err(|e| anyhow!("{e}"))
         .with_context(ctx)?;
-    let meta: SampleMeta = serde_json::from_str(text).with_context(ctx)?;
+    let meta: SampleMeta = serde_json::from_str(&text).with_context(ctx)?;
     ensure!(
         meta.format == FORMAT,
         "{}: format {} (this minarc reads {FORMAT})",

@@ -11,7 +11,7 @@
 //! by the count, cast back to each tensor's dtype): sharded and unsharded results differ only in
 //! how the f64 additions associate.
 
-use crate::limits::{COUNT, check_alloc, fmt_bytes};
+use crate::limits::COUNT;
 use crate::script::tensor::Tensor;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use candle_core::{DType, Device, Tensor as CTensor};
@@ -531,27 +531,13 @@ impl Partial {
     /// Reads a partial written by [`Partial::write`], checking its description against its tensors.
     pub fn read(path: &Path) -> Result<Partial> {
         let ctx = || format!("reading the partial result {}", path.display());
-        let file = std::fs::File::open(path).with_context(ctx)?;
-        let len = file.metadata().with_context(ctx)?.len();
-        ensure!(
-            len <= MAX_PARTIAL_BYTES,
-            "{}: {} is over the limit of {} for a partial result",
-            path.display(),
-            fmt_bytes(len as u128),
-            fmt_bytes(MAX_PARTIAL_BYTES as u128)
-        );
-        // SAFETY: the file is only read; a partial is not modified while a reduce reads it.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(ctx)?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(ctx)?;
-        let text = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(META_KEY))
-            .ok_or_else(|| anyhow!("no {META_KEY} description: not a minarc partial result"))
-            .with_context(ctx)?;
-        let meta: Meta = serde_json::from_str(text).with_context(ctx)?;
+        let (mmap, text) = crate::backend::disk::open_described(
+            path,
+            META_KEY,
+            "partial result",
+            MAX_PARTIAL_BYTES,
+        )?;
+        let meta: Meta = serde_json::from_str(&text).with_context(ctx)?;
         ensure!(
             meta.version == 1,
             "{}: partial format version {} (this minarc reads 1)",
@@ -565,7 +551,6 @@ impl Partial {
             meta.count,
             meta.items
         );
-        check_alloc(len as u128, "the partial result").map_err(|e| anyhow!("{e}"))?;
         let st = safetensors::SafeTensors::deserialize(&mmap)
             .map_err(|e| anyhow!("{e}"))
             .with_context(ctx)?;
