@@ -439,6 +439,36 @@ fn the_example_training_config_parses_and_trains() {
     assert!(out.path().join("checkpoints/step-0000002.json").is_file());
 }
 
+/// The three phases of run K chain: each starts from the previous phase's checkpoint
+/// (one step each here; the commands are in each file's header).
+#[test]
+fn the_example_training_phases_parse_and_chain() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/organism");
+    let out = tempfile::tempdir().unwrap();
+    let mut init: Option<std::path::PathBuf> = None;
+    for phase in ["phase1", "phase2", "phase3"] {
+        let cfg = TrainConfig::from_file(&dir.join(format!("{phase}.toml"))).unwrap();
+        assert_eq!(cfg.model.layers, 4, "{phase}");
+        let o = out.path().join(phase);
+        let r = run(
+            cfg,
+            &RunOptions {
+                out: o.clone(),
+                resume: false,
+                device: Device::Cpu,
+                stop_after: Some(1),
+                init: init.take(),
+                progress: false,
+            },
+        )
+        .unwrap();
+        assert_eq!((r.step, r.finished), (1, false), "{phase}");
+        let ckpt = o.join("checkpoints/step-0000001.safetensors");
+        assert!(ckpt.is_file(), "{phase}");
+        init = Some(ckpt);
+    }
+}
+
 #[test]
 fn a_trained_folder_brings_its_dataset_options_to_scripts_and_servers() {
     use minarc::backend::Backend;
