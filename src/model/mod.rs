@@ -9,6 +9,7 @@ pub mod cli;
 pub mod components;
 pub mod config;
 pub mod fixture;
+pub mod gemm;
 pub mod gguf;
 pub mod gptq;
 pub mod intervene;

@@ -16,7 +16,23 @@ pub fn linear(x: &Tensor, w_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>
     } else {
         x.contiguous()?
     };
-    let y = x.broadcast_matmul(w_t)?;
+    // [.., in] folded to [m, in] for the CPU product (super::gemm); candle's matmul elsewhere
+    let y = match w_t.rank() {
+        2 if x.rank() >= 2 => {
+            let dims = x.dims().to_vec();
+            let k = dims[dims.len() - 1];
+            let m = x.elem_count() / k.max(1);
+            match super::gemm::matmul_2d(&x.reshape((m, k))?, w_t)? {
+                Some(y) => {
+                    let mut out = dims;
+                    *out.last_mut().expect("rank ≥ 2") = w_t.dim(1)?;
+                    y.reshape(out)?
+                }
+                None => x.broadcast_matmul(w_t)?,
+            }
+        }
+        _ => x.broadcast_matmul(w_t)?,
+    };
     Ok(match bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
