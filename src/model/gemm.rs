@@ -1,8 +1,11 @@
-//! The CPU matrix product behind [`super::ops::linear`] for bf16 and f16 models:
-//! `x [m, k] @ w_t [k, n]` through `gemmkit` (runtime ISA dispatch; the AVX512_BF16 dot
-//! instruction where the CPU has it; accumulation in f32, rounded to the dtype on store, as
-//! candle's own half-precision matmul does). candle's CPU bf16 matmul widens to f32 per call;
-//! this path made the bf16 forward of the 0.5B shape 1.4–1.5× faster (docs/src/performance.md).
+//! The CPU matrix product behind [`super::ops::linear`]: `x [m, k] @ w_t [k, n]`.
+//! * bf16 and f16 go through `gemmkit` (runtime ISA dispatch; the AVX512_BF16 dot instruction
+//!   where the CPU has it; accumulation in f32, rounded to the dtype on store, as candle's own
+//!   half-precision matmul does). candle's CPU bf16 matmul widens to f32 per call; this made the
+//!   bf16 forward of the 0.5B shape 1.4–1.5× faster (docs/src/performance.md).
+//! * f32 and f64 take this path only under autograd, through the `gemm` crate exactly as
+//!   candle's matmul calls it (gemmkit's f32 kernel was not faster in the full forward); what it
+//!   saves is the weight gradient in the backward.
 //!
 //! It is a candle custom op with its own backward, so autograd passes through it; the backward
 //! forms the weight gradient only when the weight is tracked (candle's matmul backward always
@@ -13,11 +16,13 @@ use gemmkit::{GemmScalar, MatMut, MatRef, Parallelism, bf16, f16};
 
 /// `x @ w_t` on the CPU for x `[m, k]` (rows contiguous) and a 2-D `w_t [k, n]` of any strides,
 /// both of one float dtype → `[m, n]`. None when the operands do not fit this path (another
-/// device, dtype or rank); the caller then uses candle's matmul.
+/// device, dtype or rank, or f32/f64 with no gradient to track); the caller then uses candle's
+/// matmul.
 pub fn matmul_2d(x: &Tensor, w_t: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    // f32/f64 stay on candle's matmul: in the full forward and the attribution benchmarks
-    // gemmkit's f32 was no faster (docs/src/performance.md)
-    let ok_dtype = matches!(x.dtype(), DType::BF16 | DType::F16);
+    let half = matches!(x.dtype(), DType::BF16 | DType::F16);
+    // f32/f64 without autograd: candle's own matmul (the same kernel; nothing to save)
+    let tracked = x.track_op() || w_t.track_op();
+    let ok_dtype = half || (matches!(x.dtype(), DType::F32 | DType::F64) && tracked);
     if !x.device().is_cpu()
         || !w_t.device().is_cpu()
         || x.dtype() != w_t.dtype()
@@ -50,13 +55,14 @@ fn fits(v: (usize, usize, isize, isize, usize), len: usize) -> bool {
     rs >= 0 && cs >= 0 && (last as usize) < len
 }
 
-fn product<T: GemmScalar + Copy + Default>(
+fn product<T: GemmScalar + Copy + Default + 'static>(
     x: &[T],
     lx: &Layout,
     w: &[T],
     lw: &Layout,
     one: T,
     zero: T,
+    half: bool,
 ) -> candle_core::Result<(Vec<T>, Shape)> {
     let vx = view(lx);
     let vw = view(lw);
@@ -66,7 +72,42 @@ fn product<T: GemmScalar + Copy + Default>(
         candle_core::bail!("linear: operands {:?} and {:?} do not multiply", lx, lw);
     }
     let mut out = vec![T::default(); m * n];
-    if m > 0 && n > 0 && k > 0 {
+    if m == 0 || n == 0 || k == 0 {
+        return Ok((out, Shape::from((m, n))));
+    }
+    if !half {
+        let threads = candle_core::utils::get_num_threads();
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: both views were checked to lie inside their buffers (`fits`), `out` is a
+        // fresh contiguous [m, n] buffer, and nothing aliases it.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr().add(vx.4),
+                vx.3,
+                vx.2,
+                w.as_ptr().add(vw.4),
+                vw.3,
+                vw.2,
+                zero,
+                one,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    } else {
         let a = MatRef::new(&x[vx.4..], m, k, vx.2, vx.3);
         let b = MatRef::new(&w[vw.4..], k, n, vw.2, vw.3);
         gemmkit::gemm(
@@ -95,19 +136,19 @@ impl CustomOp2 for Linear {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         Ok(match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                let (o, s) = product(x, l1, w, l2, 1f32, 0f32)?;
+                let (o, s) = product(x, l1, w, l2, 1f32, 0f32, false)?;
                 (CpuStorage::F32(o), s)
             }
             (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                let (o, s) = product(x, l1, w, l2, 1f64, 0f64)?;
+                let (o, s) = product(x, l1, w, l2, 1f64, 0f64, false)?;
                 (CpuStorage::F64(o), s)
             }
             (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
-                let (o, s) = product(x, l1, w, l2, bf16::ONE, bf16::ZERO)?;
+                let (o, s) = product(x, l1, w, l2, bf16::ONE, bf16::ZERO, true)?;
                 (CpuStorage::BF16(o), s)
             }
             (CpuStorage::F16(x), CpuStorage::F16(w)) => {
-                let (o, s) = product(x, l1, w, l2, f16::ONE, f16::ZERO)?;
+                let (o, s) = product(x, l1, w, l2, f16::ONE, f16::ZERO, true)?;
                 (CpuStorage::F16(o), s)
             }
             _ => candle_core::bail!("linear: unsupported dtypes"),
