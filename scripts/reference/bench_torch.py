@@ -3,8 +3,9 @@
 the CPU, for side-by-side ratios with `minarc bench forward --model DIR` (run by hand; needs
 `pip install torch transformers`). Alternate it with minarc (A B A B) so drift hits both.
 
-    python scripts/reference/bench_torch.py --model DIR [--tokens 600] [--reps 3]
-        [--threads 2] [--dtypes f32,bf16] [--json out.json]
+    python scripts/reference/bench_torch.py --model DIR [--tokens 600] [--reps 3] --json hf.json
+        [--threads 2] [--dtypes f32,bf16]
+    minarc bench forward --model DIR --dtype bf16 --torch hf.json   # ratios
 
 The prompt is `tokens` token ids 0..tokens mod vocab (as `minarc bench forward` uses ids, not
 text); the body is `Qwen2Model` (no lm_head), as minarc's plain forward without logits.
@@ -31,7 +32,7 @@ def main():
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "body": {}}
     for name in a.dtypes.split(","):
         dt = {"f32": torch.float32, "bf16": torch.bfloat16}[name]
-        m = AutoModel.from_pretrained(a.model, torch_dtype=dt, attn_implementation="sdpa").eval()
+        m = AutoModel.from_pretrained(a.model, dtype=dt, attn_implementation="sdpa").eval()
         with torch.inference_mode():
             m(ids)  # warm-up
             ts = []

@@ -65,6 +65,10 @@ pub struct BenchForwardArgs {
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// The JSON written by `scripts/reference/bench_torch.py --json` on the same model folder
+    /// and prompt length: prints HF's times and minarc's ratios to them.
+    #[arg(long)]
+    pub torch: Option<PathBuf>,
 }
 
 /// Runs `minarc bench …`.
@@ -165,7 +169,88 @@ pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
     if let Some(rss) = peak_rss_bytes() {
         println!("peak RSS: {:.2} GB", rss as f64 / 1e9);
     }
+    if let Some(path) = &a.torch {
+        let text = read_bounded(path, 1 << 20)?;
+        for line in torch_ratios(&text, a.tokens, &a.dtype, p, c)
+            .with_context(|| format!("--torch {}", path.display()))?
+        {
+            println!("{line}");
+        }
+    }
     Ok(())
+}
+
+/// A text file of at most `max` bytes (checked before reading).
+fn read_bounded(path: &std::path::Path, max: u64) -> Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= max,
+        "{} has {len} bytes; at most {max} expected",
+        path.display()
+    );
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `bench_torch.py`'s JSON (the fields read here).
+#[derive(serde::Deserialize)]
+struct TorchBench {
+    tokens: usize,
+    #[serde(default)]
+    threads: Option<usize>,
+    #[serde(default)]
+    torch: Option<String>,
+    body: std::collections::BTreeMap<String, TorchTime>,
+}
+
+#[derive(serde::Deserialize)]
+struct TorchTime {
+    median_s: f64,
+}
+
+/// The lines comparing minarc's plain and capture medians (seconds, at `dtype`) with HF's body
+/// times from `bench_torch.py`'s JSON: each HF time, minarc's plain forward over HF's at the
+/// same dtype, and the capture over HF's fastest.
+pub fn torch_ratios(
+    json: &str,
+    tokens: usize,
+    dtype: &str,
+    plain: f64,
+    capture: f64,
+) -> Result<Vec<String>> {
+    let t: TorchBench = serde_json::from_str(json).context("not bench_torch.py's JSON")?;
+    anyhow::ensure!(
+        t.tokens == tokens,
+        "measured at {} tokens, this run at {tokens}: rerun one with the other's length",
+        t.tokens
+    );
+    let times: Vec<(&String, f64)> = t.body.iter().map(|(k, v)| (k, v.median_s)).collect();
+    anyhow::ensure!(
+        times.iter().all(|(_, s)| s.is_finite() && *s > 0.0),
+        "a time that is not a positive number"
+    );
+    let Some(&(fast_name, fast)) = times.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else {
+        anyhow::bail!("no HF times in it");
+    };
+    let mut out = vec![format!(
+        "HF transformers body (torch {}, {} threads): {}",
+        t.torch.as_deref().unwrap_or("?"),
+        t.threads.map_or("?".into(), |n| n.to_string()),
+        times
+            .iter()
+            .map(|(k, s)| format!("{k} {s:.3}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    if let Some((_, same)) = times.iter().find(|(k, _)| k.as_str() == dtype) {
+        out.push(format!("minarc plain / HF {dtype}: {:.2}", plain / same));
+    }
+    out.push(format!(
+        "minarc with capture / HF fastest ({fast_name}): {:.2}",
+        capture / fast
+    ));
+    Ok(out)
 }
 
 /// `minarc plan` options.
@@ -239,4 +324,41 @@ pub fn run_plan(a: &PlanArgs) -> Result<()> {
         print!("{}", p.render(&cfg, &o));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::torch_ratios;
+
+    const JSON: &str = r#"{"model": "m", "tokens": 600, "threads": 2, "torch": "2.15.0",
+        "cpu_capability": "AVX512",
+        "body": {"f32": {"median_s": 2.5, "times_s": [2.5]},
+                 "bf16": {"median_s": 0.8, "times_s": [0.8]}}}"#;
+
+    #[test]
+    fn ratios_divide_by_the_same_dtype_and_by_the_fastest() {
+        let lines = torch_ratios(JSON, 600, "f32", 1.5, 1.6).unwrap();
+        assert_eq!(
+            lines,
+            [
+                "HF transformers body (torch 2.15.0, 2 threads): bf16 0.800s, f32 2.500s",
+                "minarc plain / HF f32: 0.60",
+                "minarc with capture / HF fastest (bf16): 2.00",
+            ]
+        );
+        // no HF time at minarc's dtype: only the comparison with the fastest
+        let lines = torch_ratios(JSON, 600, "f16", 1.0, 0.4).unwrap();
+        assert_eq!(lines[1], "minarc with capture / HF fastest (bf16): 0.50");
+    }
+
+    #[test]
+    fn mismatched_or_malformed_files_are_errors() {
+        let e = torch_ratios(JSON, 300, "f32", 1.0, 1.0).unwrap_err();
+        assert!(e.to_string().contains("600 tokens"), "{e}");
+        assert!(torch_ratios("{}", 600, "f32", 1.0, 1.0).is_err());
+        let empty = r#"{"tokens": 600, "body": {}}"#;
+        assert!(torch_ratios(empty, 600, "f32", 1.0, 1.0).is_err());
+        let zero = r#"{"tokens": 600, "body": {"f32": {"median_s": 0}}}"#;
+        assert!(torch_ratios(zero, 600, "f32", 1.0, 1.0).is_err());
+    }
 }
