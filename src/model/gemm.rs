@@ -210,7 +210,8 @@ mod tests {
     }
 
     /// The product and both gradients equal candle's matmul in f64 (a strided weight view
-    /// included), and the weight gradient is absent when the weight is not tracked.
+    /// included) and central differences, and the weight gradient is absent when the weight is
+    /// not tracked.
     #[test]
     fn the_op_and_its_gradients_match_candle_matmul() {
         let dev = Device::Cpu;
@@ -233,6 +234,59 @@ mod tests {
         for v in [&x, &w] {
             let (a, b) = (go.get(v).unwrap(), gt.get(v).unwrap());
             assert!(max_diff(a, b) < 1e-13);
+        }
+        // and central differences of L = Σ g ⊙ (x·w_t) at a few entries of x and of w
+        let loss = |xv: &[f64], wv: &[f64]| -> f64 {
+            let xt = Tensor::from_vec(xv.to_vec(), (m, k), &dev).unwrap();
+            let wt = Tensor::from_vec(wv.to_vec(), (n, k), &dev).unwrap();
+            let y = xt.apply_op2(&wt.t().unwrap(), Linear).unwrap();
+            (y * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let xv = x
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let wv = w
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let gx = go
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let gw = go
+            .get(&w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let h = 1e-5;
+        for i in [0, 17, m * k - 1] {
+            let (mut a, mut b) = (xv.clone(), xv.clone());
+            a[i] += h;
+            b[i] -= h;
+            let fd = (loss(&a, &wv) - loss(&b, &wv)) / (2.0 * h);
+            assert!((fd - gx[i]).abs() < 1e-8, "dx[{i}]: {fd} vs {}", gx[i]);
+        }
+        for i in [0, 40, n * k - 1] {
+            let (mut a, mut b) = (wv.clone(), wv.clone());
+            a[i] += h;
+            b[i] -= h;
+            let fd = (loss(&xv, &a) - loss(&xv, &b)) / (2.0 * h);
+            assert!((fd - gw[i]).abs() < 1e-8, "dw[{i}]: {fd} vs {}", gw[i]);
         }
         // an untracked weight gets no gradient formed
         let w_plain = Tensor::from_vec(rand((k, n), 4), (k, n), &dev).unwrap();
