@@ -201,10 +201,14 @@ mod tests {
             .collect()
     }
 
+    fn flat(t: &Tensor) -> Vec<f64> {
+        t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    }
+
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        v(a).iter()
-            .zip(v(b))
+        let (a, b) = (flat(a), flat(b));
+        a.iter()
+            .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f64::max)
     }
@@ -247,46 +251,30 @@ mod tests {
                 .to_scalar::<f64>()
                 .unwrap()
         };
-        let xv = x
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let wv = w
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let gx = go
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let gw = go
-            .get(&w)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let (xv, wv) = (flat(x.as_tensor()), flat(w.as_tensor()));
+        let (gx, gw) = (flat(go.get(&x).unwrap()), flat(go.get(&w).unwrap()));
         let h = 1e-5;
-        for i in [0, 17, m * k - 1] {
-            let (mut a, mut b) = (xv.clone(), xv.clone());
-            a[i] += h;
-            b[i] -= h;
-            let fd = (loss(&a, &wv) - loss(&b, &wv)) / (2.0 * h);
-            assert!((fd - gx[i]).abs() < 1e-8, "dx[{i}]: {fd} vs {}", gx[i]);
-        }
-        for i in [0, 40, n * k - 1] {
-            let (mut a, mut b) = (wv.clone(), wv.clone());
-            a[i] += h;
-            b[i] -= h;
-            let fd = (loss(&xv, &a) - loss(&xv, &b)) / (2.0 * h);
-            assert!((fd - gw[i]).abs() < 1e-8, "dw[{i}]: {fd} vs {}", gw[i]);
+        // (entry of w?, index)
+        let n_x = m * k;
+        for (of_w, i) in [
+            (false, 0),
+            (false, 17),
+            (false, n_x - 1),
+            (true, 0),
+            (true, 40),
+        ] {
+            let at = |d: f64| {
+                let (mut a, mut b) = (xv.clone(), wv.clone());
+                if of_w {
+                    b[i] += d
+                } else {
+                    a[i] += d
+                }
+                loss(&a, &b)
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            let got = if of_w { gw[i] } else { gx[i] };
+            assert!((fd - got).abs() < 1e-8, "w {of_w} [{i}]: {fd} vs {got}");
         }
         // an untracked weight gets no gradient formed
         let w_plain = Tensor::from_vec(rand((k, n), 4), (k, n), &dev).unwrap();
