@@ -128,18 +128,23 @@ pub const MAX_TEXT_FILE: u64 = 256 << 20;
 /// Reads a text file whole after checking it is a regular file (not a device or a pipe) of at
 /// most [`MAX_TEXT_FILE`] bytes.
 pub fn read_text_file(path: &std::path::Path) -> std::io::Result<String> {
+    read_text_file_max(path, MAX_TEXT_FILE)
+}
+
+/// [`read_text_file`] with a smaller limit of `max` bytes, for files that are always small.
+pub fn read_text_file_max(path: &std::path::Path, max: u64) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind};
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
-    if meta.len() > MAX_TEXT_FILE {
+    if meta.len() > max {
         return Err(Error::new(
             ErrorKind::InvalidInput,
             format!(
                 "file of {} is larger than the {} limit for text files",
                 fmt_bytes(meta.len() as u128),
-                fmt_bytes(MAX_TEXT_FILE as u128)
+                fmt_bytes(max as u128)
             ),
         ));
     }

@@ -170,7 +170,8 @@ pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
         println!("peak RSS: {:.2} GB", rss as f64 / 1e9);
     }
     if let Some(path) = &a.torch {
-        let text = read_bounded(path, 1 << 20)?;
+        let text = crate::limits::read_text_file_max(path, 1 << 20)
+            .with_context(|| format!("reading {}", path.display()))?;
         for line in torch_ratios(&text, a.tokens, &a.dtype, p, c)
             .with_context(|| format!("--torch {}", path.display()))?
         {
@@ -178,19 +179,6 @@ pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A text file of at most `max` bytes (checked before reading).
-fn read_bounded(path: &std::path::Path, max: u64) -> Result<String> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    anyhow::ensure!(
-        len <= max,
-        "{} has {len} bytes; at most {max} expected",
-        path.display()
-    );
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// `bench_torch.py`'s JSON (the fields read here).
