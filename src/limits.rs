@@ -58,6 +58,13 @@ pub const BATCH_SAMPLES: Limit = Limit {
     default: 100_000,
 };
 
+/// Samples in one batched forward (`forward(..., #{batch: N})`, `/batch_forward`'s `batch`).
+pub const FORWARD_BATCH: Limit = Limit {
+    what: "samples in one batched forward",
+    env: "MINARC_MAX_FORWARD_BATCH",
+    default: 256,
+};
+
 /// Intervention sets in one intervened forward request (each set is one forward).
 pub const INTERVENTION_SETS: Limit = Limit {
     what: "intervention sets in one request",

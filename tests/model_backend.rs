@@ -315,3 +315,70 @@ fn a_layer_device_map_computes_what_one_device_does() {
     .unwrap();
     assert!(format!("{bad:#}").contains("no device"), "{bad:#}");
 }
+
+#[test]
+fn batched_forward_stores_what_single_forwards_store() {
+    let (d, batched) = local();
+    let single = Local::load(d.path(), DType::F32, &Device::Cpu).unwrap();
+    let prompts = [
+        PROMPT,
+        "<|im_start|>user\nhello world, blue<|im_end|>",
+        "<|im_start|>user\nAnother prompt, other tokens: B G Y and a few more words<|im_end|>",
+        "<|im_start|>user\nR G B<|im_end|>",
+        "<|im_start|>user\nWhat is the color of the cell (1,2)?<|im_end|>",
+    ];
+    let inputs: Vec<SampleInput> = prompts
+        .iter()
+        .enumerate()
+        .map(|(k, p)| input(k, p))
+        .collect();
+    let specs = vec![CaptureSpec::full(); inputs.len()];
+    let b: &dyn Backend = batched.as_ref();
+    // one sample cached beforehand: skipped (counted as done), not recomputed
+    b.forward_sample("d", &inputs[3], &specs[3], false).unwrap();
+    let mut done = Vec::new();
+    let lens = b
+        .forward_samples("d", &inputs, &specs, false, 2, &mut |n| {
+            done.push(n);
+            Ok(())
+        })
+        .unwrap();
+    // the cached one, then two batches of two (longest first)
+    assert_eq!(done, vec![1, 2, 2]);
+    let nl = b.config().num_hidden_layers;
+    for (k, inp) in inputs.iter().enumerate() {
+        let s = single
+            .forward_sample("d", inp, &CaptureSpec::full(), false)
+            .unwrap();
+        assert_eq!(lens[k], s, "sample {k}");
+        let key = SampleKey::new("d", k);
+        for l in [0, nl / 2, nl] {
+            let x = b.hidden_states(&key, l, None).unwrap();
+            let y = single.hidden_states(&key, l, None).unwrap();
+            let dif = max_abs_diff(&x, &y);
+            assert!(
+                dif < 1e-5 * (1.0 + max_abs(&y)),
+                "sample {k} layer {l}: {dif}"
+            );
+        }
+    }
+    // bad input is refused before any forward runs: nothing of the call is stored
+    let bad = vec![input(10, PROMPT), input(11, "")];
+    let e = b
+        .forward_samples("e", &bad, &specs[..2], false, 2, &mut |_| Ok(()))
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("sample 11"), "{e}");
+    assert!(!b.has_sample(&SampleKey::new("e", 10)).unwrap());
+    let dup = vec![input(12, PROMPT), input(12, PROMPT)];
+    let e = b
+        .forward_samples("e", &dup, &specs[..2], false, 2, &mut |_| Ok(()))
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("twice"), "{e:#}");
+    for n in [0, 1 << 20] {
+        let e = b
+            .forward_samples("e", &bad[..1], &specs[..1], false, n, &mut |_| Ok(()))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("batch"), "{e:#}");
+    }
+}

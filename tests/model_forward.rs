@@ -450,3 +450,129 @@ fn bad_token_ids_and_indices_are_errors() {
             .is_err()
     );
 }
+
+/// Elements of the storage behind a CPU tensor (more than its own when it is a view).
+fn storage_elems(t: &Tensor) -> usize {
+    let (st, _) = t.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cpu(c) => match t.dtype() {
+            DType::F32 => c.as_slice::<f32>().unwrap().len(),
+            DType::BF16 => c.as_slice::<half::bf16>().unwrap().len(),
+            DType::F16 => c.as_slice::<half::f16>().unwrap().len(),
+            d => panic!("unexpected dtype {d:?}"),
+        },
+        _ => panic!("captures are stored on the CPU"),
+    }
+}
+
+/// Sample k's stored tensors, flattened in a fixed order (absent ones skipped).
+fn stored(o: &minarc::model::Outputs, n_l: usize) -> Vec<(String, Tensor)> {
+    let mut v = Vec::new();
+    for l in 0..=n_l {
+        if let Ok(t) = o.hidden_state(l, None) {
+            v.push((format!("hidden_states[{l}]"), t));
+        }
+    }
+    for l in 0..n_l {
+        for (name, t) in [
+            ("attn_out", o.attn_out(l, None)),
+            ("mlp_output", o.mlp_output(l, None)),
+            ("input_norm_var", o.input_norm_var(l, None)),
+            ("post_attn_norm_var", o.post_attn_norm_var(l, None)),
+        ] {
+            if let Ok(t) = t {
+                v.push((format!("{name}[{l}]"), t));
+            }
+        }
+    }
+    for (name, t) in [
+        ("final_norm_var", o.final_norm_var(None)),
+        ("logits", o.logits(None)),
+    ] {
+        if let Ok(t) = t {
+            v.push((name.to_string(), t));
+        }
+    }
+    v
+}
+
+#[test]
+fn batched_forward_equals_one_sample_at_a_time() {
+    // right padding under the causal mask: each sample of a batch must store what its own
+    // forward stores, whatever the other samples and the padding are
+    let (_d, m) = tiny();
+    let cfg = m.config().clone();
+    let n_l = cfg.num_hidden_layers;
+    let seqs = [
+        token_ids(&cfg, 24, 1),
+        token_ids(&cfg, 9, 2),
+        token_ids(&cfg, 17, 3),
+    ];
+    let specs = [
+        CaptureSpec::full(),
+        CaptureSpec {
+            positions: Some(vec![2, 5, 8]),
+            logits: true,
+            ..CaptureSpec::full()
+        },
+        CaptureSpec {
+            layers: Some(vec![0, n_l]),
+            dtype: DType::BF16,
+            logits: true,
+            ..CaptureSpec::full()
+        },
+    ];
+    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let batched = m.forward_capture_batch(&refs, &specs).unwrap();
+    assert_eq!(batched.len(), 3);
+    // and in another order, which changes each sample's neighbours and padding
+    let order = [2, 0, 1];
+    let refs2: Vec<&[u32]> = order.iter().map(|&k| seqs[k].as_slice()).collect();
+    let specs2: Vec<CaptureSpec> = order.iter().map(|&k| specs[k].clone()).collect();
+    let batched2 = m.forward_capture_batch(&refs2, &specs2).unwrap();
+    for k in 0..3 {
+        let one = m.forward_capture(&seqs[k], &specs[k]).unwrap();
+        let b2 = &batched2[order.iter().position(|&o| o == k).unwrap()];
+        for out in [&batched[k], b2] {
+            assert_eq!(out.seq_len, seqs[k].len());
+            assert_eq!(out.positions, one.positions);
+            // each sample holds its own rows only, not the padded batch
+            assert_eq!(out.bytes(), one.bytes(), "sample {k}: stored bytes");
+            let (a, b) = (stored(&one, n_l), stored(out, n_l));
+            assert_eq!(
+                a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+                b.iter().map(|x| &x.0).collect::<Vec<_>>()
+            );
+            for ((name, x), (_, y)) in a.iter().zip(&b) {
+                assert_eq!(x.dims(), y.dims(), "sample {k} {name}");
+                // its own storage, not a view into the padded batch's tensor
+                assert_eq!(
+                    storage_elems(y),
+                    y.elem_count(),
+                    "sample {k} {name}: stored tensor shares a larger storage"
+                );
+                let tol = 1e-5 * (1.0 + max_abs(x));
+                let tol = if x.dtype() == DType::BF16 {
+                    0.01 * (1.0 + max_abs(x))
+                } else {
+                    tol
+                };
+                let d = max_diff(x, y);
+                assert!(d <= tol, "sample {k} {name}: batched differs by {d}");
+            }
+        }
+    }
+    // a sequence the model cannot take fails the whole batch with its reason
+    let long = vec![3u32; cfg.max_position_embeddings + 1];
+    let bad: Vec<&[u32]> = vec![seqs[0].as_slice(), long.as_slice()];
+    let e = m
+        .forward_capture_batch(&bad, &specs[..2])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_position_embeddings"), "{e}");
+    let e = m
+        .forward_capture_batch(&refs, &specs[..2])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("one capture spec per sequence"), "{e}");
+}

@@ -265,3 +265,48 @@ fn progress_batch_forward_and_single_batch_call_agree() {
     remote.clear_all_datasets().unwrap();
     assert!(remote.datasets().unwrap().is_empty());
 }
+
+#[test]
+fn a_batched_remote_forward_matches_local_single_forwards() {
+    let srv = server(opts());
+    let remote = Remote::connect(&srv.url(), None).unwrap();
+    let local = local();
+    let inputs: Vec<_> = (0..4).map(|i| input(i, PROMPTS[i])).collect();
+    // each sample its own capture: sample 1 only at two positions, with logits
+    let mut caps = vec![CaptureSpec::full(); 4];
+    caps[1] = CaptureSpec {
+        positions: Some(vec![0, 2]),
+        logits: true,
+        ..CaptureSpec::full()
+    };
+    let mut done = 0;
+    let lens = remote
+        .forward_samples("bat", &inputs, &caps, false, 3, &mut |n| {
+            done += n;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(done, 4);
+    for (k, inp) in inputs.iter().enumerate() {
+        let s = local.forward_sample("one", inp, &caps[k], false).unwrap();
+        assert_eq!(lens[k], s);
+        let p = if k == 1 { vec![0, 2] } else { vec![0, s - 1] };
+        let (rk, lk) = (SampleKey::new("bat", k), SampleKey::new("one", k));
+        for l in 0..=L {
+            let d = max_abs_diff(
+                &remote.hidden_states(&rk, l, Some(&p)).unwrap(),
+                &local.hidden_states(&lk, l, Some(&p)).unwrap(),
+            );
+            assert!(d < 1e-5, "sample {k} layer {l}: {d}");
+        }
+    }
+    // a captures list of the wrong length, or a batch out of bounds, is a 400 naming it
+    let e = remote
+        .forward_samples("x", &inputs, &caps[..2], false, 2, &mut |_| Ok(()))
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("capture specs"), "{e:#}");
+    let e = remote
+        .forward_samples("x", &inputs, &caps, false, 0, &mut |_| Ok(()))
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("batch"), "{e:#}");
+}

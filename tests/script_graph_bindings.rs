@@ -200,6 +200,35 @@ fn capture_options_store_only_what_was_asked() {
 }
 
 #[test]
+fn a_batched_forward_caches_what_one_at_a_time_does() {
+    let (mut h, _) = host();
+    // ds has 2 samples of different lengths: one batch of 2, right-padded
+    let d = eval_f64(
+        &mut h,
+        "let ds4 = gen_dataset(#{seeds: \"0..4\", n_train: 2, Q_train: 2, tokenizer: tokenizer(model)});\n\
+         let one = forward(model, \"one\", ds4);\n\
+         let bat = forward(model, \"bat\", ds4, #{batch: 3, positions: \"A-\", logits: true});\n\
+         let m = 0.0;\n\
+         for k in 0..4 {\n\
+           let p = bat[k].positions(\"A-\");\n\
+           for l in [0, 1, model.n_layers] {\n\
+             m = max(m, (get_hidden_states(model, bat[k], l, p) - get_hidden_states(model, one[k], l, p)).abs().max());\n\
+           }\n\
+           m = max(m, (get_logits(model, bat[k], p) - get_logits(model, one[k], p)).abs().max());\n\
+         }\n\
+         m",
+    );
+    assert!(d < 1e-5, "{d}");
+    for bad in ["0", "-1", "100000"] {
+        let e = eval_err(
+            &mut h,
+            &format!("forward(model, \"x\", ds, #{{batch: {bad}}})"),
+        );
+        assert!(e.contains("batch"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn load_model_options_are_memoised_per_dtype() {
     let (mut h, _) = host();
     let n = eval_f64(

@@ -9,7 +9,7 @@ pub mod local;
 pub mod lru;
 pub mod spread;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +125,36 @@ pub trait Backend: Send + Sync {
         capture: &CaptureSpec,
         force: bool,
     ) -> Result<usize>;
+    /// Forwards several samples (`captures[k]` is sample k's capture), `batch` per forward
+    /// where the backend batches (the default forwards one at a time), and calls `on_done(n)`
+    /// as n more samples are done. Returns each seq_len in order.
+    fn forward_samples(
+        &self,
+        dataset: &str,
+        inputs: &[SampleInput],
+        captures: &[CaptureSpec],
+        force: bool,
+        batch: usize,
+        on_done: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<Vec<usize>> {
+        let _ = batch;
+        anyhow::ensure!(
+            inputs.len() == captures.len(),
+            "{} samples but {} capture specs",
+            inputs.len(),
+            captures.len()
+        );
+        let mut out = Vec::with_capacity(inputs.len());
+        for (input, capture) in inputs.iter().zip(captures) {
+            crate::cancel::check()?;
+            out.push(
+                self.forward_sample(dataset, input, capture, force)
+                    .with_context(|| format!("sample {}", input.index))?,
+            );
+            on_done(1)?;
+        }
+        Ok(out)
+    }
     /// Whether the sample is cached (an error when the backend cannot tell, e.g. an
     /// unreachable server).
     fn has_sample(&self, key: &SampleKey) -> Result<bool>;

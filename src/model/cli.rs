@@ -69,6 +69,10 @@ pub struct BenchForwardArgs {
     /// and prompt length: prints HF's times and minarc's ratios to them.
     #[arg(long)]
     pub torch: Option<PathBuf>,
+    /// Batch sizes to time batched forwards with full capture at (e.g. `1,4,16`): samples/s of
+    /// each, `--tokens` tokens per sample.
+    #[arg(long, value_delimiter = ',')]
+    pub batches: Vec<usize>,
 }
 
 /// Runs `minarc bench …`.
@@ -169,6 +173,9 @@ pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
     if let Some(rss) = peak_rss_bytes() {
         println!("peak RSS: {:.2} GB", rss as f64 / 1e9);
     }
+    if !a.batches.is_empty() {
+        bench_batches(&model, &a.batches, a.tokens, a.reps, &spec)?;
+    }
     if let Some(path) = &a.torch {
         let text = crate::limits::read_text_file_max(path, 1 << 20)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -177,6 +184,49 @@ pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
         {
             println!("{line}");
         }
+    }
+    Ok(())
+}
+
+/// Times batched forwards with capture `spec` at each batch size (`tokens` tokens per sample,
+/// each sample its own ids) and prints samples/s and tokens/s.
+fn bench_batches(
+    model: &Qwen2,
+    batches: &[usize],
+    tokens: usize,
+    reps: usize,
+    spec: &CaptureSpec,
+) -> Result<()> {
+    for &b in batches {
+        crate::limits::FORWARD_BATCH.check(b, "--batches")?;
+        anyhow::ensure!(b >= 1, "--batches: a batch size must be at least 1");
+    }
+    let vocab = model.config().vocab_size as u64;
+    println!("batched forward with full capture ({tokens} tokens per sample):");
+    for &b in batches {
+        let seqs: Vec<Vec<u32>> = (0..b as u64)
+            .map(|k| {
+                (0..tokens as u64)
+                    .map(|i| 3 + ((i * 2_654_435_761 + k * 40_503) % (vocab - 3)) as u32)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let specs = vec![spec.clone(); b];
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            let outs = model.forward_capture_batch(&refs, &specs)?;
+            model.device().synchronize()?;
+            times.push(t.elapsed().as_secs_f64());
+            drop(outs);
+        }
+        let t = median(times);
+        println!(
+            "  batch {b:>3}: median {t:.3}s  {:.2} samples/s  {:.0} tok/s",
+            b as f64 / t,
+            (b * tokens) as f64 / t
+        );
     }
     Ok(())
 }

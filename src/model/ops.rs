@@ -16,20 +16,22 @@ pub fn linear(x: &Tensor, w_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>
     } else {
         x.contiguous()?
     };
-    // [.., in] folded to [m, in] for the CPU product (super::gemm); candle's matmul elsewhere
+    // [.., in] folded to [m, in]: one product for every row of every batch (a batched
+    // matmul against the broadcast weight would copy the weight per batch entry); the CPU
+    // product of super::gemm where it applies, candle's matmul elsewhere
     let y = match w_t.rank() {
         2 if x.rank() >= 2 => {
             let dims = x.dims().to_vec();
             let k = dims[dims.len() - 1];
             let m = x.elem_count() / k.max(1);
-            match super::gemm::matmul_2d(&x.reshape((m, k))?, w_t)? {
-                Some(y) => {
-                    let mut out = dims;
-                    *out.last_mut().expect("rank ≥ 2") = w_t.dim(1)?;
-                    y.reshape(out)?
-                }
-                None => x.broadcast_matmul(w_t)?,
-            }
+            let x2 = x.reshape((m, k))?;
+            let y = match super::gemm::matmul_2d(&x2, w_t)? {
+                Some(y) => y,
+                None => x2.matmul(w_t)?,
+            };
+            let mut out = dims;
+            *out.last_mut().expect("rank ≥ 2") = w_t.dim(1)?;
+            y.reshape(out)?
         }
         _ => x.broadcast_matmul(w_t)?,
     };

@@ -263,69 +263,157 @@ impl Qwen2 {
 
     /// Forward with capture (M2): stores what `spec` selects in an [`Outputs`] on the CPU.
     pub fn forward_capture(&self, ids: &[u32], spec: &CaptureSpec) -> Result<Outputs> {
-        let s = ids.len();
+        let mut out = self.forward_capture_batch(&[ids], std::slice::from_ref(spec))?;
+        out.pop().context("a batch of one gave no outputs")
+    }
+
+    /// Forward with capture of several sequences in one batch: each is right-padded to the
+    /// longest, so under the causal mask a real query only ever sees real keys, and each
+    /// sample's [`Outputs`] equal those of its own [`Qwen2::forward_capture`] (up to the
+    /// summation order of the batched products). `specs[k]` is sequence k's capture.
+    pub fn forward_capture_batch(
+        &self,
+        seqs: &[&[u32]],
+        specs: &[CaptureSpec],
+    ) -> Result<Vec<Outputs>> {
+        if seqs.is_empty() || seqs.len() != specs.len() {
+            bail!(
+                "a batched forward needs one capture spec per sequence ({} sequences, {} specs)",
+                seqs.len(),
+                specs.len()
+            );
+        }
         let n_layers = self.cfg.num_hidden_layers;
-        spec.validate(n_layers, s)?;
-        let rows = match &spec.positions {
-            Some(p) => Some(super::ops::index_tensor(p, &self.device)?),
-            None => None,
+        let b = seqs.len();
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let s_max = lens.iter().copied().max().unwrap_or(0);
+        for (ids, spec) in seqs.iter().zip(specs) {
+            self.check_ids(ids)?;
+            spec.validate(n_layers, ids.len())?;
+        }
+        if b > 1 {
+            // the largest working tensor: the MLP's gate/up activations [b, s, intermediate]
+            crate::limits::check_tensor(
+                &[
+                    b,
+                    s_max,
+                    self.cfg.intermediate_size.max(self.cfg.hidden_size),
+                ],
+                self.dtype.size_in_bytes() * 3,
+                "a batched forward's MLP activations",
+            )?;
+        }
+        // the padding token: any valid id (its rows are never read)
+        let mut flat = Vec::with_capacity(b * s_max);
+        for ids in seqs {
+            flat.extend_from_slice(ids);
+            flat.resize(flat.len() + s_max - ids.len(), 0);
+        }
+        let ids_t = Tensor::from_vec(flat, (b, s_max), &self.device)?;
+        let mut x = self
+            .w
+            .embed
+            .index_select(&ids_t.flatten_all()?, 0)?
+            .reshape((b, s_max, self.cfg.hidden_size))?; // [b,s,e]
+        let mut outs: Vec<Outputs> = specs
+            .iter()
+            .zip(&lens)
+            .map(|(spec, &s)| Outputs {
+                seq_len: s,
+                positions: spec.positions.clone(),
+                dtype: spec.dtype,
+                hidden_states: vec![None; n_layers + 1],
+                attn_outs: vec![None; n_layers],
+                mlp_outputs: vec![None; n_layers],
+                input_norm_vars: vec![None; n_layers],
+                post_attn_norm_vars: vec![None; n_layers],
+                final_norm_var: None,
+                logits: None,
+            })
+            .collect();
+        // each sample's stored rows (None = all), on the home device
+        let home_rows: Vec<Option<Tensor>> = specs
+            .iter()
+            .map(|spec| {
+                spec.positions
+                    .as_ref()
+                    .map(|p| super::ops::index_tensor(p, &self.device))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        // sample k's part of a `[b,s,..]` tensor, with its rows, in `dt` on the CPU
+        let take = |t: &Tensor, k: usize, rows: Option<&Tensor>, dt: DType| -> Result<Tensor> {
+            if b == 1 {
+                return store(t, rows, dt);
+            }
+            let tk = t.narrow(0, k, 1)?;
+            match rows {
+                Some(r) => store(&tk, Some(r), dt),
+                // a copy, so the sample does not keep the whole batch's tensor alive
+                None => {
+                    let v = tk.narrow(1, 0, lens[k])?;
+                    // a view would share the batch's storage; to_dtype and to_device copy anyway
+                    let v = if v.dtype() == dt && v.device().is_cpu() {
+                        v.force_contiguous()?
+                    } else {
+                        v
+                    };
+                    store(&v, None, dt)
+                }
+            }
         };
-        let rows = rows.as_ref();
-        let dt = spec.dtype;
-        let mut out = Outputs {
-            seq_len: s,
-            positions: spec.positions.clone(),
-            dtype: dt,
-            hidden_states: vec![None; n_layers + 1],
-            attn_outs: vec![None; n_layers],
-            mlp_outputs: vec![None; n_layers],
-            input_norm_vars: vec![None; n_layers],
-            post_attn_norm_vars: vec![None; n_layers],
-            final_norm_var: None,
-            logits: None,
-        };
-        let mut x = self.embed(ids)?;
-        let mut mask = causal_mask(s, &self.device)?;
+        let mut mask = causal_mask(s_max, &self.device)?;
         for l in 0..self.w.num_layers() {
             crate::cancel::check()?;
             let lw = self.w.layer(l)?;
             (x, mask) = self.to_layer(l, x, mask)?;
-            let rows = match rows {
-                Some(r) if r.device().same_device(x.device()) => Some(r.clone()),
-                Some(r) => Some(r.to_device(x.device())?),
-                None => None,
-            };
-            let rows = rows.as_ref();
             let (h, lo) = self.layer_forward(&lw, &x, &mask)?;
-            if spec.has_layer(l) {
-                out.hidden_states[l] = Some(store(&x, rows, dt)?);
+            for (k, (out, spec)) in outs.iter_mut().zip(specs).enumerate() {
+                if !spec.has_layer(l) {
+                    continue;
+                }
+                let rows = match &home_rows[k] {
+                    Some(r) if r.device().same_device(x.device()) => Some(r.clone()),
+                    Some(r) => Some(r.to_device(x.device())?),
+                    None => None,
+                };
+                let (rows, dt) = (rows.as_ref(), spec.dtype);
+                out.hidden_states[l] = Some(take(&x, k, rows, dt)?);
                 out.attn_outs[l] = lo
                     .attn_out
                     .as_ref()
-                    .map(|a| store(a, rows, dt))
+                    .map(|a| take(a, k, rows, dt))
                     .transpose()?;
-                out.mlp_outputs[l] = Some(store(&lo.mlp_output, rows, dt)?);
-                out.input_norm_vars[l] = Some(store(&lo.input_var, rows, DType::F32)?);
-                out.post_attn_norm_vars[l] = Some(store(&lo.post_var, rows, DType::F32)?);
+                out.mlp_outputs[l] = Some(take(&lo.mlp_output, k, rows, dt)?);
+                out.input_norm_vars[l] = Some(take(&lo.input_var, k, rows, DType::F32)?);
+                out.post_attn_norm_vars[l] = Some(take(&lo.post_var, k, rows, DType::F32)?);
             }
             x = h;
         }
         let x = self.home(x)?;
         let var = rms_variance(&x)?;
         let hn = rms_apply(&x, &var, &self.w.final_norm, self.cfg.rms_norm_eps)?;
-        if spec.has_layer(n_layers) {
-            out.hidden_states[n_layers] = Some(store(&hn, rows, dt)?);
-            out.final_norm_var = Some(store(&var, rows, DType::F32)?);
+        for (k, (out, spec)) in outs.iter_mut().zip(specs).enumerate() {
+            let rows = home_rows[k].as_ref();
+            if spec.has_layer(n_layers) {
+                out.hidden_states[n_layers] = Some(take(&hn, k, rows, spec.dtype)?);
+                out.final_norm_var = Some(take(&var, k, rows, DType::F32)?);
+            }
+            if spec.logits {
+                let hk = if b == 1 {
+                    hn.clone()
+                } else {
+                    hn.narrow(0, k, 1)?.narrow(1, 0, lens[k])?
+                };
+                let hsel = match rows {
+                    Some(r) => hk.index_select(r, 1)?,
+                    None => hk,
+                };
+                let logits = linear(&hsel, &self.w.lm_head_t, None)?;
+                out.logits = Some(store(&logits, None, DType::F32)?);
+            }
         }
-        if spec.logits {
-            let hsel = match rows {
-                Some(r) => hn.index_select(r, 1)?,
-                None => hn,
-            };
-            let logits = linear(&hsel, &self.w.lm_head_t, None)?;
-            out.logits = Some(store(&logits, None, DType::F32)?);
-        }
-        Ok(out)
+        Ok(outs)
     }
 
     /// One decoder layer on x `[b,s,e]` → (x + attn + mlp, captured pieces).

@@ -129,6 +129,8 @@ impl Remote {
                 dataset: dataset.to_string(),
                 samples: samples.to_vec(),
                 capture: CaptureWire::from_spec(capture),
+                captures: None,
+                batch: None,
                 force,
             };
             let r: BatchForwardResponse = self.post_json("/batch_forward", &req)?;
@@ -479,6 +481,48 @@ impl Backend for Remote {
 
     fn dataset_options(&self) -> Option<&serde_json::Value> {
         self.info.dataset_options.as_ref()
+    }
+
+    /// One `/batch_forward` request per batch, so the server forwards `batch` samples at once.
+    fn forward_samples(
+        &self,
+        dataset: &str,
+        inputs: &[SampleInput],
+        captures: &[CaptureSpec],
+        force: bool,
+        batch: usize,
+        on_done: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<Vec<usize>> {
+        anyhow::ensure!(
+            inputs.len() == captures.len(),
+            "{} samples but {} capture specs",
+            inputs.len(),
+            captures.len()
+        );
+        crate::limits::FORWARD_BATCH.check(batch, "the forward batch size")?;
+        anyhow::ensure!(batch >= 1, "the forward batch size must be at least 1");
+        let mut out = Vec::with_capacity(inputs.len());
+        for (chunk, caps) in inputs.chunks(batch).zip(captures.chunks(batch)) {
+            crate::cancel::check()?;
+            let req = BatchForwardRequest {
+                dataset: dataset.to_string(),
+                samples: chunk.to_vec(),
+                capture: CaptureWire::default(),
+                captures: Some(caps.iter().map(CaptureWire::from_spec).collect()),
+                batch: Some(batch),
+                force,
+            };
+            let r: BatchForwardResponse = self.post_json("/batch_forward", &req)?;
+            anyhow::ensure!(
+                r.results.len() == chunk.len(),
+                "the server answered {} results for {} samples",
+                r.results.len(),
+                chunk.len()
+            );
+            out.extend(r.results.iter().map(|r| r.seq_len));
+            on_done(chunk.len())?;
+        }
+        Ok(out)
     }
 
     fn forward_sample(

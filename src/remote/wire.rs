@@ -168,6 +168,12 @@ pub struct BatchForwardRequest {
     /// What to store.
     #[serde(default)]
     pub capture: CaptureWire,
+    /// What to store of each sample (one per sample; replaces `capture` when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captures: Option<Vec<CaptureWire>>,
+    /// Samples per forward on the server (right-padded to the longest; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
     /// Recompute even when cached.
     #[serde(default)]
     pub force: bool,

@@ -168,6 +168,27 @@ pub(super) async fn batch_forward(
     crate::limits::BATCH_SAMPLES
         .check(req.samples.len(), "samples in /batch_forward")
         .map_err(|e| ApiError::bad(e.to_string()))?;
+    let captures = match &req.captures {
+        None => vec![capture; req.samples.len()],
+        Some(c) if c.len() != req.samples.len() => {
+            return Err(ApiError::bad(format!(
+                "{} captures for {} samples (give one per sample, or none)",
+                c.len(),
+                req.samples.len()
+            )));
+        }
+        Some(c) => c
+            .iter()
+            .map(|w| w.to_spec().map_err(|e| ApiError::bad(format!("{e:#}"))))
+            .collect::<ApiResult<Vec<_>>>()?,
+    };
+    let batch = req.batch.unwrap_or(1);
+    crate::limits::FORWARD_BATCH
+        .check(batch, "batch")
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    if batch == 0 {
+        return Err(ApiError::bad("batch must be at least 1"));
+    }
     let mut seen = std::collections::HashSet::new();
     if let Some(s) = req.samples.iter().find(|s| !seen.insert(s.index)) {
         return Err(ApiError::bad(format!(
@@ -180,17 +201,29 @@ pub(super) async fn batch_forward(
         check_prompt(&local, s)?;
     }
     let results = heavy(&st, move || {
-        req.samples
-            .iter()
-            .map(|s| {
-                crate::cancel::check().map_err(|e| ApiError::unprocessable(e.into()))?;
-                forward_one(&local, &req.dataset, s, &capture, req.force)
-            })
-            .collect::<ApiResult<Vec<_>>>()
-            .map(|results| BatchForwardResponse {
-                dataset: req.dataset.clone(),
-                results,
-            })
+        let lens = local
+            .forward_batch(
+                &req.dataset,
+                &req.samples,
+                &captures,
+                req.force,
+                batch,
+                &mut |_| Ok(()),
+            )
+            .map_err(ApiError::unprocessable)?;
+        Ok(BatchForwardResponse {
+            dataset: req.dataset.clone(),
+            results: req
+                .samples
+                .iter()
+                .zip(lens)
+                .map(|(s, seq_len)| ForwardResponse {
+                    dataset: req.dataset.clone(),
+                    index: s.index,
+                    seq_len,
+                })
+                .collect(),
+        })
     })
     .await?;
     json(&results)

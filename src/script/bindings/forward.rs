@@ -26,7 +26,7 @@ pub fn register(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "forward",
         "forward(model: Model, dataset: String, samples: Array, opts: Map) -> Array",
-        "forward with capture options: layers ([int], L = final norm), positions ([int] or a span name such as \"A-\" resolved per sample), dtype (storage: \"f32\", \"f16\", \"bf16\"), logits (store logits), force (recompute cached samples).",
+        "forward with capture options: layers ([int], L = final norm), positions ([int] or a span name such as \"A-\" resolved per sample), dtype (storage: \"f32\", \"f16\", \"bf16\"), logits (store logits), force (recompute cached samples), batch (samples per forward, default 1: right-padded, same activations; faster on a GPU).",
         move |m: ScriptModel, dataset: &str, samples: Array, opts: Map| {
             let o = guard("forward", || forward_options(&opts))?;
             forward_with(&st, &m, dataset, &samples, &o)
@@ -70,6 +70,8 @@ pub(super) struct ForwardOptions {
     dtype: DType,
     logits: bool,
     pub(super) force: bool,
+    /// Samples per forward (right-padded to the longest of the batch).
+    pub(super) batch: usize,
 }
 
 impl Default for ForwardOptions {
@@ -80,6 +82,7 @@ impl Default for ForwardOptions {
             dtype: DType::F32,
             logits: false,
             force: false,
+            batch: 1,
         }
     }
 }
@@ -98,6 +101,8 @@ struct ForwardKeys {
     logits: Option<bool>,
     #[serde(default)]
     force: Option<bool>,
+    #[serde(default)]
+    batch: Option<usize>,
 }
 
 #[derive(serde::Deserialize)]
@@ -123,6 +128,14 @@ pub(super) fn forward_options(map: &Map) -> Result<ForwardOptions> {
         },
         logits: k.logits.unwrap_or(d.logits),
         force: k.force.unwrap_or(d.force),
+        batch: match k.batch {
+            None => d.batch,
+            Some(n) => {
+                crate::limits::FORWARD_BATCH.check(n, "the forward batch size")?;
+                ensure!(n >= 1, "batch must be at least 1");
+                n
+            }
+        },
     })
 }
 
@@ -169,29 +182,47 @@ fn forward_with(
     // so `mr` over them takes the same slice); a replay of reduced results forwards nothing.
     let mine = st.shard_mode().range(samples.len());
     let pb = st.progress(mine.len() as u64, &format!("forward {dataset}"));
-    let mut out = Array::with_capacity(samples.len());
-    for (k, s) in samples.into_iter().enumerate() {
-        if !mine.contains(&k) {
-            out.push(Dynamic::from(Cached {
+    let b = m.0.as_ref();
+    let mut fresh = vec![false; samples.len()];
+    let (mut inputs, mut specs) = (Vec::new(), Vec::new());
+    for k in mine.clone() {
+        let s = &samples[k];
+        st.check_interrupt()?;
+        fresh[k] = guard("forward", || {
+            let f = opts.force || !b.has_sample(&SampleKey::new(dataset, s.0.index))?;
+            if f {
+                check_tokens(b, s)?;
+                specs.push(
+                    opts.spec(s)
+                        .with_context(|| format!("sample {}", s.0.index))?,
+                );
+                inputs.push(sample_input(s));
+            }
+            Ok(f)
+        })?;
+        if !fresh[k] {
+            pb.inc(1);
+        }
+    }
+    guard("forward", || {
+        b.forward_samples(dataset, &inputs, &specs, opts.force, opts.batch, &mut |n| {
+            pb.inc(n as u64);
+            Ok(())
+        })
+    })?;
+    pb.finish_and_clear();
+    Ok(samples
+        .into_iter()
+        .zip(fresh)
+        .map(|(s, fresh)| {
+            Dynamic::from(Cached {
                 dataset: dataset.to_string(),
                 sample: s,
-                fresh: false,
+                fresh,
                 home: None,
-            }));
-            continue;
-        }
-        st.check_interrupt()?;
-        let fresh = guard("forward", || forward_one(m.0.as_ref(), dataset, &s, opts))?;
-        out.push(Dynamic::from(Cached {
-            dataset: dataset.to_string(),
-            sample: s,
-            fresh,
-            home: None,
-        }));
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    Ok(out)
+            })
+        })
+        .collect())
 }
 
 /// One sample of a forward on one backend: skipped when cached (unless `force`), else its
