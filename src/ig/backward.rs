@@ -232,9 +232,12 @@ fn attn_grad(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest, rule: IgRule) -
             select_rows(&g, src)?
         }
         _ => {
-            let a = hd.probs(&xq, &xkv, pos, no_sink)?.detach();
-            let g = ig_path_grad(&xkv, &rule, &gy, |xs| hd.apply(&a, &xq, xs, pos))?;
-            select_rows(&g, src)?
+            // the output is affine in v, so the gradient of the rows src is that of the part
+            // Σ_{j∈src} a_pj v_j W_o: only those k' rows (not all s) go through W_v
+            let a = hd.probs(&xq, &xkv, pos, no_sink)?.detach(); // [1,1,k,s]
+            let a_src = a.index_select(&crate::model::ops::index_tensor(src, a.device())?, 3)?;
+            let xv_src = select_rows(&xkv, src)?; // [1,k',e]
+            ig_path_grad(&xv_src, &rule, &gy, |xs| hd.apply(&a_src, &xq, xs, pos))?
         }
     };
     let gpos = if t.uses_src_positions() { src } else { pos };

@@ -61,12 +61,20 @@ pub fn attribute_residual(m: &Qwen2, s: &CachedSample, req: &ResidualRequest) ->
             .map(|&i| f32t(&req.grads[i].grad, dev))
             .collect::<Result<_>>()?;
         let gt = Tensor::cat(&gs, 0)?; // [gg,k,e]
-        let g2 = gt.reshape((gg * k, e))?;
+        let gflat_t = gt.reshape((gg, k * e))?.t()?; // [k·e,gg]
         for l in from..to {
-            let wo = f32t(&m.weights().layer(l)?.wo_t, dev)?; // [n·d,e]
-            let proj = g2.matmul(&wo.t()?)?.reshape((gg, k, n, d))?; // [gg,k,n,d]
+            // each head's output at the k positions, then its dot with every gradient:
+            // k·n·d·e + n·k·e·gg multiply-adds (projecting the gradients through W_o instead
+            // would cost gg·k·e·n·d, gg times more)
+            let wo = f32t(&m.weights().layer(l)?.wo_t, dev)?.reshape((n, d, e))?; // [n,d,e]
             let ao = f32t(&s.outputs.attn_out(l, Some(pos))?, dev)?; // [1,k,n,d]
-            let heads = proj.broadcast_mul(&ao)?.sum(3)?.sum(1)?.to_vec2::<f32>()?; // [gg,n]
+            let ao = ao.squeeze(0)?.transpose(0, 1)?.contiguous()?; // [n,k,d]
+            let head_out = ao.matmul(&wo)?; // [n,k,e]
+            let heads = head_out
+                .reshape((n, k * e))?
+                .matmul(&gflat_t)?
+                .t()?
+                .to_vec2::<f32>()?; // [gg,n]
             let mo = f32t(&s.outputs.mlp_output(l, Some(pos))?, dev)?; // [1,k,e]
             let mlp = gt.broadcast_mul(&mo)?.sum(2)?.sum(1)?.to_vec1::<f32>()?; // [gg]
             for (c, &gi) in idx.iter().enumerate() {

@@ -82,7 +82,8 @@ impl<'a> AttnInputs<'a> {
         self.heads = Some(heads);
         self
     }
-    /// Uses these post-softmax weights `[b|1,h,i,j]`.
+    /// Uses these post-softmax weights `[b|1,h,i,j]`: column t weighs row t of xv, whatever
+    /// position that row holds (so xv may be a subset of the positions).
     pub fn with_weights(mut self, w: &'a Tensor) -> Self {
         self.attn_weights = Some(w);
         self
@@ -186,7 +187,11 @@ impl Qwen2 {
                 a.q_pos.len()
             );
         }
-        if let Some(&p) = a.q_pos.iter().find(|&&p| p >= j) {
+        // keys are positions 0..j when the weights are computed (causal mask, RoPE); given
+        // weights name their keys by column, so any subset of positions may be passed
+        if a.attn_weights.is_none()
+            && let Some(&p) = a.q_pos.iter().find(|&&p| p >= j)
+        {
             bail!("query position {p} out of range: keys cover positions 0..{j}");
         }
         broadcast_batch(&[("xq", a.xq), ("xk", a.xk), ("xv", a.xv)])?;
