@@ -251,70 +251,6 @@ impl Local {
         self.keep(dataset, input, ids, outputs, capture)
     }
 
-    /// Forwards samples `batch` at a time (each batch right-padded to its longest prompt; the
-    /// prompts are grouped by length so little is padded) and stores each under (dataset, its
-    /// index), skipping cached ones unless `force`. `on_done(n)` is called after each batch with
-    /// the number of samples it held. Returns each sample's seq_len in order. Every sample is
-    /// checked before any forward runs; a failed batch stores none of its samples.
-    pub fn forward_batch(
-        &self,
-        dataset: &str,
-        inputs: &[SampleInput],
-        captures: &[CaptureSpec],
-        force: bool,
-        batch: usize,
-        on_done: &mut dyn FnMut(usize) -> Result<()>,
-    ) -> Result<Vec<usize>> {
-        ensure!(
-            inputs.len() == captures.len(),
-            "{} samples but {} capture specs",
-            inputs.len(),
-            captures.len()
-        );
-        crate::limits::FORWARD_BATCH.check(batch, "the forward batch size")?;
-        ensure!(batch >= 1, "the forward batch size must be at least 1");
-        let mut seq_lens = vec![0; inputs.len()];
-        let mut todo: Vec<(usize, Vec<u32>)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (k, input) in inputs.iter().enumerate() {
-            ensure!(
-                seen.insert(input.index),
-                "sample index {} appears twice in one forward",
-                input.index
-            );
-            let key = SampleKey::new(dataset, input.index);
-            if !force && let Ok((_, seq_len)) = self.sample_info(&key) {
-                seq_lens[k] = seq_len;
-                on_done(1)?;
-                continue;
-            }
-            let ids = self.encode(&input.prompt)?;
-            self.check_input(input, &ids)
-                .and_then(|()| captures[k].validate(self.config().num_hidden_layers, ids.len()))
-                .with_context(|| format!("sample {} of dataset {dataset:?}", input.index))?;
-            todo.push((k, ids));
-        }
-        // longest first, so the first batch fails early when memory is short
-        todo.sort_by_key(|(k, ids)| (std::cmp::Reverse(ids.len()), *k));
-        for chunk in todo.chunks(batch) {
-            crate::cancel::check()?;
-            let seqs: Vec<&[u32]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
-            let specs: Vec<CaptureSpec> = chunk.iter().map(|(k, _)| captures[*k].clone()).collect();
-            let outs = self
-                .model
-                .forward_capture_batch(&seqs, &specs)
-                .with_context(|| {
-                    let idx: Vec<usize> = chunk.iter().map(|(k, _)| inputs[*k].index).collect();
-                    format!("batched forward of samples {idx:?} of dataset {dataset:?}")
-                })?;
-            for ((k, ids), outputs) in chunk.iter().zip(outs) {
-                seq_lens[*k] = self.keep(dataset, &inputs[*k], ids, outputs, &captures[*k])?;
-            }
-            on_done(chunk.len())?;
-        }
-        Ok(seq_lens)
-    }
-
     /// The checks of a sample before its forward: labels against answers, label ids and the
     /// objective against the vocabulary, answer positions against the prompt.
     fn check_input(&self, input: &SampleInput, ids: &[u32]) -> Result<()> {
@@ -772,6 +708,11 @@ impl Backend for Local {
         self.forward_ids(dataset, input, &ids, capture, force)
     }
 
+    /// Forwards samples `batch` at a time (each batch right-padded to its longest prompt; the
+    /// prompts are grouped by length so little is padded) and stores each under (dataset, its
+    /// index), skipping cached ones unless `force`. `on_done(n)` is called after each batch with
+    /// the number of samples it held. Returns each sample's seq_len in order. Every sample is
+    /// checked before any forward runs; a failed batch stores none of its samples.
     fn forward_samples(
         &self,
         dataset: &str,
@@ -781,7 +722,47 @@ impl Backend for Local {
         batch: usize,
         on_done: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<Vec<usize>> {
-        self.forward_batch(dataset, inputs, captures, force, batch, on_done)
+        super::check_forward_samples(inputs, captures, batch)?;
+        let mut seq_lens = vec![0; inputs.len()];
+        let mut todo: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (k, input) in inputs.iter().enumerate() {
+            ensure!(
+                seen.insert(input.index),
+                "sample index {} appears twice in one forward",
+                input.index
+            );
+            let key = SampleKey::new(dataset, input.index);
+            if !force && let Ok((_, seq_len)) = self.sample_info(&key) {
+                seq_lens[k] = seq_len;
+                on_done(1)?;
+                continue;
+            }
+            let ids = self.encode(&input.prompt)?;
+            self.check_input(input, &ids)
+                .and_then(|()| captures[k].validate(self.config().num_hidden_layers, ids.len()))
+                .with_context(|| format!("sample {} of dataset {dataset:?}", input.index))?;
+            todo.push((k, ids));
+        }
+        // longest first, so the first batch fails early when memory is short
+        todo.sort_by_key(|(k, ids)| (std::cmp::Reverse(ids.len()), *k));
+        for chunk in todo.chunks(batch) {
+            crate::cancel::check()?;
+            let seqs: Vec<&[u32]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
+            let specs: Vec<CaptureSpec> = chunk.iter().map(|(k, _)| captures[*k].clone()).collect();
+            let outs = self
+                .model
+                .forward_capture_batch(&seqs, &specs)
+                .with_context(|| {
+                    let idx: Vec<usize> = chunk.iter().map(|(k, _)| inputs[*k].index).collect();
+                    format!("batched forward of samples {idx:?} of dataset {dataset:?}")
+                })?;
+            for ((k, ids), outputs) in chunk.iter().zip(outs) {
+                seq_lens[*k] = self.keep(dataset, &inputs[*k], ids, outputs, &captures[*k])?;
+            }
+            on_done(chunk.len())?;
+        }
+        Ok(seq_lens)
     }
 
     fn has_sample(&self, key: &SampleKey) -> Result<bool> {

@@ -105,6 +105,24 @@ impl InterveneOptions {
     }
 }
 
+/// The checks of a [`Backend::forward_samples`] call: one capture per sample, a batch size in
+/// 1..=[`crate::limits::FORWARD_BATCH`].
+pub fn check_forward_samples(
+    inputs: &[SampleInput],
+    captures: &[CaptureSpec],
+    batch: usize,
+) -> Result<()> {
+    anyhow::ensure!(
+        inputs.len() == captures.len(),
+        "{} samples but {} capture specs",
+        inputs.len(),
+        captures.len()
+    );
+    crate::limits::FORWARD_BATCH.check(batch, "the forward batch size")?;
+    anyhow::ensure!(batch >= 1, "the forward batch size must be at least 1");
+    Ok(())
+}
+
 /// A model that can forward samples, cache their activations and answer questions about them.
 pub trait Backend: Send + Sync {
     /// The model configuration.
@@ -137,13 +155,7 @@ pub trait Backend: Send + Sync {
         batch: usize,
         on_done: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<Vec<usize>> {
-        let _ = batch;
-        anyhow::ensure!(
-            inputs.len() == captures.len(),
-            "{} samples but {} capture specs",
-            inputs.len(),
-            captures.len()
-        );
+        check_forward_samples(inputs, captures, batch)?;
         let mut out = Vec::with_capacity(inputs.len());
         for (input, capture) in inputs.iter().zip(captures) {
             crate::cancel::check()?;

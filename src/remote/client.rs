@@ -493,14 +493,7 @@ impl Backend for Remote {
         batch: usize,
         on_done: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<Vec<usize>> {
-        anyhow::ensure!(
-            inputs.len() == captures.len(),
-            "{} samples but {} capture specs",
-            inputs.len(),
-            captures.len()
-        );
-        crate::limits::FORWARD_BATCH.check(batch, "the forward batch size")?;
-        anyhow::ensure!(batch >= 1, "the forward batch size must be at least 1");
+        crate::backend::check_forward_samples(inputs, captures, batch)?;
         let mut out = Vec::with_capacity(inputs.len());
         for (chunk, caps) in inputs.chunks(batch).zip(captures.chunks(batch)) {
             crate::cancel::check()?;

@@ -202,7 +202,7 @@ pub(super) async fn batch_forward(
     }
     let results = heavy(&st, move || {
         let lens = local
-            .forward_batch(
+            .forward_samples(
                 &req.dataset,
                 &req.samples,
                 &captures,
