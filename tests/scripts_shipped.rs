@@ -225,6 +225,25 @@ fn check_top_heads_run(r: &Run, out: &Path) {
         );
     }
     assert!(r.out.contains("ranked by |score|"), "{}", r.out);
+    // The phases' seconds cover the run without overlap: each ≥ 0, summing to the total.
+    let secs = map(&m["seconds"]);
+    let total = num(&m["total_seconds"]);
+    let phases = [
+        "load",
+        "dataset",
+        "forward",
+        "attribution",
+        "analysis",
+        "figures",
+    ];
+    assert_eq!(secs.len(), phases.len(), "{secs:?}");
+    let sum: f64 = phases.iter().map(|p| num(&secs[*p])).sum();
+    assert!(phases.iter().all(|p| num(&secs[*p]) >= 0.0), "{secs:?}");
+    assert!(
+        total > 0.0 && (sum - total).abs() <= 1e-9 * total.max(1.0),
+        "{sum} vs {total}"
+    );
+    assert!(r.out.contains("s a puzzle: model"), "{}", r.out);
     // The printed table has one row per head with its signed score and its magnitude.
     for (i, row) in rows.iter().enumerate() {
         let row = array(row);
