@@ -9,7 +9,7 @@ mod lens_support;
 use candle_core::{D, DType, Device, Tensor};
 use lens_support::*;
 use minarc::analysis::lens::{
-    LensNode, eval_head_lens, eval_logit_lens, eval_nodes, get_head_matching_scores,
+    LensNode, eval_head_lens, eval_head_lens_both, eval_logit_lens, eval_nodes, get_head_matching_scores,
     lens_positions, mean_bool, render_logit_lens,
 };
 use minarc::backend::{Backend, HeadSel, SampleKey};
@@ -178,6 +178,9 @@ fn head_lens_and_eval_nodes() {
                 .map(|(d, a)| *d == a.to_lowercase())
                 .collect();
             assert_eq!(loose, want, "{layer}-{head} non-strict");
+            // both readings from one projection: the same two answers
+            let both = eval_head_lens_both(&b, &key, &sample, layer, head).unwrap();
+            assert_eq!(both, (want, strict.clone()), "{layer}-{head} both");
             let mut renamed = sample.clone();
             renamed.answers = decoded.iter().map(|d| d.to_uppercase()).collect();
             let loose = eval_head_lens(&b, &key, &renamed, layer, head, false).unwrap();

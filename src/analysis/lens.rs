@@ -382,6 +382,19 @@ pub fn eval_head_lens(
     head: usize,
     strict: bool,
 ) -> Result<Vec<bool>> {
+    let (loose, strict_hits) = eval_head_lens_both(backend, key, sample, layer, head)?;
+    Ok(if strict { strict_hits } else { loose })
+}
+
+/// Both readings of [`eval_head_lens`] (loose, strict) from one projection through lm_head —
+/// the projection streams the whole `[e, v]` matrix for a few rows, so it is the cost.
+pub fn eval_head_lens_both(
+    backend: &dyn Backend,
+    key: &SampleKey,
+    sample: &Sample,
+    layer: usize,
+    head: usize,
+) -> Result<(Vec<bool>, Vec<bool>)> {
     check_sample(backend, key, sample)?;
     check_layer(backend, layer)?;
     check_head_or_mlp(backend, head)?;
@@ -391,17 +404,15 @@ pub fn eval_head_lens(
         .with_context(|| format!("head lens of {layer}-{head}"))?; // [1,k,e]
     let rows = logit_rows(&backend.lens_logits(&out)?, pos.len())?;
     let tok = backend.tokenizer();
-    rows.iter()
-        .zip(sample.labels.iter().zip(&sample.answers))
-        .map(|(row, (&label, answer))| {
-            let st = row_stats(row, label, 1)?;
-            Ok(if strict {
-                st.argmax == label
-            } else {
-                token_text(tok, st.argmax).trim().to_lowercase() == answer.trim().to_lowercase()
-            })
-        })
-        .collect()
+    let mut loose = Vec::with_capacity(rows.len());
+    let mut strict = Vec::with_capacity(rows.len());
+    for (row, (&label, answer)) in rows.iter().zip(sample.labels.iter().zip(&sample.answers)) {
+        let st = row_stats(row, label, 1)?;
+        strict.push(st.argmax == label);
+        loose
+            .push(token_text(tok, st.argmax).trim().to_lowercase() == answer.trim().to_lowercase());
+    }
+    Ok((loose, strict))
 }
 
 // ---------------------------------------------------------------- V7 circuit evaluation

@@ -31,8 +31,8 @@ pub use cluster::{
 };
 pub use distance::{DistanceKind, DistanceMatrix, compute_cosine_matrix, compute_js_matrix};
 pub use lens::{
-    LENS_COLUMNS, LensNode, LogitLens, PatternScore, TopToken, eval_head_lens, eval_logit_lens,
-    eval_nodes, get_head_matching_scores, mean_bool, render_logit_lens,
+    LENS_COLUMNS, LensNode, LogitLens, PatternScore, TopToken, eval_head_lens, eval_head_lens_both,
+    eval_logit_lens, eval_nodes, get_head_matching_scores, mean_bool, render_logit_lens,
 };
 pub use patterns::{
     PatternLabels, attn_pattern_labels, attn_pattern2labels, get_ap_scores, get_ap_scores_rows,

@@ -5,8 +5,8 @@ use super::args::{guard, int_array, options, usize_list};
 use super::attribution::{ScriptGraph, ScriptNode, node_ids, sample_ref};
 use super::model::{Cached, ScriptModel};
 use crate::analysis::lens::{
-    LensNode, eval_head_lens, eval_logit_lens, eval_nodes, get_head_matching_scores,
-    render_logit_lens,
+    LensNode, eval_head_lens, eval_head_lens_both, eval_logit_lens, eval_nodes,
+    get_head_matching_scores, render_logit_lens,
 };
 use crate::analysis::show_attn::{
     ShowAttn, attn_attr_rows_for, show_attn_ansi, show_attn_data, write_show_attn_html,
@@ -254,6 +254,27 @@ pub fn register(r: &mut Registrar) {
         "The head lens; strict compares the argmax id with the label id.",
         |m: ScriptModel, c: Cached, layer: INT, head: INT, strict: bool| {
             guard("eval_head_lens", || head_lens(&m, &c, layer, head, strict))
+        },
+    )
+    .func(
+        "eval_head_lens_both",
+        "eval_head_lens_both(model: Model, r: Cached, layer: int, head: int) -> Map",
+        "#{loose, strict}: both head-lens readings from one lm_head projection (half the work of two eval_head_lens calls).",
+        |m: ScriptModel, c: Cached, layer: INT, head: INT| {
+            guard("eval_head_lens_both", || {
+                let (loose, strict) = eval_head_lens_both(
+                    m.0.as_ref(),
+                    &sample_ref(&c).key,
+                    &c.sample.0,
+                    nonneg("layer", layer)?,
+                    nonneg("head", head)?,
+                )?;
+                let arr = |v: Vec<bool>| -> Array { v.into_iter().map(Dynamic::from_bool).collect() };
+                let mut out = Map::new();
+                out.insert("loose".into(), Dynamic::from_array(arr(loose)));
+                out.insert("strict".into(), Dynamic::from_array(arr(strict)));
+                Ok(out)
+            })
         },
     )
     .func(
