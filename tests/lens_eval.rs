@@ -9,8 +9,8 @@ mod lens_support;
 use candle_core::{D, DType, Device, Tensor};
 use lens_support::*;
 use minarc::analysis::lens::{
-    LensNode, eval_head_lens, eval_head_lens_both, eval_logit_lens, eval_nodes, get_head_matching_scores,
-    lens_positions, mean_bool, render_logit_lens,
+    LensNode, eval_head_lens, eval_head_lens_both, eval_logit_lens, eval_nodes,
+    get_head_matching_scores, lens_positions, mean_bool, render_logit_lens,
 };
 use minarc::backend::{Backend, HeadSel, SampleKey};
 use minarc::remote::wire::{ErrorBody, encode_request, encode_tensors};
