@@ -219,6 +219,13 @@ fn a_batched_forward_caches_what_one_at_a_time_does() {
          m",
     );
     assert!(d < 1e-5, "{d}");
+    // a sample listed twice is forwarded once, as before batching
+    let n = eval_f64(
+        &mut h,
+        "let twice = forward(model, \"twice\", [ds[0], ds[1], ds[0]], #{batch: 4});\n\
+         twice.filter(|c| c.fresh).len()",
+    );
+    assert_eq!(n, 2.0);
     for bad in ["0", "-1", "100000"] {
         let e = eval_err(
             &mut h,

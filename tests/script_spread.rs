@@ -154,6 +154,10 @@ fn spread_errors_name_the_model_and_item() {
         ("forward([], \"x\", ds)", "list of models is empty"),
         ("forward([m1, 5], \"x\", ds)", "models[1] is a"),
         ("forward([m1, m2], \"x\", [1])", "expected a Sample"),
+        (
+            "forward([m1, m2], \"x\", ds, #{batch: 2})",
+            "batch applies to forward(model",
+        ),
         ("mr([m1, m2], [], |r, m| 1.0)", "empty list of items"),
         (
             "mr([m1, m2], rs, |r, m| if r.index == rs[3].index { throw \"boom\" } else { 1.0 })",

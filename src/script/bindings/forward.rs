@@ -185,11 +185,14 @@ fn forward_with(
     let b = m.0.as_ref();
     let mut fresh = vec![false; samples.len()];
     let (mut inputs, mut specs) = (Vec::new(), Vec::new());
+    // a sample index listed again is forwarded once (as one at a time would skip it as cached)
+    let mut queued = std::collections::HashSet::new();
     for k in mine.clone() {
         let s = &samples[k];
         st.check_interrupt()?;
         fresh[k] = guard("forward", || {
-            let f = opts.force || !b.has_sample(&SampleKey::new(dataset, s.0.index))?;
+            let f = (opts.force || !b.has_sample(&SampleKey::new(dataset, s.0.index))?)
+                && queued.insert(s.0.index);
             if f {
                 check_tokens(b, s)?;
                 specs.push(

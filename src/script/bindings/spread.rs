@@ -38,6 +38,11 @@ fn forward_spread(
 ) -> RResult<Array> {
     let (models, samples) = guard("forward", || {
         ensure!(!dataset.is_empty(), "the dataset name must not be empty");
+        ensure!(
+            opts.batch == 1,
+            "batch applies to forward(model, ...): over several models each model takes one \
+             sample at a time"
+        );
         Ok((models_of(models)?, samples_of(samples)?))
     })?;
     let backends: Vec<&dyn Backend> = models.iter().map(|m| m.0.as_ref()).collect();
