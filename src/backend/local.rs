@@ -744,8 +744,11 @@ impl Backend for Local {
                 .with_context(|| format!("sample {} of dataset {dataset:?}", input.index))?;
             todo.push((k, ids));
         }
-        // longest first, so the first batch fails early when memory is short
-        todo.sort_by_key(|(k, ids)| (std::cmp::Reverse(ids.len()), *k));
+        // batches of similar lengths, longest first (the first batch fails early when memory is
+        // short); one at a time keeps the given order
+        if batch > 1 {
+            todo.sort_by_key(|(k, ids)| (std::cmp::Reverse(ids.len()), *k));
+        }
         for chunk in todo.chunks(batch) {
             crate::cancel::check()?;
             let seqs: Vec<&[u32]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
