@@ -576,3 +576,70 @@ fn batched_forward_equals_one_sample_at_a_time() {
         .to_string();
     assert!(e.contains("one capture spec per sequence"), "{e}");
 }
+
+#[test]
+fn half_precision_weights_with_f32_activations_are_closer_to_f32_than_half_compute() {
+    // weights_dtype bf16 under f32 compute: the products round their operands to bf16 (f32
+    // accumulation) but the residual stream, norms and attention stay f32 — so the model must
+    // track the f32 model at least as well as the all-bf16 model does
+    let dir = fixture(Preset::Small, 0, 1);
+    let m32 = load(dir.path());
+    let cfg = m32.config().clone();
+    let ids = token_ids(&cfg, 64, 5);
+    let spec = CaptureSpec::full();
+    let ref_out = m32.forward_capture(&ids, &spec).unwrap();
+    let opts = minarc::model::LoadOptions {
+        weights_dtype: Some(DType::BF16),
+        ..Default::default()
+    };
+    let mixed =
+        minarc::model::Qwen2::load_with(dir.path(), DType::F32, &Device::Cpu, &opts).unwrap();
+    let lw = mixed.weights().layer(0).unwrap();
+    assert_eq!(lw.wq_t.dtype(), DType::BF16);
+    assert_eq!(lw.input_norm.dtype(), DType::F32);
+    let bf = minarc::model::Qwen2::load(dir.path(), DType::BF16, &Device::Cpu).unwrap();
+    let mix_out = mixed.forward_capture(&ids, &spec).unwrap();
+    let bf_out = bf.forward_capture(&ids, &spec).unwrap();
+    let nl = cfg.num_hidden_layers;
+    let mean_abs_diff = |a: &Tensor, b: &Tensor| -> f32 {
+        let (a, b) = (vals(a), vals(b));
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+    };
+    let r = ref_out.hidden_state(nl, None).unwrap();
+    let d_mix = mean_abs_diff(&mix_out.hidden_state(nl, None).unwrap(), &r);
+    let d_bf = mean_abs_diff(&bf_out.hidden_state(nl, None).unwrap(), &r);
+    assert!(d_mix > 0.0, "the products must actually run in bf16");
+    assert!(
+        d_mix <= d_bf,
+        "bf16 weights + f32 activations {d_mix} vs all-bf16 {d_bf}"
+    );
+    // the components (per-head outputs through o_proj) and a gradient path run too, in f32
+    let attn = mix_out.attn_out(1, Some(&[3, 7])).unwrap();
+    let heads = mixed.head_outputs(1, &attn, Some(&[0, 2])).unwrap();
+    let heads32 = m32
+        .head_outputs(
+            1,
+            &ref_out.attn_out(1, Some(&[3, 7])).unwrap(),
+            Some(&[0, 2]),
+        )
+        .unwrap();
+    assert_eq!(heads.dtype(), DType::F32);
+    let rel = max_diff(&heads, &heads32) / max_abs(&heads32);
+    assert!(rel < 0.05, "head outputs rel diff {rel}");
+    let x = ref_out
+        .hidden_state(2, Some(&[5]))
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let var = candle_core::Var::from_tensor(&x).unwrap();
+    let y = mixed.mlp(2, var.as_tensor(), None).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let gx = g
+        .get(var.as_tensor())
+        .expect("a gradient through bf16 weights");
+    let y32 = m32.mlp(2, var.as_tensor(), None).unwrap();
+    let g32 = y32.sum_all().unwrap().backward().unwrap();
+    let gx32 = g32.get(var.as_tensor()).unwrap();
+    let rel = max_diff(gx, gx32) / max_abs(gx32);
+    assert!(rel < 0.05, "mlp input gradient rel diff {rel}");
+}

@@ -236,6 +236,33 @@ fn a_batched_forward_caches_what_one_at_a_time_does() {
 }
 
 #[test]
+fn weights_dtype_loads_a_separate_model_that_tracks_f32() {
+    let (mut h, _) = host();
+    let d = eval_f64(
+        &mut h,
+        &format!(
+            "let mw = load_model(\"{0}\", #{{weights_dtype: \"bf16\"}});\n\
+             let same = load_model(\"{0}\", #{{weights_dtype: \"f32\"}});\n\
+             if loaded_models().len() != 2 {{ throw `${{loaded_models().len()}} models` }}\n\
+             let rw = forward(mw, \"w16\", ds);\n\
+             let a = get_hidden_states(mw, rw[0], model.n_layers);\n\
+             let b = get_hidden_states(model, r, model.n_layers);\n\
+             (a - b).abs().max() / b.abs().max()",
+            model_dir().display()
+        ),
+    );
+    assert!(d > 0.0 && d < 0.05, "{d}");
+    let e = eval_err(
+        &mut h,
+        &format!(
+            "load_model(\"{}\", #{{weights_dtype: \"int3\"}})",
+            model_dir().display()
+        ),
+    );
+    assert!(e.contains("int3"), "{e}");
+}
+
+#[test]
 fn load_model_options_are_memoised_per_dtype() {
     let (mut h, _) = host();
     let n = eval_f64(

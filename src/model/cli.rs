@@ -65,6 +65,10 @@ pub struct BenchForwardArgs {
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Hold the decoder layers' projection weights in this dtype (bf16 or f16; products in it
+    /// with f32 accumulation, the rest in --dtype).
+    #[arg(long = "weights-dtype")]
+    pub weights_dtype: Option<String>,
     /// The JSON written by `scripts/reference/bench_torch.py --json` on the same model folder
     /// and prompt length: prints HF's times and minarc's ratios to them.
     #[arg(long)]
@@ -116,7 +120,11 @@ pub fn bench_forward(a: &BenchForwardArgs) -> Result<()> {
         }
     };
     let t = Instant::now();
-    let model = Qwen2::load(&dir, dtype, &device)?;
+    let opts = crate::model::loader::LoadOptions {
+        weights_dtype: a.weights_dtype.as_deref().map(parse_dtype).transpose()?,
+        ..Default::default()
+    };
+    let model = Qwen2::load_with(&dir, dtype, &device, &opts)?;
     let load_s = t.elapsed().as_secs_f64();
     let cfg = model.config().clone();
     // deterministic token ids (3.. avoids special tokens)

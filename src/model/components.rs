@@ -453,7 +453,13 @@ impl Qwen2 {
         let h = heads.len();
         let dev = self.layer_device(layer);
         let mut a = self.prep_on(attn_out, dev)?;
-        let mut wo = self.w.layer(layer)?.wo_t.reshape((n, d, e))?;
+        // in the compute dtype (the weights may be held narrower, see LoadOptions::weights_dtype)
+        let mut wo = self
+            .w
+            .layer(layer)?
+            .wo_t
+            .to_dtype(self.dtype)?
+            .reshape((n, d, e))?;
         if !all {
             let idx = index_tensor(&heads, dev)?;
             a = a.index_select(&idx, 2)?;

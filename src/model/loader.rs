@@ -28,6 +28,11 @@ pub struct LoadOptions {
     /// [`super::config::parse_device_map`]): decoder layers on several devices, the home device
     /// being the load's `device`. None: every layer on the load's device.
     pub device_map: Option<String>,
+    /// Hold the decoder layers' projection weights (q, k, v, o, gate, up, down) in this dtype
+    /// instead of the compute dtype: with `bf16` and an f32 compute dtype the products run in
+    /// bf16 with f32 accumulation while the residual stream, norms, attention and captures stay
+    /// f32 (see [`super::ops::linear`]). None: the compute dtype.
+    pub weights_dtype: Option<DType>,
 }
 
 /// Default budget of dequantised GPTQ layers when packed: 4 GiB (`MINARC_GPTQ_CACHE_BYTES`).
@@ -44,6 +49,7 @@ impl Default for LoadOptions {
             check_finite: !crate::limits::env_flag("MINARC_SKIP_WEIGHT_CHECK"),
             gptq_packed: None,
             device_map: None,
+            weights_dtype: None,
         }
     }
 }
@@ -66,6 +72,7 @@ pub struct WeightFiles {
     routing: HashMap<String, usize>,
     memory: Option<(PathBuf, HashMap<String, Tensor>)>,
     check_finite: bool,
+    weights_dtype: Option<DType>,
     gptq: Option<super::gptq::GptqConfig>,
 }
 
@@ -182,6 +189,7 @@ impl WeightFiles {
             routing,
             memory: None,
             check_finite: LoadOptions::default().check_finite,
+            weights_dtype: None,
             gptq: None,
         })
     }
@@ -225,6 +233,7 @@ impl WeightFiles {
             routing: HashMap::new(),
             memory: Some((source, tensors)),
             check_finite: LoadOptions::default().check_finite,
+            weights_dtype: None,
             gptq: None,
         }
     }
@@ -232,7 +241,13 @@ impl WeightFiles {
     /// Sets how tensors are read (see [`LoadOptions`]).
     pub fn with_options(mut self, opts: &LoadOptions) -> Self {
         self.check_finite = opts.check_finite;
+        self.weights_dtype = opts.weights_dtype;
         self
+    }
+
+    /// The dtype the decoder layers' projection weights are held in (None: the compute dtype).
+    pub fn weights_dtype(&self) -> Option<DType> {
+        self.weights_dtype
     }
 
     /// Whether the checkpoint contains `name`.

@@ -11,6 +11,19 @@ pub const NEG_MASK: f32 = -1e30;
 /// `x @ w_t (+ bias)`: x `[.., in]`, w_t `[in, out]`, bias `[out]` → `[.., out]`.
 /// Leading dims are folded into one matmul.
 pub fn linear(x: &Tensor, w_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if x.dtype() != w_t.dtype() {
+        // half-precision weights under a wider compute dtype: the product in the weights'
+        // dtype (f32 accumulation), the result widened back; under autograd the weight is
+        // widened instead, so the gradient flows in the compute dtype
+        if x.track_op() || w_t.track_op() {
+            return linear(x, &w_t.to_dtype(x.dtype())?, bias);
+        }
+        let y = linear(&x.to_dtype(w_t.dtype())?, w_t, None)?.to_dtype(x.dtype())?;
+        return Ok(match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        });
+    }
     let x = if x.is_contiguous() {
         x.clone()
     } else {

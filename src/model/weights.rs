@@ -278,6 +278,8 @@ impl Weights {
             cfg.num_hidden_layers
         );
         let dev = home;
+        // the decoder layers' projections may be held narrower than the compute dtype
+        let wdt = files.weights_dtype().unwrap_or(dtype);
         let e = cfg.hidden_size;
         let m = cfg.intermediate_size;
         let nd = cfg.num_attention_heads * cfg.head_dim();
@@ -290,7 +292,7 @@ impl Weights {
             let p = format!("model.layers.{l}");
             let vec = |name: &str, n: usize| files.tensor(&format!("{p}.{name}"), &[n], dtype, dev);
             let lin = |name: &str, o: usize, i: usize| {
-                linear_t(files, &format!("{p}.{name}.weight"), o, i, dtype, dev)
+                linear_t(files, &format!("{p}.{name}.weight"), o, i, wdt, dev)
             };
             // Llama-style checkpoints have no q/k/v biases: a zero bias adds exactly nothing
             let bias = |name: &str, n: usize| {

@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Bytes of dequantised layers a packed GPTQ model keeps (N[K|M|G]; default 4G).
     #[arg(long = "gptq-cache-bytes")]
     pub gptq_cache_bytes: Option<String>,
+    /// Hold the decoder layers' projection weights in this dtype (bf16 or f16; products in it
+    /// with f32 accumulation, activations and captures in --dtype).
+    #[arg(long = "weights-dtype")]
+    pub weights_dtype: Option<String>,
 }
 
 impl ServeArgs {
@@ -69,6 +73,11 @@ impl ServeArgs {
             load.device_map = Some(self.device.clone());
         }
         load.check_finite = !self.skip_weight_check && load.check_finite;
+        load.weights_dtype = self
+            .weights_dtype
+            .as_deref()
+            .map(crate::model::config::parse_dtype)
+            .transpose()?;
         let budget = match &self.gptq_cache_bytes {
             Some(v) => parse_cache_bytes(v)?
                 .ok_or_else(|| anyhow::anyhow!("--gptq-cache-bytes must be a size"))?,

@@ -82,6 +82,9 @@ struct LoadModelOptions {
     /// Bytes of dequantised layers a packed GPTQ model keeps (default 4 GiB).
     #[serde(default)]
     gptq_cache_bytes: Option<u64>,
+    /// The dtype of the decoder layers' projection weights (default: the compute dtype).
+    #[serde(default)]
+    weights_dtype: Option<String>,
 }
 
 fn default_dtype() -> String {
@@ -115,11 +118,20 @@ fn load_options(opts: &Map) -> Result<(DType, Device, String, LoadOptions)> {
         Some("dense") => load.gptq_packed = None,
         Some(other) => anyhow::bail!("gptq {other:?}: \"packed\" or \"dense\""),
     }
+    load.weights_dtype = o
+        .weights_dtype
+        .as_deref()
+        .map(crate::model::config::parse_dtype)
+        .transpose()?
+        .filter(|w| *w != dt);
     let mut variant = if (dt, o.device.as_str()) == (DType::F32, "cpu") {
         String::new()
     } else {
         format!("{dt:?}@{}", o.device)
     };
+    if let Some(w) = load.weights_dtype {
+        variant.push_str(&format!("+weights-{w:?}"));
+    }
     if let Some(b) = load.gptq_packed {
         variant.push_str(&format!("+gptq-packed-{b}"));
     }
@@ -286,7 +298,7 @@ fn register_loading(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "load_model",
         "load_model(path: String, opts: Map) -> Model",
-        "Load with options: dtype (\"f32\", \"f16\", \"bf16\"; default f32), device (\"cpu\", \"cuda\", \"cuda:N\", or a layer map: \"cuda:0,cuda:1\" splits the layers in order, \"cuda:0=0-39,cuda:1=40-79\" places them explicitly; the first device holds embeddings and lm_head), check_weights (scan every weight for NaN/inf, default true; env MINARC_SKIP_WEIGHT_CHECK=1 changes the default), gptq (\"packed\": a GPTQ model's layers stay packed and are dequantised one at a time when used, the default on CUDA; \"dense\": dequantised on load, the default on the CPU) and gptq_cache_bytes (dequantised layers a packed model keeps, default 4 GiB); memoised per path, dtype, device and packing. path \"default\" is the default model.",
+        "Load with options: dtype (\"f32\", \"f16\", \"bf16\"; default f32), device (\"cpu\", \"cuda\", \"cuda:N\", or a layer map: \"cuda:0,cuda:1\" splits the layers in order, \"cuda:0=0-39,cuda:1=40-79\" places them explicitly; the first device holds embeddings and lm_head), check_weights (scan every weight for NaN/inf, default true; env MINARC_SKIP_WEIGHT_CHECK=1 changes the default), gptq (\"packed\": a GPTQ model's layers stay packed and are dequantised one at a time when used, the default on CUDA; \"dense\": dequantised on load, the default on the CPU) and gptq_cache_bytes (dequantised layers a packed model keeps, default 4 GiB), weights_dtype (\"bf16\" or \"f16\": the decoder layers' projection weights held in that dtype and multiplied in it with f32 accumulation, while activations, attention and captures stay in dtype; the fastest CPU forward with AVX512_BF16, see performance.md); memoised per path, dtype, device, packing and weights dtype. path \"default\" is the default model.",
         move |path: &str, opts: Map| guard("load_model", || load_with(&st, path, &opts)),
     );
     let st = state.clone();
