@@ -12,6 +12,7 @@ use super::node::{NodeId, NodeType};
 use super::pattern::SampleRef;
 use super::step::{attribute_step, backward, residual_request, set_pos_ids};
 use crate::backend::{Backend, InterveneOptions, Local, SampleKey};
+use crate::model::cli::TorchTime;
 use crate::model::fixture::{Preset, write_model};
 use crate::model::intervene::{Edit, Intervention, Site};
 use crate::model::{CaptureSpec, SampleInput};
@@ -234,11 +235,6 @@ struct TorchAttr {
     attn_v: TorchTime,
     attribute_residual: TorchTime,
     values: TorchValues,
-}
-
-#[derive(serde::Deserialize)]
-struct TorchTime {
-    median_s: f64,
 }
 
 #[derive(serde::Deserialize)]

@@ -250,9 +250,10 @@ struct TorchBench {
     body: std::collections::BTreeMap<String, TorchTime>,
 }
 
+/// One timing of `bench_torch.py`'s JSON (its median over the repetitions).
 #[derive(serde::Deserialize)]
-struct TorchTime {
-    median_s: f64,
+pub(crate) struct TorchTime {
+    pub(crate) median_s: f64,
 }
 
 /// The lines comparing minarc's plain and capture medians (seconds, at `dtype`) with HF's body
