@@ -597,6 +597,11 @@ fn half_precision_weights_with_f32_activations_are_closer_to_f32_than_half_compu
     let lw = mixed.weights().layer(0).unwrap();
     assert_eq!(lw.wq_t.dtype(), DType::BF16);
     assert_eq!(lw.input_norm.dtype(), DType::F32);
+    assert!(
+        mixed.describe().contains("F32 (projection weights BF16)"),
+        "{}",
+        mixed.describe()
+    );
     let bf = minarc::model::Qwen2::load(dir.path(), DType::BF16, &Device::Cpu).unwrap();
     let mix_out = mixed.forward_capture(&ids, &spec).unwrap();
     let bf_out = bf.forward_capture(&ids, &spec).unwrap();

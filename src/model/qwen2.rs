@@ -27,6 +27,8 @@ pub struct Qwen2 {
     /// Device of each decoder layer (the home device unless a device map was given).
     layer_devices: Vec<Device>,
     path: Option<PathBuf>,
+    /// The dtype the decoder projections are held in when it differs from `dtype`.
+    weights_dtype: Option<DType>,
 }
 
 /// Per-layer intermediate results of one decoder layer in the forward.
@@ -102,6 +104,7 @@ impl Qwen2 {
             .with_context(|| format!("loading model weights from {}", dir.display()))?;
         let mut m = Self::from_weights(cfg, w, dtype, device)?;
         m.path = Some(dir.to_path_buf());
+        m.weights_dtype = opts.weights_dtype.filter(|w| *w != dtype);
         Ok(m)
     }
 
@@ -122,6 +125,7 @@ impl Qwen2 {
         drop(files);
         let mut m = Self::from_weights(g.config, w, dtype, device)?;
         m.path = Some(g.path);
+        m.weights_dtype = opts.weights_dtype.filter(|w| *w != dtype);
         Ok(m)
     }
 
@@ -145,6 +149,7 @@ impl Qwen2 {
             device: device.clone(),
             layer_devices,
             path: None,
+            weights_dtype: None,
         })
     }
 
@@ -172,7 +177,7 @@ impl Qwen2 {
     /// "path, dtype, device" for logs.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({} layers, hidden {}, {} heads / {} kv heads), {:?} on {:?}",
+            "{} ({} layers, hidden {}, {} heads / {} kv heads), {:?}{} on {:?}",
             self.path
                 .as_ref()
                 .map(|p| p.display().to_string())
@@ -182,6 +187,9 @@ impl Qwen2 {
             self.cfg.num_attention_heads,
             self.cfg.num_kv_heads(),
             self.dtype,
+            self.weights_dtype
+                .map(|w| format!(" (projection weights {w:?})"))
+                .unwrap_or_default(),
             self.device.location()
         )
     }
