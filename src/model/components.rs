@@ -393,7 +393,7 @@ impl Qwen2 {
             }
         };
         self.home(linear(
-            &gate.silu()?.broadcast_mul(&up)?,
+            &super::ops::swiglu(&gate, &up)?,
             &lw.w_down_t,
             None,
         )?)

@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod gguf;
 pub mod gptq;
 pub mod intervene;
+pub mod kernels;
 pub mod loader;
 pub mod ops;
 pub mod outputs;

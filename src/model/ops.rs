@@ -159,6 +159,80 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&sum)?)
 }
 
+/// The MLP's SwiGLU product `silu(gate) ⊙ up`: gate `[.., m]`, up broadcastable to it. On the
+/// CPU in f32 or bf16 without autograd, one fused pass ([`super::kernels::silu_mul`]; the
+/// elementwise work is bound by memory traffic, and candle's composed form makes three passes);
+/// otherwise composed (autograd-safe).
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let fused = gate.device().is_cpu()
+        && up.device().is_cpu()
+        && matches!(gate.dtype(), DType::F32 | DType::BF16)
+        && up.dtype() == gate.dtype()
+        && gate.shape() == up.shape()
+        && gate.is_contiguous()
+        && up.is_contiguous()
+        && !gate.track_op()
+        && !up.track_op();
+    if fused {
+        return Ok(gate.apply_op2_no_bwd(up, &SwiGlu)?);
+    }
+    Ok(gate.silu()?.broadcast_mul(up)?)
+}
+
+struct SwiGlu;
+
+impl candle_core::CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("swiglu: contiguous operands expected")
+        };
+        let w = l1.dims().last().copied().unwrap_or(1).max(1);
+        let n = l1.shape().elem_count();
+        if b1 - a1 != n || b2 - a2 != n {
+            candle_core::bail!("swiglu: operands of {} and {} elements", b1 - a1, b2 - a2);
+        }
+        /// The kernel over row shares of the flat operands.
+        fn run<T: Copy + Default + Send + Sync>(
+            g: &[T],
+            u: &[T],
+            w: usize,
+            k: impl Fn(&[T], &[T], &mut [T]) + Sync,
+        ) -> Vec<T> {
+            let mut out = vec![T::default(); g.len()];
+            super::kernels::par_rows(&mut out, w, |r0, o| {
+                let span = r0 * w..r0 * w + o.len();
+                k(&g[span.clone()], &u[span], o);
+            });
+            out
+        }
+        let out = match (s1, s2) {
+            (S::F32(g), S::F32(u)) => {
+                S::F32(run(&g[a1..b1], &u[a2..b2], w, super::kernels::silu_mul))
+            }
+            (S::BF16(g), S::BF16(u)) => S::BF16(run(
+                &g[a1..b1],
+                &u[a2..b2],
+                w,
+                super::kernels::silu_mul_bf16,
+            )),
+            _ => candle_core::bail!("swiglu: two f32 or two bf16 operands expected"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
 /// Rotate-half RoPE (autograd-safe): x `[b,h,t,d]`, cos/sin `[t, d/2]` → `[b,h,t,d]`.
 /// out1 = x1·cos − x2·sin, out2 = x2·cos + x1·sin with x1/x2 the two halves of d.
 pub fn rope_rotate_half(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -263,44 +337,61 @@ pub fn causal_softmax(x: &Tensor) -> Result<Tensor> {
     if x.dim(D::Minus2)? != s {
         bail!("causal_softmax needs square blocks, got {:?}", x.dims());
     }
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        return Ok(x.apply_op1(CausalSoftmax)?);
+    causal_softmax_from(x, 0)
+}
+
+/// [`causal_softmax`] of a block of queries that starts at absolute position `first`:
+/// x `[.., c, j]` with j ≥ first + c keys, query row q sees keys 0..=first+q.
+pub fn causal_softmax_from(x: &Tensor, first: usize) -> Result<Tensor> {
+    let j = x.dim(D::Minus1)?;
+    let c = x.dim(D::Minus2)?;
+    if first + c > j {
+        bail!(
+            "causal_softmax: queries {first}..{} need that many keys, got {j}",
+            first + c
+        );
     }
-    let mask = super::qwen2::causal_mask(s, x.device())?.to_dtype(x.dtype())?;
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return Ok(x.apply_op1(CausalSoftmax { first })?);
+    }
+    let q_pos: Vec<usize> = (first..first + c).collect();
+    let mask = super::qwen2::query_mask(&q_pos, j, None, x.device())?.to_dtype(x.dtype())?;
     softmax_last(&x.broadcast_add(&mask)?)
 }
 
-struct CausalSoftmax;
+/// The fused causal softmax; `first` is the absolute position of the block's first query.
+struct CausalSoftmax {
+    first: usize,
+}
 
-/// Row-wise causal softmax of `[rows, s]` blocks (row r is query r mod s), on all cores.
-fn causal_softmax_rows<T: num_traits::Float + Send + Sync>(src: &[T], s: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); src.len()];
-    let row = |i: usize, x: &[T], y: &mut [T]| {
-        let n = i % s + 1; // keys 0..=query
-        let max = x[..n].iter().copied().fold(T::neg_infinity(), T::max);
-        let mut sum = T::zero();
-        for (yk, &xk) in y[..n].iter_mut().zip(&x[..n]) {
-            *yk = (xk - max).exp();
-            sum = sum + *yk;
-        }
-        let inv = T::one() / sum;
-        y[..n].iter_mut().for_each(|v| *v = *v * inv);
-    };
-    let rows = src.len() / s.max(1);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(rows.max(1));
-    let per = rows.div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|sc| {
-        for (c, (xc, yc)) in src.chunks(per * s).zip(out.chunks_mut(per * s)).enumerate() {
-            sc.spawn(move || {
-                for (r, (x, y)) in xc.chunks(s).zip(yc.chunks_mut(s)).enumerate() {
-                    row(c * per + r, x, y);
-                }
-            });
+/// Row-wise causal softmax of `[rows, j]` blocks of c queries (row r is query r mod c, at
+/// absolute position first + r mod c), on all cores; `row` is the softmax of one row.
+fn causal_softmax_rows<T: Copy + Default + Send + Sync>(
+    src: &[T],
+    (c, j, first): (usize, usize, usize),
+    row: impl Fn(&[T], &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::default(); src.len()];
+    super::kernels::par_rows(&mut out, j, |r0, dst| {
+        for (r, y) in dst.chunks_mut(j).enumerate() {
+            let i = r0 + r;
+            let n = (first + i % c + 1).min(j); // keys 0..=query
+            row(&src[i * j..i * j + n], &mut y[..n]);
         }
     });
     out
+}
+
+/// Softmax of one row in f64 (the finite-difference models' dtype).
+fn softmax_row_f64(x: &[f64], y: &mut [f64]) {
+    let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut sum = 0.0;
+    for (yk, &xk) in y.iter_mut().zip(x) {
+        *yk = (xk - max).exp();
+        sum += *yk;
+    }
+    let inv = 1.0 / sum;
+    y.iter_mut().for_each(|v| *v *= inv);
 }
 
 impl candle_core::CustomOp1 for CausalSoftmax {
@@ -315,13 +406,18 @@ impl candle_core::CustomOp1 for CausalSoftmax {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage as S;
         let dims = layout.shape().dims();
-        let s = dims[dims.len() - 1];
+        let (c, j) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         let Some((a, b)) = layout.contiguous_offsets() else {
             candle_core::bail!("causal-softmax: contiguous input expected")
         };
+        let block = (c, j, self.first);
         let out = match storage {
-            S::F32(v) => S::F32(causal_softmax_rows(&v[a..b], s)),
-            S::F64(v) => S::F64(causal_softmax_rows(&v[a..b], s)),
+            S::F32(v) => S::F32(causal_softmax_rows(
+                &v[a..b],
+                block,
+                super::kernels::softmax_row,
+            )),
+            S::F64(v) => S::F64(causal_softmax_rows(&v[a..b], block, softmax_row_f64)),
             _ => candle_core::bail!("causal-softmax: f32 or f64 input expected"),
         };
         Ok((out, layout.shape().clone()))

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::ModelConfig;
 use super::intervene::LayerEdits;
 use super::loader::{LoadOptions, WeightFiles};
-use super::ops::{NEG_MASK, linear, rms_apply, rms_variance};
+use super::ops::{NEG_MASK, causal_softmax_from, linear, rms_apply, rms_variance, swiglu};
 use super::outputs::{CaptureSpec, Outputs, store};
 use super::weights::{LayerWeights, Weights};
 
@@ -479,9 +479,19 @@ impl Qwen2 {
         let h_mid = (x + attn_output)?;
         let post_var = rms_variance(&h_mid)?;
         let xn2 = rms_apply(&h_mid, &post_var, &lw.post_norm, eps)?;
-        let gate = linear(&xn2, &lw.w_gate_t, None)?;
-        let up = linear(&xn2, &lw.w_up_t, None)?;
-        let mut mlp_output = linear(&(gate.silu()? * up)?, &lw.w_down_t, None)?;
+        // bf16 weights under a wider compute dtype: the input rounded once, gate/up and their
+        // SwiGLU product kept in bf16 (the points where linear would round anyway), which
+        // halves the MLP's elementwise memory traffic
+        let wdt = lw.w_gate_t.dtype();
+        let xm = if wdt == DType::BF16 && xn2.dtype() != wdt {
+            xn2.to_dtype(wdt)?
+        } else {
+            xn2
+        };
+        let gate = linear(&xm, &lw.w_gate_t, None)?;
+        let up = linear(&xm, &lw.w_up_t, None)?;
+        let act = swiglu(&gate, &up)?;
+        let mut mlp_output = linear(&act, &lw.w_down_t, None)?.to_dtype(x.dtype())?;
         if let Some((_, le)) = edits {
             mlp_output = self.apply_edits(&mlp_output, None, le.mlp())?;
         }
@@ -531,11 +541,16 @@ impl Qwen2 {
             let scores = qc
                 .matmul(&k.narrow(2, 0, j)?.t()?)? // [b,kvh,g·c,j]
                 .to_dtype(DType::F32)?
-                .reshape((b, kvh, g, c, j))?
-                .broadcast_add(&mask.narrow(0, a, c)?.narrow(1, 0, j)?)?;
-            let w = candle_nn::ops::softmax_last_dim(&scores)?
-                .to_dtype(self.dtype)?
-                .reshape((b, kvh, g * c, j))?;
+                .reshape((b, kvh, g, c, j))?;
+            // on the CPU one fused masked softmax on all cores; elsewhere the mask and
+            // candle's fused softmax
+            let w = if scores.device().is_cpu() {
+                causal_softmax_from(&scores, a)?
+            } else {
+                let m = mask.narrow(0, a, c)?.narrow(1, 0, j)?;
+                candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&m)?)?
+            };
+            let w = w.to_dtype(self.dtype)?.reshape((b, kvh, g * c, j))?;
             blocks.push(w.matmul(&v.narrow(2, 0, j)?)?.reshape((b, n, c, d))?);
         }
         let o = Tensor::cat(&blocks, 2)?; // [b,n,s,d]

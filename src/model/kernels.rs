@@ -1,0 +1,354 @@
+//! CPU elementwise kernels of the forward, fused where candle makes several passes over memory
+//! (these passes are bound by memory traffic, not arithmetic): the SwiGLU product
+//! `silu(gate) ⊙ up` in f32 and bf16, a row softmax, e^x for f32 in a form the compiler
+//! vectorizes, and a helper that splits a row-wise job over the cores.
+//!
+//! The kernels that use [`exp_f32`] are written once as plain Rust and compiled twice: for
+//! AVX-512 (chosen at run time when the CPU has it) and for the build's baseline target.
+//! Accuracy is checked in the tests against f64 math; `tests/model_fused_ops.rs` checks the ops
+//! built on them against candle's composed forms.
+
+use half::bf16;
+
+/// e^x in f32, computed in f64 and rounded once (as glibc's `expf` does, so results match it
+/// to within one rounding): x = n·ln 2 + r with |r| ≤ ln 2 / 2, e^r by its Taylor series to
+/// degree 8 (truncation below 3e-10 relative), 2^n written into the exponent field. Relative
+/// error under 0.51 ulp of f32; 0 below −103.98, +∞ above ln(f32::MAX), NaN for NaN.
+/// Branch-free in the vector body.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const HI: f32 = 88.722_84; // e^x overflows f32 above this
+    const LO: f32 = -103.972_08; // below this e^x rounds to 0
+    // n = round(x / ln 2) by the 1.5·2^52 trick (no rounding instruction needed in the
+    // baseline x86-64 target)
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    let xd = x.clamp(LO, HI) as f64;
+    let n = (xd * std::f64::consts::LOG2_E + ROUND) - ROUND;
+    let r = xd - n * std::f64::consts::LN_2; // |r| ≤ 0.35, absolute error ~1e-17
+    // p = Σ r^k / k! for k ≤ 8, by Horner: ((r/8! + 1/7!)·r + 1/6!)·r … + 1
+    let mut p = 1.0 / 40320.0;
+    for c in [5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+        p = p * r + 1.0 / c;
+    }
+    let scale = f64::from_bits(((n as i64 + 1023) as u64) << 52); // n ∈ [−150, 128]
+    let y = (p * scale) as f32;
+    if x > HI {
+        f32::INFINITY
+    } else if x < LO {
+        0.0
+    } else {
+        y // NaN in, NaN out (the clamp keeps NaN)
+    }
+}
+
+/// `out = silu(gate) ⊙ up = gate / (1 + e^(−gate)) · up`, element by element, with the C
+/// library's `expf`: bit for bit candle's `silu` followed by its product (f32 models are checked
+/// against transformers to 1e-4 on the logits, and [`exp_f32`]'s rare last-bit differences from
+/// `expf` move them by ~2e-5 through the massive activations of the middle layers). The pass is
+/// bound by memory traffic either way.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// The bf16 bits of `v` rounded to nearest, ties to even (NaN stays NaN), as `half::bf16::from_f32`
+/// rounds, without branches.
+#[inline(always)]
+pub fn bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
+    if (x & 0x7fff_ffff) > 0x7f80_0000 {
+        ((x >> 16) | 0x40) as u16
+    } else {
+        rounded
+    }
+}
+
+/// [`silu_mul_body`] on bf16 operands: each product in f32, rounded once to bf16.
+#[inline(always)]
+fn silu_mul_bf16_body(gate: &[bf16], up: &[bf16], out: &mut [bf16]) {
+    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+        let g = f32::from_bits((g.to_bits() as u32) << 16);
+        let u = f32::from_bits((u.to_bits() as u32) << 16);
+        *o = bf16::from_bits(bf16_bits(g / (1.0 + exp_f32(-g)) * u));
+    }
+}
+
+/// Softmax of one row: `y = e^(x − max x) / Σ` (divided, as candle's softmax does). The max and the sum run in 16 lanes so that they
+/// vectorize (the sum's order differs from a sequential one by rounding only).
+#[inline(always)]
+fn softmax_row_body(x: &[f32], y: &mut [f32]) {
+    const L: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let max = chunks.remainder().iter().copied().fold(
+        lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        f32::max,
+    );
+    let mut sums = [0f32; L];
+    let mut yc = y.chunks_exact_mut(L);
+    let mut xc = x.chunks_exact(L);
+    for (yc, xc) in (&mut yc).zip(&mut xc) {
+        for ((s, o), &v) in sums.iter_mut().zip(yc.iter_mut()).zip(xc) {
+            *o = exp_f32(v - max);
+            *s += *o;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for (o, &v) in yc.into_remainder().iter_mut().zip(xc.remainder()) {
+        *o = exp_f32(v - max);
+        sum += *o;
+    }
+    y.iter_mut().for_each(|v| *v /= sum); // one rounding (a reciprocal would add one)
+}
+
+/// Compiles `$body` for AVX-512 and for the baseline and picks one at run time.
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $name:ident, $avx:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512dq,avx512vl,fma")]
+        fn $avx($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has the features the function was compiled for.
+                return unsafe { $avx($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+dispatch!(
+    /// `out = silu(gate) ⊙ up` on bf16 slices of one length (math in f32, one rounding).
+    silu_mul_bf16, silu_mul_bf16_avx512, silu_mul_bf16_body,
+    (gate: &[bf16], up: &[bf16], out: &mut [bf16])
+);
+dispatch!(
+    /// Softmax of the row `x` into `y`.
+    softmax_row, softmax_row_avx512, softmax_row_body, (x: &[f32], y: &mut [f32]));
+
+#[cfg(test)]
+#[inline(always)]
+fn exp_slice_body(x: &[f32], y: &mut [f32]) {
+    for (o, &a) in y.iter_mut().zip(x) {
+        *o = exp_f32(a);
+    }
+}
+
+#[cfg(test)]
+dispatch!(
+    /// `y = e^x` element by element.
+    exp_slice, exp_slice_avx512, exp_slice_body, (x: &[f32], y: &mut [f32]));
+
+/// Runs `f(first_row, rows)` over the rows (`w` elements each) of `dst`, one contiguous share
+/// of rows per core (on the calling thread alone for small jobs).
+pub fn par_rows<T: Send>(dst: &mut [T], w: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let rows = dst.len().checked_div(w).unwrap_or(0);
+    // below ~64k elements a thread costs more than it saves
+    let threads = if dst.len() < 1 << 16 {
+        1
+    } else {
+        rayon::current_num_threads().min(rows)
+    };
+    if threads <= 1 {
+        f(0, dst);
+        return;
+    }
+    // rayon's pool: the one gemmkit's products already run on, so no second set of threads
+    // competes for the cores
+    use rayon::prelude::*;
+    let per = rows.div_ceil(threads);
+    dst.par_chunks_mut(per * w)
+        .enumerate()
+        .for_each(|(c, d)| f(c * per, d));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(a: f32, b: f64) -> f64 {
+        let b32 = b as f32;
+        let ulp = (f32::from_bits(b32.abs().to_bits() + 1) - b32.abs()) as f64;
+        (a as f64 - b).abs() / ulp
+    }
+
+    #[test]
+    fn exp_matches_f64_within_two_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.7 {
+            for v in [x, x + 1e-3, x - 0.3467] {
+                let mut out = [0f32; 1];
+                // through the dispatched path as well as the inline one
+                exp_slice(&[v], &mut out);
+                for got in [exp_f32(v), out[0]] {
+                    worst = worst.max(ulps(got, (v as f64).exp()));
+                }
+            }
+            x += 0.0137;
+        }
+        assert!(worst <= 0.51, "worst error {worst} ulp");
+    }
+
+    #[test]
+    fn exp_edges() {
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-1e30), 0.0);
+        assert_eq!(exp_f32(-104.0), 0.0);
+        assert_eq!(exp_f32(89.0), f32::INFINITY);
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert!(exp_f32(f32::NAN).is_nan());
+        // subnormal results: within one subnormal step of the exact value
+        for x in [-88.0f32, -95.0, -100.0, -103.0] {
+            let want = (x as f64).exp();
+            let step = f32::from_bits(1) as f64;
+            assert!(
+                ((exp_f32(x) as f64) - want).abs() <= step * 2.0 + want * 1e-6,
+                "{x}"
+            );
+        }
+        // just under ln(f32::MAX) is finite and accurate
+        let x = 88.72f32;
+        assert!(exp_f32(x).is_finite());
+        assert!(ulps(exp_f32(x), (x as f64).exp()) <= 0.51);
+    }
+
+    #[test]
+    fn silu_mul_matches_f64() {
+        let n = 1000;
+        let g: Vec<f32> = (0..n).map(|i| (i as f32 - 500.0) * 0.037).collect();
+        let u: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 201) as f32 / 50.0 - 2.0)
+            .collect();
+        let mut out = vec![0f32; n];
+        silu_mul(&g, &u, &mut out);
+        for i in 0..n {
+            let (gd, ud) = (g[i] as f64, u[i] as f64);
+            let want = gd / (1.0 + (-gd).exp()) * ud;
+            assert!(
+                (out[i] as f64 - want).abs() <= 4e-7 * want.abs() + 1e-30,
+                "{i}: {} vs {want}",
+                out[i]
+            );
+        }
+        // silu of large negative gates goes to −0 without NaN
+        let mut o = [1f32; 2];
+        silu_mul(&[-200.0, -1e30], &[1.0, 1.0], &mut o);
+        assert!(o.iter().all(|v| *v == 0.0), "{o:?}");
+    }
+
+    #[test]
+    fn bf16_rounding_matches_half() {
+        // every exponent, mantissa patterns around the rounding bit, signs, NaN and infinities
+        let mut state = 0x9e37_79b9u32;
+        let mut bits: Vec<u32> = vec![
+            0,
+            0x8000_0000,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f80_0001,
+        ];
+        for e in 0..256u32 {
+            for low in [0u32, 0x7fff, 0x8000, 0x8001, 0x1_8000, 0xffff, 0x7f_ffff] {
+                bits.push((e << 23) | low);
+                bits.push(0x8000_0000 | (e << 23) | low);
+            }
+        }
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            bits.push(state);
+        }
+        for b in bits {
+            let v = f32::from_bits(b);
+            let want = bf16::from_f32(v).to_bits();
+            let got = bf16_bits(v);
+            if v.is_nan() {
+                assert!(bf16::from_bits(got).is_nan(), "{b:#x}");
+            } else {
+                assert_eq!(got, want, "{b:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn silu_mul_bf16_rounds_the_f64_product_once() {
+        let n = 1000;
+        let g: Vec<bf16> = (0..n)
+            .map(|i| bf16::from_f32((i as f32 - 500.0) * 0.037))
+            .collect();
+        let u: Vec<bf16> = (0..n)
+            .map(|i| bf16::from_f32(((i * 7919) % 201) as f32 / 50.0 - 2.0))
+            .collect();
+        let mut out = vec![bf16::ZERO; n];
+        silu_mul_bf16(&g, &u, &mut out);
+        for i in 0..n {
+            let (gd, ud) = (g[i].to_f64(), u[i].to_f64());
+            let want = gd / (1.0 + (-gd).exp()) * ud;
+            // one bf16 rounding: half an ulp of 2^-8 relative, plus the f32 math
+            assert!(
+                (out[i].to_f64() - want).abs() <= want.abs() * (1.0 / 256.0) + 1e-30,
+                "{i}: {} vs {want}",
+                out[i]
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_row_matches_f64() {
+        for len in [1usize, 5, 16, 17, 100, 601] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 37) % 23) as f32 * 0.71 - 8.0)
+                .collect();
+            let mut y = vec![0f32; len];
+            softmax_row(&x, &mut y);
+            let max = x
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
+            let z: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+            for (k, &v) in x.iter().enumerate() {
+                let want = (v as f64 - max).exp() / z;
+                assert!((y[k] as f64 - want).abs() <= 1e-6 * want, "{len}/{k}");
+            }
+        }
+        // masked keys (−1e30) get exactly 0
+        let mut y = [1f32; 3];
+        softmax_row(&[0.5, -1e30, 1.5], &mut y);
+        assert_eq!(y[1], 0.0);
+        assert!((y[0] + y[2] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn par_rows_covers_every_row_once() {
+        let (w, rows) = (7, 20_000);
+        let mut dst = vec![0u32; rows * w];
+        par_rows(&mut dst, w, |first, d| {
+            for (r, row) in d.chunks_mut(w).enumerate() {
+                row.iter_mut().for_each(|v| *v += (first + r) as u32 + 1);
+            }
+        });
+        for (r, row) in dst.chunks(w).enumerate() {
+            assert!(row.iter().all(|&v| v == r as u32 + 1), "row {r}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The fused CPU forward ops against candle's composed forms and f64 math: the SwiGLU product
+//! (f32 bit for bit, bf16 one rounding), the causal softmax of a query block, and the
+//! composed fallback under autograd.
+
+use candle_core::{DType, Device, Tensor, Var};
+use minarc::model::ops::{NEG_MASK, causal_softmax_from, softmax_last, swiglu};
+
+/// Deterministic values spread over about ±2·scale, shaped `dims`.
+fn noise(dims: &[usize], scale: f32, seed: u64) -> Tensor {
+    let n: usize = dims.iter().product();
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0 * scale
+        })
+        .collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+fn vec_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn swiglu_f32_is_candles_silu_times_up_bit_for_bit() {
+    // above the size where the work is split over threads, and a small one on one thread
+    for shape in [[3usize, 50, 701], [1, 2, 5]] {
+        let g = noise(&shape, 3.0, 1);
+        let u = noise(&shape, 1.0, 2);
+        let fused = swiglu(&g, &u).unwrap();
+        let composed = (g.silu().unwrap() * &u).unwrap();
+        let a: Vec<f32> = fused.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = composed.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(fused.dims(), composed.dims());
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        // and against f64 math
+        for ((&x, gd), ud) in a.iter().zip(vec_f64(&g)).zip(vec_f64(&u)) {
+            let want = gd / (1.0 + (-gd).exp()) * ud;
+            assert!((x as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30);
+        }
+    }
+}
+
+#[test]
+fn swiglu_bf16_rounds_the_f32_product_once() {
+    let shape = [2, 40, 1000];
+    let g = noise(&shape, 3.0, 3).to_dtype(DType::BF16).unwrap();
+    let u = noise(&shape, 1.0, 4).to_dtype(DType::BF16).unwrap();
+    let fused = vec_f64(&swiglu(&g, &u).unwrap());
+    let (gd, ud) = (vec_f64(&g), vec_f64(&u));
+    let mut exact = 0;
+    for i in 0..fused.len() {
+        let want = gd[i] / (1.0 + (-gd[i]).exp()) * ud[i];
+        let rounded = half::bf16::from_f64(want).to_f64();
+        // within half a bf16 ulp of the exact value (at most 2^-8 of it; plus the f32 math),
+        // and almost always the correctly rounded value itself
+        assert!(
+            (fused[i] - want).abs() <= want.abs() * (1.0 / 256.0) * 1.001 + 1e-30,
+            "{i}: {} vs {want}",
+            fused[i]
+        );
+        exact += usize::from(fused[i] == rounded);
+    }
+    assert!(
+        exact * 1000 >= fused.len() * 999,
+        "{exact} of {}",
+        fused.len()
+    );
+}
+
+#[test]
+fn swiglu_under_autograd_is_the_composed_form() {
+    let g = Var::from_tensor(&noise(&[2, 3], 2.0, 5).to_dtype(DType::F64).unwrap()).unwrap();
+    let u = noise(&[2, 3], 1.0, 6).to_dtype(DType::F64).unwrap();
+    let grads = swiglu(g.as_tensor(), &u)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    // d/dg [g σ(g) u] = u σ(g) (1 + g (1 − σ(g)))
+    let got = vec_f64(grads.get(&g).unwrap());
+    for ((d, gv), uv) in got.iter().zip(vec_f64(g.as_tensor())).zip(vec_f64(&u)) {
+        let s = 1.0 / (1.0 + (-gv).exp());
+        let want = uv * s * (1.0 + gv * (1.0 - s));
+        assert!((d - want).abs() < 1e-12, "{d} vs {want}");
+    }
+}
+
+#[test]
+fn causal_softmax_of_a_query_block_matches_the_masked_softmax() {
+    let dev = Device::Cpu;
+    // a block of c queries at positions first..first+c over j = first + c keys, with the
+    // leading dims of the forward's scores [b, kvh, g, c, j]; c·j·rows past the thread split
+    for (first, c) in [(0usize, 5usize), (256, 128), (3, 1)] {
+        let j = first + c;
+        let x = noise(&[1, 2, 3, c, j], 4.0, first as u64);
+        let y = causal_softmax_from(&x, first).unwrap();
+        assert_eq!(y.dims(), x.dims());
+        let mask: Vec<f64> = (0..c * j)
+            .map(|i| {
+                if i % j > first + i / j {
+                    NEG_MASK as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (c, j), &dev).unwrap();
+        let want = softmax_last(
+            &x.to_dtype(DType::F64)
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap(),
+        )
+        .unwrap();
+        let (got, want) = (vec_f64(&y), vec_f64(&want));
+        for (r, (gr, wr)) in got.chunks(j).zip(want.chunks(j)).enumerate() {
+            let q = first + r % c;
+            assert!(
+                gr[q + 1..].iter().all(|&p| p == 0.0),
+                "row {r} sees the future"
+            );
+            assert!((gr.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+            // f32 rounding of x − max (|x − max| ≤ 32, half an ulp ≈ 1.9e-6) moves e^(x − max)
+            // by that much relative
+            for (a, b) in gr.iter().zip(wr) {
+                assert!((a - b).abs() <= 3e-6 * b + 1e-12, "row {r}: {a} vs {b}");
+            }
+        }
+    }
+    // more queries than the keys allow is an error, not a panic
+    let x = Tensor::zeros((2, 4, 5), DType::F32, &dev).unwrap();
+    let err = causal_softmax_from(&x, 2).unwrap_err().to_string();
+    assert!(err.contains("keys"), "{err}");
+}
