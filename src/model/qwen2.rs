@@ -479,11 +479,11 @@ impl Qwen2 {
         let h_mid = (x + attn_output)?;
         let post_var = rms_variance(&h_mid)?;
         let xn2 = rms_apply(&h_mid, &post_var, &lw.post_norm, eps)?;
-        // bf16 weights under a wider compute dtype: the input rounded once, gate/up and their
-        // SwiGLU product kept in bf16 (the points where linear would round anyway), which
-        // halves the MLP's elementwise memory traffic
+        // bf16 weights under a wider compute dtype on the CPU: the input rounded once, gate/up
+        // and their SwiGLU product kept in bf16 (the points where linear would round anyway;
+        // ops::swiglu does its math in f32), which halves the MLP's elementwise memory traffic
         let wdt = lw.w_gate_t.dtype();
-        let xm = if wdt == DType::BF16 && xn2.dtype() != wdt {
+        let xm = if wdt == DType::BF16 && xn2.dtype() != wdt && xn2.device().is_cpu() {
             xn2.to_dtype(wdt)?
         } else {
             xn2
