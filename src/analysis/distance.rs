@@ -275,9 +275,14 @@ pub fn compute_js_matrix(data: &[(HeadKey, Tensor)]) -> Result<DistanceMatrix> {
     }
     let s = *shape.last().unwrap_or(&1);
     let rows = (dists[0].p.len() / s.max(1)).max(1) as f64;
-    let mut values = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in i + 1..n {
+    // the pairs on all cores (each pair's sum runs in the same order as on one)
+    use rayon::prelude::*;
+    let pairs: Vec<(usize, usize)> = (0..n)
+        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+        .collect();
+    let js: Vec<f64> = pairs
+        .par_iter()
+        .map(|&(i, j)| {
             let (p, q) = (&dists[i].p, &dists[j].p);
             let cross: f64 = p
                 .iter()
@@ -288,10 +293,13 @@ pub fn compute_js_matrix(data: &[(HeadKey, Tensor)]) -> Result<DistanceMatrix> {
                 })
                 .sum();
             let js = 0.5 * (dists[i].neg_entropy + dists[j].neg_entropy - cross) / rows;
-            let js = js.clamp(0.0, std::f64::consts::LN_2);
-            values[i * n + j] = js;
-            values[j * n + i] = js;
-        }
+            js.clamp(0.0, std::f64::consts::LN_2)
+        })
+        .collect();
+    let mut values = vec![0.0f64; n * n];
+    for (&(i, j), &d) in pairs.iter().zip(&js) {
+        values[i * n + j] = d;
+        values[j * n + i] = d;
     }
     Ok(DistanceMatrix {
         keys: data.iter().map(|(k, _)| *k).collect(),

@@ -18,9 +18,12 @@ pub struct Qwen2 {
     pub(crate) cfg: ModelConfig,
     pub(crate) w: Weights,
     /// RoPE inverse frequencies θ^(−2i/d) `[d/2]` (f32, as HF computes them); the cos/sin
-    /// rows are computed for the positions a call needs, so nothing is sized from
+    /// rows are computed for the positions calls need, so nothing is sized from
     /// `max_position_embeddings`.
     inv_freq: Vec<f32>,
+    /// CPU cos/sin rows `[n, d/2]` of positions 0..n, grown to the longest prompt seen: the
+    /// component calls of the analysis ask for them once per head and sample.
+    rope_cache: std::sync::Mutex<Option<(Tensor, Tensor)>>,
     pub(crate) dtype: DType,
     /// The home device: embeddings, final norm, lm_head, and where component results return.
     pub(crate) device: Device,
@@ -145,6 +148,7 @@ impl Qwen2 {
             cfg,
             w,
             inv_freq,
+            rope_cache: std::sync::Mutex::new(None),
             dtype,
             device: device.clone(),
             layer_devices,
@@ -560,7 +564,29 @@ impl Qwen2 {
     /// RoPE cos/sin rows `[i, d/2]` for absolute positions.
     pub(crate) fn rope_at(&self, pos: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> {
         super::ops::check_positions(pos, self.cfg.max_position_embeddings, "RoPE")?;
-        rope_tables(&self.inv_freq, pos, self.dtype, dev)
+        if !dev.is_cpu() {
+            return rope_tables(&self.inv_freq, pos, self.dtype, dev);
+        }
+        let need = pos.iter().max().map_or(0, |&p| p + 1);
+        let (cos, sin) = {
+            let mut cache = self.rope_cache.lock().unwrap_or_else(|e| e.into_inner());
+            let have = cache.as_ref().map_or(0, |(c, _)| c.dims()[0]);
+            if have < need {
+                // grown in powers of two up to the model's limit (positions were checked)
+                let n = need
+                    .next_power_of_two()
+                    .min(self.cfg.max_position_embeddings)
+                    .max(need);
+                let all: Vec<usize> = (0..n).collect();
+                *cache = Some(rope_tables(&self.inv_freq, &all, self.dtype, dev)?);
+            }
+            cache.clone().expect("filled above")
+        };
+        if pos.iter().enumerate().all(|(i, &p)| p == i) {
+            return Ok((cos.narrow(0, 0, pos.len())?, sin.narrow(0, 0, pos.len())?));
+        }
+        let idx = super::ops::index_tensor(pos, dev)?;
+        Ok((cos.index_select(&idx, 0)?, sin.index_select(&idx, 0)?))
     }
 
     /// The residual stream and the mask moved to layer `l`'s device (no copy when already there).
