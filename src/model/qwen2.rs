@@ -564,23 +564,26 @@ impl Qwen2 {
     /// RoPE cos/sin rows `[i, d/2]` for absolute positions.
     pub(crate) fn rope_at(&self, pos: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> {
         super::ops::check_positions(pos, self.cfg.max_position_embeddings, "RoPE")?;
-        if !dev.is_cpu() {
+        let need = pos.iter().max().map_or(0, |&p| p + 1);
+        if !dev.is_cpu() || need == 0 {
             return rope_tables(&self.inv_freq, pos, self.dtype, dev);
         }
-        let need = pos.iter().max().map_or(0, |&p| p + 1);
         let (cos, sin) = {
             let mut cache = self.rope_cache.lock().unwrap_or_else(|e| e.into_inner());
-            let have = cache.as_ref().map_or(0, |(c, _)| c.dims()[0]);
-            if have < need {
-                // grown in powers of two up to the model's limit (positions were checked)
-                let n = need
-                    .next_power_of_two()
-                    .min(self.cfg.max_position_embeddings)
-                    .max(need);
-                let all: Vec<usize> = (0..n).collect();
-                *cache = Some(rope_tables(&self.inv_freq, &all, self.dtype, dev)?);
+            match cache.as_ref() {
+                Some((c, s)) if c.dims()[0] >= need => (c.clone(), s.clone()),
+                _ => {
+                    // grown in powers of two up to the model's limit (positions were checked)
+                    let n = need
+                        .next_power_of_two()
+                        .min(self.cfg.max_position_embeddings)
+                        .max(need);
+                    let all: Vec<usize> = (0..n).collect();
+                    let t = rope_tables(&self.inv_freq, &all, self.dtype, dev)?;
+                    *cache = Some(t.clone());
+                    t
+                }
             }
-            cache.clone().expect("filled above")
         };
         if pos.iter().enumerate().all(|(i, &p)| p == i) {
             return Ok((cos.narrow(0, 0, pos.len())?, sin.narrow(0, 0, pos.len())?));
@@ -660,4 +663,39 @@ pub(crate) fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     (0..d / 2)
         .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached RoPE rows are the rows computed directly, for runs from 0, arbitrary
+    /// positions, after the cache grows, and for no positions.
+    #[test]
+    fn cached_rope_rows_equal_direct_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = super::super::fixture::Preset::Tiny.config();
+        super::super::fixture::write_model(dir.path(), &cfg, 0, 1).unwrap();
+        let m = Qwen2::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        let same = |pos: &[usize]| {
+            let (c, s) = m.rope_at(pos, &Device::Cpu).unwrap();
+            let (c0, s0) = rope_tables(&m.inv_freq, pos, DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(c.dims(), c0.dims(), "{pos:?}");
+            for (a, b) in [(&c, &c0), (&s, &s0)] {
+                let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+                let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(a, b, "{pos:?}");
+            }
+        };
+        let run: Vec<usize> = (0..5).collect();
+        same(&run);
+        same(&[4, 1, 3]);
+        same(&[37, 0, 36]); // grows the cache
+        let long: Vec<usize> = (0..40).collect();
+        same(&long);
+        same(&[2]);
+        same(&[]);
+        let too_far = [cfg.max_position_embeddings];
+        assert!(m.rope_at(&too_far, &Device::Cpu).is_err());
+    }
 }
