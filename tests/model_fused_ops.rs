@@ -137,6 +137,11 @@ fn causal_softmax_of_a_query_block_matches_the_masked_softmax() {
             }
         }
     }
+    // empty blocks (no queries, or no keys and no queries) give empty results
+    for dims in [[2usize, 0, 4], [2, 0, 0]] {
+        let x = Tensor::zeros(&dims[..], DType::F32, &dev).unwrap();
+        assert_eq!(causal_softmax_from(&x, 0).unwrap().dims(), &dims[..]);
+    }
     // more queries than the keys allow is an error, not a panic
     let x = Tensor::zeros((2, 4, 5), DType::F32, &dev).unwrap();
     let err = causal_softmax_from(&x, 2).unwrap_err().to_string();

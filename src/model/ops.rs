@@ -372,6 +372,9 @@ fn causal_softmax_rows<T: Copy + Default + Send + Sync>(
     row: impl Fn(&[T], &mut [T]) + Sync,
 ) -> Vec<T> {
     let mut out = vec![T::default(); src.len()];
+    if j == 0 || c == 0 {
+        return out; // no keys or no queries: nothing to normalize (and no rows to split)
+    }
     super::kernels::par_rows(&mut out, j, |r0, dst| {
         for (r, y) in dst.chunks_mut(j).enumerate() {
             let i = r0 + r;
