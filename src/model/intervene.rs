@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::components::AttnInputs;
 use super::ops::{index_tensor, linear, rms_apply, rms_variance};
-use super::qwen2::{Qwen2, causal_mask};
+use super::qwen2::Qwen2;
 
 /// Where an intervention acts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -306,7 +306,7 @@ impl Qwen2 {
         let mut x = x0
             .broadcast_as((b, s, self.cfg.hidden_size))?
             .contiguous()?;
-        let mut mask = causal_mask(s, &self.device)?;
+        let mut mask = self.causal_mask_off_cpu(s)?;
         let mut hidden: Vec<Vec<(usize, Tensor)>> = vec![Vec::new(); b];
         let keep = |l: usize, x: &Tensor, hidden: &mut Vec<Vec<(usize, Tensor)>>| -> Result<()> {
             if hidden_layers.contains(&l) {
@@ -323,7 +323,7 @@ impl Qwen2 {
             (x, mask) = self.to_layer(l, x, mask)?;
             x = self.apply_edits(&x, None, &edits.resid)?;
             keep(l, &x, &mut hidden)?;
-            x = self.layer_forward_edited(l, &lw, &x, &mask, edits)?;
+            x = self.layer_forward_edited(l, &lw, &x, mask.as_ref(), edits)?;
         }
         x = self.home(x)?;
         x = self.apply_edits(&x, None, &layers[nl].resid)?;

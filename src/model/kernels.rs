@@ -29,15 +29,54 @@ pub fn exp_f32(x: f32) -> f32 {
     // baseline x86-64 target)
     const ROUND: f64 = 6_755_399_441_055_744.0;
     let xd = x.clamp(LO, HI) as f64;
-    let n = (xd * std::f64::consts::LOG2_E + ROUND) - ROUND;
+    let t = xd * std::f64::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let ni = t.to_bits() as i64 - ROUND.to_bits() as i64; // n, without a lane-by-lane cast
     let r = xd - n * std::f64::consts::LN_2; // |r| ≤ 0.35, absolute error ~1e-17
     // p = Σ r^k / k! for k ≤ 8, by Horner: ((r/8! + 1/7!)·r + 1/6!)·r … + 1
     let mut p = 1.0 / 40320.0;
     for c in [5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
         p = p * r + 1.0 / c;
     }
-    let scale = f64::from_bits(((n as i64 + 1023) as u64) << 52); // n ∈ [−150, 128]
+    let scale = f64::from_bits(((ni + 1023) as u64) << 52); // n ∈ [−150, 128]
     let y = (p * scale) as f32;
+    if x > HI {
+        f32::INFINITY
+    } else if x < LO {
+        0.0
+    } else {
+        y // NaN in, NaN out (the clamp keeps NaN)
+    }
+}
+
+/// e^x in f32 arithmetic, for results rounded to bf16 afterwards (where [`exp_f32`]'s f64 work
+/// buys nothing): x = n·ln 2 + r (Cody–Waite, ln 2 in two parts so n·ln2_hi is exact),
+/// e^r by its Taylor series to degree 7 (truncation below 6e-9 relative at |r| ≤ ln 2 / 2),
+/// 2^n applied in two factors so that subnormal results come out right. Within 1.5 ulp of f32
+/// (1.09 measured; the tests bound it); 0 below −103.98, +∞ above ln(f32::MAX), NaN for NaN. Twice as many
+/// lanes per vector as [`exp_f32`], and no conversions.
+#[inline(always)]
+pub fn exp_f32_fast(x: f32) -> f32 {
+    const HI: f32 = 88.722_84;
+    const LO: f32 = -103.972_08;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting it rounds to an integer
+    const LN2_HI: f32 = 0.693_145_75; // 0x3f317200: 9 trailing zero bits, n·LN2_HI exact for |n| < 512
+    const LN2_LO: f32 = 1.428_606_8e-6; // ln 2 − LN2_HI
+    let xc = x.clamp(LO, HI);
+    let t = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    // n as an integer from the bits (a float-to-int cast does not vectorize: Rust's saturating
+    // `as` goes lane by lane)
+    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32; // n ∈ [−150, 128]
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+        p = p * r + 1.0 / c;
+    }
+    let h = ni >> 1; // both factors 2^h and 2^(n−h) are normal: h, n − h ∈ [−75, 64]
+    let s1 = f32::from_bits(((h + 127) as u32) << 23);
+    let s2 = f32::from_bits(((ni - h + 127) as u32) << 23);
+    let y = p * s1 * s2;
     if x > HI {
         f32::INFINITY
     } else if x < LO {
@@ -77,7 +116,7 @@ fn silu_mul_bf16_body(gate: &[bf16], up: &[bf16], out: &mut [bf16]) {
     for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
         let g = f32::from_bits((g.to_bits() as u32) << 16);
         let u = f32::from_bits((u.to_bits() as u32) << 16);
-        *o = bf16::from_bits(bf16_bits(g / (1.0 + exp_f32(-g)) * u));
+        *o = bf16::from_bits(bf16_bits(g / (1.0 + exp_f32_fast(-g)) * u));
     }
 }
 
@@ -161,6 +200,19 @@ dispatch!(
     /// `y = e^x` element by element.
     exp_slice, exp_slice_avx512, exp_slice_body, (x: &[f32], y: &mut [f32]));
 
+#[cfg(test)]
+#[inline(always)]
+fn exp_fast_slice_body(x: &[f32], y: &mut [f32]) {
+    for (o, &a) in y.iter_mut().zip(x) {
+        *o = exp_f32_fast(a);
+    }
+}
+
+#[cfg(test)]
+dispatch!(
+    /// `y = e^x` element by element, by [`exp_f32_fast`].
+    exp_fast_slice, exp_fast_slice_avx512, exp_fast_slice_body, (x: &[f32], y: &mut [f32]));
+
 /// Runs `f(first_row, rows)` over the rows (`w` elements each) of `dst`, one contiguous share
 /// of rows per core (on the calling thread alone for small jobs).
 pub fn par_rows<T: Send>(dst: &mut [T], w: usize, f: impl Fn(usize, &mut [T]) + Sync) {
@@ -210,6 +262,49 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst <= 0.51, "worst error {worst} ulp");
+    }
+
+    #[test]
+    fn exp_fast_matches_f64_within_two_ulp() {
+        let mut worst = 0f64;
+        let mut xs = Vec::new();
+        let mut x = -87.0f32;
+        while x < 88.7 {
+            xs.extend([x, x + 1e-3, x - 0.3467]);
+            x += 0.0137;
+        }
+        // vectorized (many elements per call) and scalar
+        let mut out = vec![0f32; xs.len()];
+        exp_fast_slice(&xs, &mut out);
+        for (&v, &o) in xs.iter().zip(&out) {
+            let want = (v as f64).exp();
+            for got in [exp_f32_fast(v), o] {
+                worst = worst.max(ulps(got, want));
+            }
+        }
+        assert!(worst <= 1.5, "worst error {worst} ulp");
+    }
+
+    #[test]
+    fn exp_fast_edges() {
+        let mut out = [0f32; 7];
+        let xs = [0.0f32, f32::NEG_INFINITY, -1e30, -104.0, 89.0, f32::INFINITY, f32::NAN];
+        exp_fast_slice(&xs, &mut out);
+        for got in [out, xs.map(exp_f32_fast)] {
+            assert_eq!(got[..6], [1.0, 0.0, 0.0, 0.0, f32::INFINITY, f32::INFINITY]);
+            assert!(got[6].is_nan());
+        }
+        for x in [-88.0f32, -95.0, -100.0, -103.0] {
+            let want = (x as f64).exp();
+            let step = f32::from_bits(1) as f64;
+            assert!(
+                ((exp_f32_fast(x) as f64) - want).abs() <= step * 2.0 + want * 1e-6,
+                "{x}"
+            );
+        }
+        let x = 88.72f32;
+        assert!(exp_f32_fast(x).is_finite());
+        assert!(ulps(exp_f32_fast(x), (x as f64).exp()) <= 2.0);
     }
 
     #[test]
