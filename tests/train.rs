@@ -673,3 +673,62 @@ fn a_second_phase_starts_from_a_checkpoint() {
     let e = t.init_from(&ck).unwrap_err();
     assert!(format!("{e:#}").contains("model section differs"), "{e:#}");
 }
+
+#[test]
+fn readings_give_the_answer_by_the_hidden_relation_alone() {
+    let cfg = TrainConfig::default();
+    let t = Trainer::new(cfg.clone(), &Device::Cpu).unwrap();
+    let seqs = minarc::train::data::held_out(&cfg, 30, t.tokenizer()).unwrap();
+    let mut answers = 0;
+    for q in &seqs {
+        for tg in q
+            .targets
+            .iter()
+            .filter(|t| matches!(t.kind, minarc::train::data::TargetKind::Answer { .. }))
+        {
+            let (_, readings) = q
+                .readings
+                .iter()
+                .find(|(p, _)| *p == tg.pos)
+                .unwrap_or_else(|| panic!("puzzle {}: no readings at {}", q.seed, tg.pos));
+            // the grid read through the hidden relation gives the answer token of the prompt,
+            // and (the generator's ambiguity filter) no other relation of the set does
+            let hits: Vec<_> = readings.iter().filter(|(_, c)| *c == tg.label).collect();
+            assert_eq!(hits.len(), 1, "puzzle {}: {readings:?}", q.seed);
+            assert_eq!(hits[0].0, q.relation, "puzzle {}", q.seed);
+            answers += 1;
+        }
+    }
+    assert!(answers >= 30 * 4, "{answers} answers");
+}
+
+#[test]
+fn wrong_answers_are_read_as_the_relations_whose_cell_has_the_predicted_colour() {
+    use minarc::puzzle::Relation;
+    use minarc::train::run::read_as;
+    let readings = [
+        (Relation::from_name("left_of").unwrap(), 10),
+        (Relation::from_name("right_of").unwrap(), 11),
+        (Relation::from_name("above").unwrap(), 10),
+    ];
+    assert_eq!(read_as(10, &readings), "left_of|above");
+    assert_eq!(read_as(11, &readings), "right_of");
+    assert_eq!(read_as(12, &readings), "none");
+    assert_eq!(read_as(10, &[]), "none");
+
+    // every wrong answer of an evaluation is counted once, under its puzzle's relation
+    let t = Trainer::new(tiny_run(1), &Device::Cpu).unwrap();
+    let e = t.evaluate(12).unwrap();
+    for (rel, &(hit, all)) in &e.per_relation {
+        let wrong: usize = e
+            .wrong_read_as
+            .get(rel)
+            .map_or(0, |m| m.values().sum::<usize>());
+        assert_eq!(wrong, all - hit, "{rel}: {:?}", e.wrong_read_as);
+    }
+    assert!(
+        e.wrong_read_as
+            .keys()
+            .all(|k| e.per_relation.contains_key(k))
+    );
+}

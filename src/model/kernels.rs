@@ -288,7 +288,15 @@ mod tests {
     #[test]
     fn exp_fast_edges() {
         let mut out = [0f32; 7];
-        let xs = [0.0f32, f32::NEG_INFINITY, -1e30, -104.0, 89.0, f32::INFINITY, f32::NAN];
+        let xs = [
+            0.0f32,
+            f32::NEG_INFINITY,
+            -1e30,
+            -104.0,
+            89.0,
+            f32::INFINITY,
+            f32::NAN,
+        ];
         exp_fast_slice(&xs, &mut out);
         for got in [out, xs.map(exp_f32_fast)] {
             assert_eq!(got[..6], [1.0, 0.0, 0.0, 0.0, f32::INFINITY, f32::INFINITY]);

@@ -49,6 +49,11 @@ pub struct Sequence {
     pub relation: Relation,
     /// The puzzle seed.
     pub seed: u64,
+    /// For each answer target (by token position): the colour token that each relation of the
+    /// puzzle's set reads for its question (relations whose cell lies outside the grid are
+    /// left out). The hidden relation's reading is the answer; the others tell which relation
+    /// a wrong answer followed.
+    pub readings: Vec<(usize, Vec<(Relation, u32)>)>,
 }
 
 /// The sequence of puzzle `params` (None when the generator runs out of attempts for its seed).
@@ -69,6 +74,7 @@ pub fn sequence(
     let puzzle = sample.puzzle()?;
     let n_ex = puzzle.train.len();
     let mut targets = Vec::new();
+    let mut readings = Vec::new();
     for (k, ex) in puzzle.train.iter().enumerate() {
         for qa in &ex.output {
             let token = |t: &Option<crate::puzzle::Track>, what: &str| -> Result<usize> {
@@ -101,6 +107,17 @@ pub fn sequence(
                     evaluated: k + DEFAULT_LAST_K >= n_ex,
                 },
             });
+            let (x0, y0) = qa.query.key;
+            let by_relation = puzzle
+                .relations
+                .iter()
+                .filter_map(|&r| {
+                    let (x, y) = r.target(x0, y0);
+                    let c = ex.input.get(x, y)?;
+                    sample.candidate_ids.get(c as usize).map(|&t| (r, t))
+                })
+                .collect();
+            readings.push((a, by_relation));
         }
     }
     Ok(Some(Sequence {
@@ -108,6 +125,7 @@ pub fn sequence(
         targets,
         relation: puzzle.rel_fn,
         seed: params.seed,
+        readings,
     }))
 }
 

@@ -20,6 +20,7 @@ use crate::model::loader::WeightFiles;
 use crate::model::ops::linear;
 use crate::model::qwen2::Qwen2;
 use crate::model::weights::Weights;
+use crate::puzzle::Relation;
 
 /// One optimiser step's numbers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +52,26 @@ pub struct EvalLog {
     pub nll: f64,
     /// (correct, total) answers per relation.
     pub per_relation: BTreeMap<String, (usize, usize)>,
+    /// Wrong answers by hidden relation, then by what they read: the name of the relation whose
+    /// cell has the predicted colour (names joined by `|` when several do), or `none`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wrong_read_as: BTreeMap<String, BTreeMap<String, usize>>,
+}
+
+/// What a wrong answer read: the relations of the puzzle's set whose cell has the predicted
+/// colour token (`readings` from [`super::data::Sequence::readings`]), joined by `|`, or
+/// `none` when no relation's cell has it.
+pub fn read_as(pred: u32, readings: &[(Relation, u32)]) -> String {
+    let names: Vec<&str> = readings
+        .iter()
+        .filter(|&&(_, t)| t == pred)
+        .map(|(r, _)| r.name())
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join("|")
+    }
 }
 
 /// What a checkpoint records besides the tensors.
@@ -459,6 +480,7 @@ pub fn inference_model(net: &Net) -> Result<Qwen2> {
 /// Accuracy and NLL of `model` on the evaluated answers (last two examples) of `seqs`.
 pub fn evaluate(model: &Qwen2, seqs: &[Sequence]) -> Result<EvalLog> {
     let mut per_relation: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut wrong_read_as: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     let (mut hit, mut all, mut nll) = (0usize, 0usize, 0f64);
     for q in seqs {
         crate::cancel::check()?;
@@ -484,6 +506,18 @@ pub fn evaluate(model: &Qwen2, seqs: &[Sequence]) -> Result<EvalLog> {
             .or_default();
         for (i, t) in targets.iter().enumerate() {
             let ok = pred[i] == t.label;
+            if !ok {
+                let readings = q
+                    .readings
+                    .iter()
+                    .find(|(p, _)| *p == t.pos)
+                    .map_or(&[][..], |(_, r)| r.as_slice());
+                *wrong_read_as
+                    .entry(q.relation.name().to_string())
+                    .or_default()
+                    .entry(read_as(pred[i], readings))
+                    .or_default() += 1;
+            }
             hit += ok as usize;
             entry.0 += ok as usize;
             entry.1 += 1;
@@ -498,6 +532,7 @@ pub fn evaluate(model: &Qwen2, seqs: &[Sequence]) -> Result<EvalLog> {
         acc: hit as f64 / all as f64,
         nll: nll / all as f64,
         per_relation,
+        wrong_read_as,
     })
 }
 
@@ -708,6 +743,7 @@ fn finish(t: &mut Trainer, out: &Path, elapsed_s: f64) -> Result<RunResult> {
             "acc": e.acc,
             "nll": e.nll,
             "per_relation_acc": per_relation,
+            "wrong_answers_read_as": e.wrong_read_as,
         },
         "config": t.cfg,
     });
@@ -743,6 +779,13 @@ fn finish(t: &mut Trainer, out: &Path, elapsed_s: f64) -> Result<RunResult> {
             .join(", "),
         out.join("model").display()
     );
+    for (rel, reads) in &e.wrong_read_as {
+        let parts: Vec<String> = reads.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        eprintln!(
+            "  wrong answers on {rel} read the cell of: {}",
+            parts.join(", ")
+        );
+    }
     Ok(RunResult {
         step: t.step,
         finished: true,
