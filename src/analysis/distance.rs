@@ -224,25 +224,26 @@ fn distributions(key: HeadKey, t: &Tensor) -> Result<Distributions> {
     })?;
     ensure!(s > 0, "head {}-{}: the last axis is empty", key.0, key.1);
     let mut p = host_f32(t)?;
-    let mut neg_entropy = 0.0f64;
-    for row in p.chunks_mut(s) {
-        let mut sum = 0.0f64;
-        for x in row.iter_mut() {
-            ensure!(
-                x.is_finite() && *x >= 0.0,
-                "head {}-{}: attention weight {x} is negative or not finite",
-                key.0,
-                key.1
-            );
-            *x += JS_EPS;
-            sum += *x as f64;
-        }
-        for x in row.iter_mut() {
-            let v = (*x as f64 / sum) as f32;
-            *x = v;
-            neg_entropy += v as f64 * (v as f64).ln();
-        }
+    // one pass that vectorizes (no early exit), then the first offender for the message
+    let valid = p
+        .iter()
+        .fold(true, |ok, x| ok & (x.is_finite() & (*x >= 0.0)));
+    if !valid {
+        let x = p
+            .iter()
+            .find(|x| !(x.is_finite() && **x >= 0.0))
+            .copied()
+            .unwrap_or(f32::NAN);
+        bail!(
+            "head {}-{}: attention weight {x} is negative or not finite",
+            key.0,
+            key.1
+        );
     }
+    let neg_entropy = p
+        .chunks_mut(s)
+        .map(|row| crate::model::kernels::js_normalize(row, JS_EPS))
+        .sum();
     Ok(Distributions { p, neg_entropy })
 }
 
@@ -254,7 +255,8 @@ fn distributions(key: HeadKey, t: &Tensor) -> Result<Distributions> {
 /// axis and averaged over all other axes. Range [0, ln 2].
 ///
 /// Speed: `KL(p‖m) + KL(q‖m) = Σ p ln p + Σ q ln q − Σ (p+q) ln m`; the first two sums are computed
-/// once per head, so each pair costs one logarithm per element (accumulated in f64).
+/// once per head, so each pair costs one logarithm per element (accumulated in f64, in 8
+/// partial sums, by `model::kernels::js_cross_sum`).
 pub fn compute_js_matrix(data: &[(HeadKey, Tensor)]) -> Result<DistanceMatrix> {
     check_nonempty(data)?;
     let n = data.len();
@@ -283,15 +285,8 @@ pub fn compute_js_matrix(data: &[(HeadKey, Tensor)]) -> Result<DistanceMatrix> {
     let js: Vec<f64> = pairs
         .par_iter()
         .map(|&(i, j)| {
-            let (p, q) = (&dists[i].p, &dists[j].p);
-            let cross: f64 = p
-                .iter()
-                .zip(q)
-                .map(|(&a, &b)| {
-                    let sum = a as f64 + b as f64;
-                    sum * (0.5 * sum).ln()
-                })
-                .sum();
+            // Σ (p+q) ln m, vectorized (8 partial sums in f64, a logarithm within 1 ulp)
+            let cross = crate::model::kernels::js_cross_sum(&dists[i].p, &dists[j].p);
             let js = 0.5 * (dists[i].neg_entropy + dists[j].neg_entropy - cross) / rows;
             js.clamp(0.0, std::f64::consts::LN_2)
         })
@@ -388,6 +383,33 @@ mod tests {
     }
 
     #[test]
+    fn js_long_rows_match_the_direct_definition() {
+        // rows long enough for the vectorized kernels (8 lanes and a remainder), peaked and flat
+        let s = 2643;
+        let row = |seed: usize, peak: usize| -> Vec<f32> {
+            (0..s)
+                .map(|k| {
+                    let base = ((k * seed) % 97) as f32 / 97.0;
+                    if k == peak { 50.0 } else { base * base }
+                })
+                .collect()
+        };
+        let (a, b) = ([row(31, 5), row(7, 900)], [row(53, 5), row(11, 2600)]);
+        let d = compute_js_matrix(&[
+            ((0, 0), t(&[a[0].clone(), a[1].clone()].concat(), &[2, s])),
+            ((0, 1), t(&[b[0].clone(), b[1].clone()].concat(), &[2, s])),
+        ])
+        .unwrap();
+        let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let want = 0.5 * (js_direct(&f(&a[0]), &f(&b[0])) + js_direct(&f(&a[1]), &f(&b[1])));
+        assert!(
+            (d.get(0, 1) - want).abs() <= 1e-7 * want,
+            "{} vs {want}",
+            d.get(0, 1)
+        );
+    }
+
+    #[test]
     fn js_rejects_bad_input() {
         assert!(compute_js_matrix(&[]).is_err());
         let err = compute_js_matrix(&[
@@ -402,6 +424,15 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("negative"), "{err}");
+        let err = compute_js_matrix(&[
+            ((0, 0), t(&[0.5, 0.5], &[1, 2])),
+            ((0, 1), t(&[f32::NAN, 1.5], &[1, 2])),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("NaN is negative or not finite"),
+            "{err}"
+        );
         let err = compute_js_matrix(&[
             ((0, 0), t(&[0.5, 0.5], &[1, 2])),
             ((0, 0), t(&[0.5, 0.5], &[1, 2])),

@@ -1,7 +1,9 @@
 //! CPU elementwise kernels of the forward, fused where candle makes several passes over memory
 //! (these passes are bound by memory traffic, not arithmetic): the SwiGLU product
 //! `silu(gate) ⊙ up` in f32 and bf16, a row softmax, e^x for f32 in a form the compiler
-//! vectorizes, and a helper that splits a row-wise job over the cores.
+//! vectorizes, and a helper that splits a row-wise job over the cores. Also the two passes of
+//! the Jensen–Shannon distance matrix (`analysis::distance`), with a vectorizable f64 ln: the
+//! C library's scalar `log` was most of `cluster_heads`' time.
 //!
 //! The kernels that use [`exp_f32`] are written once as plain Rust and compiled twice: for
 //! AVX-512 (chosen at run time when the CPU has it) and for the build's baseline target.
@@ -153,17 +155,114 @@ fn softmax_row_body(x: &[f32], y: &mut [f32]) {
     y.iter_mut().for_each(|v| *v /= sum); // one rounding (a reciprocal would add one)
 }
 
+/// ln x in f64 for positive normal x (the caller guarantees it; other inputs are clamped into
+/// [`f64::MIN_POSITIVE`, `f64::MAX`]), in a form the compiler vectorizes: x = 2^e·m with
+/// m ∈ [√½, √2), ln m = 2·atanh(s) with s = (m − 1)/(m + 1), |s| ≤ 0.1716, by its series to
+/// s^21 (truncation below 1e-17 relative), and e·ln 2 in two parts. Within 1 ulp of `f64::ln`
+/// (the tests bound it).
+#[inline(always)]
+pub fn ln_f64_pos(x: f64) -> f64 {
+    // fdlibm's split of ln 2: LN2_HI has 32 trailing zero bits, so e·LN2_HI is exact
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76); // ln 2 − LN2_HI
+    let x = x.clamp(f64::MIN_POSITIVE, f64::MAX);
+    let bits = x.to_bits();
+    let e = ((bits >> 52) as i64) - 1023;
+    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000); // [1, 2)
+    let big = m > std::f64::consts::SQRT_2;
+    let m = if big { 0.5 * m } else { m };
+    let e = (e + big as i64) as f64;
+    // ln(1 + f) = f − (f²/2 − s·(f²/2 + R)), f = m − 1 exact (fdlibm's arrangement: the
+    // correction is small next to f, so its rounding hardly shows)
+    let f = m - 1.0;
+    let s = f / (2.0 + f);
+    let z = s * s;
+    // R = Σ 2·z^k / (2k + 1) for 1 ≤ k ≤ 10, by Horner
+    let mut r = 2.0 / 21.0;
+    for d in [19.0, 17.0, 15.0, 13.0, 11.0, 9.0, 7.0, 5.0] {
+        r = r * z + 2.0 / d;
+    }
+    let r = r * z * z + (2.0 / 3.0) * z;
+    let hfsq = 0.5 * f * f;
+    let ln_m = f - (hfsq - s * (hfsq + r));
+    e * LN2_HI + (e * LN2_LO + ln_m)
+}
+
+/// `Σ (p + q) · ln((p + q) / 2)` over two probability rows of one length (the cross term of the
+/// Jensen–Shannon divergence), in f64 with 8 partial sums. Entries must be positive (the JS
+/// distributions carry +1e-8 before renormalising).
+#[inline(always)]
+fn js_cross_sum_body(p: &[f32], q: &[f32]) -> f64 {
+    const L: usize = 8;
+    let mut acc = [0f64; L];
+    let (pc, qc) = (p.chunks_exact(L), q.chunks_exact(L));
+    let (pr, qr) = (pc.remainder(), qc.remainder());
+    for (a, b) in pc.zip(qc) {
+        for k in 0..L {
+            let sum = a[k] as f64 + b[k] as f64;
+            acc[k] += sum * ln_f64_pos(0.5 * sum);
+        }
+    }
+    let mut total: f64 = acc.iter().sum();
+    for (&a, &b) in pr.iter().zip(qr) {
+        let sum = a as f64 + b as f64;
+        total += sum * ln_f64_pos(0.5 * sum);
+    }
+    total
+}
+
+/// One Jensen–Shannon row in place: `x + eps`, renormalised to sum 1 (the sum in f64, 8 partial
+/// sums; each entry divided in f64 and rounded once to f32). Returns `Σ v ln v` of the result
+/// (f64). Entries must be finite and non-negative, and `eps` positive, so every result is
+/// positive.
+#[inline(always)]
+fn js_normalize_body(row: &mut [f32], eps: f32) -> f64 {
+    const L: usize = 8;
+    let mut acc = [0f64; L];
+    let mut chunks = row.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c.iter_mut()) {
+            *x += eps;
+            *a += *x as f64;
+        }
+    }
+    let mut sum: f64 = acc.iter().sum();
+    for x in chunks.into_remainder() {
+        *x += eps;
+        sum += *x as f64;
+    }
+    let mut ent = [0f64; L];
+    let mut chunks = row.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for (e, x) in ent.iter_mut().zip(c.iter_mut()) {
+            let v = (*x as f64 / sum) as f32;
+            *x = v;
+            *e += v as f64 * ln_f64_pos(v as f64);
+        }
+    }
+    let mut total: f64 = ent.iter().sum();
+    for x in chunks.into_remainder() {
+        let v = (*x as f64 / sum) as f32;
+        *x = v;
+        total += v as f64 * ln_f64_pos(v as f64);
+    }
+    total
+}
+
 /// Compiles `$body` for AVX-512 and for the baseline and picks one at run time.
 macro_rules! dispatch {
     ($(#[$doc:meta])* $name:ident, $avx:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        dispatch!($(#[$doc])* $name, $avx, $body, ($($arg: $ty),*) -> ());
+    };
+    ($(#[$doc:meta])* $name:ident, $avx:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx512dq,avx512vl,fma")]
-        fn $avx($($arg: $ty),*) {
+        fn $avx($($arg: $ty),*) -> $ret {
             $body($($arg),*)
         }
 
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) {
+        pub fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512dq")
@@ -186,6 +285,12 @@ dispatch!(
 dispatch!(
     /// Softmax of the row `x` into `y`.
     softmax_row, softmax_row_avx512, softmax_row_body, (x: &[f32], y: &mut [f32]));
+dispatch!(
+    /// A Jensen–Shannon row `x + eps` renormalised in place; returns `Σ v ln v` (f64).
+    js_normalize, js_normalize_avx512, js_normalize_body, (row: &mut [f32], eps: f32) -> f64);
+dispatch!(
+    /// `Σ (p + q) · ln((p + q) / 2)` over two positive probability rows (f64, 8 partial sums).
+    js_cross_sum, js_cross_sum_avx512, js_cross_sum_body, (p: &[f32], q: &[f32]) -> f64);
 
 #[cfg(test)]
 #[inline(always)]
@@ -313,6 +418,98 @@ mod tests {
         let x = 88.72f32;
         assert!(exp_f32_fast(x).is_finite());
         assert!(ulps(exp_f32_fast(x), (x as f64).exp()) <= 2.0);
+    }
+
+    #[test]
+    fn ln_matches_the_library_within_one_ulp() {
+        let mut worst = (0f64, 0f64);
+        let mut check = |x: f64| {
+            let (got, want) = (ln_f64_pos(x), x.ln());
+            let ulp = f64::from_bits(want.abs().to_bits() + 1) - want.abs();
+            let err = if want == 0.0 {
+                got.abs() / f64::MIN_POSITIVE
+            } else {
+                (got - want).abs() / ulp
+            };
+            if err > worst.0 {
+                worst = (err, x);
+            }
+        };
+        let mut x = 1e-300f64;
+        while x < 1e300 {
+            let r2 = std::f64::consts::SQRT_2;
+            for f in [
+                1.0,
+                1.000_001,
+                r2 * (1.0 - 1e-12),
+                r2 * (1.0 + 1e-12),
+                1.7,
+                0.999_999,
+            ] {
+                check(x * f);
+            }
+            x *= 1.37;
+        }
+        for k in 1..2000 {
+            check(1.0 + k as f64 * 1e-6);
+            check(1.0 - k as f64 * 1e-6);
+        }
+        check(1.0);
+        check(f64::MIN_POSITIVE);
+        check(f64::MAX);
+        assert!(worst.0 <= 1.0, "worst error {} ulp at {}", worst.0, worst.1);
+        assert_eq!(ln_f64_pos(1.0), 0.0);
+    }
+
+    #[test]
+    fn js_cross_sum_matches_the_scalar_sum() {
+        for len in [1usize, 7, 8, 9, 1000, 2644] {
+            let p: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 + 0.5) / 5000.0)
+                .collect();
+            let q: Vec<f32> = (0..len)
+                .map(|i| ((i * 53 % 97) as f32 + 0.25) / 4000.0)
+                .collect();
+            let want: f64 = p
+                .iter()
+                .zip(&q)
+                .map(|(&a, &b)| {
+                    let s = a as f64 + b as f64;
+                    s * (0.5 * s).ln()
+                })
+                .sum();
+            let got = js_cross_sum(&p, &q);
+            assert!(
+                (got - want).abs() <= 1e-13 * want.abs(),
+                "{len}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn js_normalize_matches_f64() {
+        for len in [1usize, 5, 8, 9, 2644] {
+            let x: Vec<f32> = (0..len).map(|i| ((i * 29 % 31) as f32) / 700.0).collect();
+            let mut y = x.clone();
+            let ent = js_normalize(&mut y, 1e-8);
+            let w: Vec<f64> = x.iter().map(|&v| (v + 1e-8f32) as f64).collect();
+            let sum: f64 = w.iter().sum();
+            let mut want_ent = 0.0;
+            for (k, &v) in w.iter().enumerate() {
+                let p = v / sum;
+                assert!(
+                    (y[k] as f64 - p).abs() <= 6e-8 * p,
+                    "{len}/{k}: {} vs {p}",
+                    y[k]
+                );
+                want_ent += p * p.ln();
+            }
+            assert!(
+                (ent - want_ent).abs() <= 1e-6 * want_ent.abs().max(1e-12),
+                "{len}: {ent} vs {want_ent}"
+            );
+            assert!(y.iter().all(|&v| v > 0.0));
+        }
     }
 
     #[test]
