@@ -731,4 +731,15 @@ fn wrong_answers_are_read_as_the_relations_whose_cell_has_the_predicted_colour()
             .keys()
             .all(|k| e.per_relation.contains_key(k))
     );
+    // by answer place: every answer once, the first place in every puzzle
+    let (hit, all) = e
+        .by_answer
+        .iter()
+        .fold((0, 0), |(h, a), &(x, y)| (h + x, a + y));
+    let (h2, a2) = e
+        .per_relation
+        .values()
+        .fold((0, 0), |(h, a), &(x, y)| (h + x, a + y));
+    assert_eq!((hit, all), (h2, a2));
+    assert_eq!(e.by_answer[0].1, e.puzzles);
 }

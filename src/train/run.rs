@@ -56,6 +56,11 @@ pub struct EvalLog {
     /// cell has the predicted colour (names joined by `|` when several do), or `none`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub wrong_read_as: BTreeMap<String, BTreeMap<String, usize>>,
+    /// (correct, total) by the answer's place among its puzzle's evaluated answers, in prompt
+    /// order (0 = the first scored answer): whether later answers, with more evidence of the
+    /// relation before them, are more often right.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_answer: Vec<(usize, usize)>,
 }
 
 /// What a wrong answer read: the relations of the puzzle's set whose cell has the predicted
@@ -481,6 +486,7 @@ pub fn inference_model(net: &Net) -> Result<Qwen2> {
 pub fn evaluate(model: &Qwen2, seqs: &[Sequence]) -> Result<EvalLog> {
     let mut per_relation: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut wrong_read_as: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut by_answer: Vec<(usize, usize)> = Vec::new();
     let (mut hit, mut all, mut nll) = (0usize, 0usize, 0f64);
     for q in seqs {
         crate::cancel::check()?;
@@ -518,6 +524,11 @@ pub fn evaluate(model: &Qwen2, seqs: &[Sequence]) -> Result<EvalLog> {
                     .entry(read_as(pred[i], readings))
                     .or_default() += 1;
             }
+            if by_answer.len() <= i {
+                by_answer.resize(i + 1, (0, 0));
+            }
+            by_answer[i].0 += ok as usize;
+            by_answer[i].1 += 1;
             hit += ok as usize;
             entry.0 += ok as usize;
             entry.1 += 1;
@@ -533,6 +544,7 @@ pub fn evaluate(model: &Qwen2, seqs: &[Sequence]) -> Result<EvalLog> {
         nll: nll / all as f64,
         per_relation,
         wrong_read_as,
+        by_answer,
     })
 }
 
@@ -744,6 +756,7 @@ fn finish(t: &mut Trainer, out: &Path, elapsed_s: f64) -> Result<RunResult> {
             "nll": e.nll,
             "per_relation_acc": per_relation,
             "wrong_answers_read_as": e.wrong_read_as,
+            "acc_by_answer": e.by_answer.iter().map(|&(h, a)| h as f64 / a.max(1) as f64).collect::<Vec<_>>(),
         },
         "config": t.cfg,
     });
@@ -778,6 +791,15 @@ fn finish(t: &mut Trainer, out: &Path, elapsed_s: f64) -> Result<RunResult> {
             .collect::<Vec<_>>()
             .join(", "),
         out.join("model").display()
+    );
+    let by: Vec<String> = e
+        .by_answer
+        .iter()
+        .map(|&(h, a)| format!("{:.3}", h as f64 / a.max(1) as f64))
+        .collect();
+    eprintln!(
+        "  accuracy by scored answer, in prompt order: {}",
+        by.join(" ")
     );
     for (rel, reads) in &e.wrong_read_as {
         let parts: Vec<String> = reads.iter().map(|(k, n)| format!("{k} {n}")).collect();
