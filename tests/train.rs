@@ -672,6 +672,50 @@ fn a_second_phase_starts_from_a_checkpoint() {
     let mut t = Trainer::new(wide, &Device::Cpu).unwrap();
     let e = t.init_from(&ck).unwrap_err();
     assert!(format!("{e:#}").contains("model section differs"), "{e:#}");
+    // a deeper model grows from it: the checkpoint's layer below, two layers with zero output
+    // projections above, which add nothing to the residual stream: the same logits, bit for bit
+    let mut deep = cfg.clone();
+    deep.model.layers += 2;
+    let mut grown = Trainer::new(deep.clone(), &Device::Cpu).unwrap();
+    grown.init_from(&ck).unwrap();
+    let mut same = Trainer::new(cfg.clone(), &Device::Cpu).unwrap();
+    same.init_from(&ck).unwrap();
+    let s = 40;
+    let ids = Tensor::from_vec(rand_ids(2 * s, 64, 3), (2, s), &Device::Cpu).unwrap();
+    let rows = Tensor::new(&[0u32, 17, 39, 40, 79], &Device::Cpu).unwrap();
+    let a = same.net.logits_at(&ids, &rows).unwrap();
+    let b = grown.net.logits_at(&ids, &rows).unwrap();
+    assert_eq!(
+        a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    // the grown layers are trainable: fresh (non-zero) attention and MLP input weights
+    let q = grown
+        .net
+        .tensors()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "model.layers.2.self_attn.q_proj.weight")
+        .unwrap()
+        .1;
+    assert!(
+        q.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+    // a shallower model does not grow from a deeper one's checkpoint
+    let deep_dir = tempfile::tempdir().unwrap();
+    deep.optim.steps = 1;
+    run(deep.clone(), &opts(deep_dir.path(), None)).unwrap();
+    let mut t = Trainer::new(cfg.clone(), &Device::Cpu).unwrap();
+    let e = t
+        .init_from(&deep_dir.path().join("checkpoints/step-0000001.safetensors"))
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("model section differs"), "{e:#}");
 }
 
 #[test]

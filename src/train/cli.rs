@@ -24,6 +24,8 @@ pub struct TrainArgs {
     /// Start from the weights of a checkpoint (OUT/checkpoints/step-N.safetensors of an earlier
     /// run with the same model section): a next training phase with its own configuration,
     /// optimiser and schedule. The earlier run is recorded in the checkpoints and minarc.json.
+    /// A checkpoint with fewer layers (and nothing else different) grows into this model: the
+    /// layers above its own start with zero output projections, so they add nothing at first.
     #[arg(long, conflicts_with = "resume")]
     pub init: Option<PathBuf>,
     /// Stop with a checkpoint once this many steps are done (continue later with --resume).

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::config::TrainConfig;
+use super::config::{NetConfig, TrainConfig};
 use super::data::{Sequence, TargetKind};
 use super::net::{Net, weighted_nll};
 use super::optim::{AdamW, lr_at};
@@ -77,6 +77,15 @@ pub fn read_as(pred: u32, readings: &[(Relation, u32)]) -> String {
     } else {
         names.join("|")
     }
+}
+
+/// The layer of a weight named `model.layers.{l}.…`.
+fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What a checkpoint records besides the tensors.
@@ -164,6 +173,11 @@ pub struct Trainer {
 impl Trainer {
     /// Replaces the fresh weights with those of checkpoint `st` (a `step-N.safetensors` of any
     /// run whose model section equals this one's); the optimiser starts fresh.
+    ///
+    /// A checkpoint of a shallower model whose model section differs only in `layers` grows
+    /// into this one: its layers are layers `0..L` here, and the layers above are fresh with
+    /// zero output projections (o_proj and down_proj), so each adds nothing to the residual
+    /// stream and the grown model computes exactly the checkpoint's function at its first step.
     pub fn init_from(&mut self, st: &Path) -> Result<()> {
         let json = st.with_extension("json");
         let text = std::fs::read_to_string(&json).with_context(|| {
@@ -174,19 +188,34 @@ impl Trainer {
         })?;
         let meta: CheckpointMeta =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+        let from_layers = meta.config.model.layers;
+        let same_but_depth = NetConfig {
+            layers: self.cfg.model.layers,
+            ..meta.config.model.clone()
+        } == self.cfg.model;
         ensure!(
-            meta.config.model == self.cfg.model,
-            "--init {}: its model section differs from this configuration's (the weights must fit the same model)",
+            same_but_depth && from_layers <= self.cfg.model.layers,
+            "--init {}: its model section differs from this configuration's (the weights must fit the same model, or one with more layers and nothing else changed)",
             st.display()
         );
         let saved = candle_core::safetensors::load(st, self.net.vars()[0].device())
             .with_context(|| format!("reading {}", st.display()))?;
         let mut named = Vec::new();
-        for name in self.net.names() {
-            let w = saved
-                .get(&format!("w.{name}"))
-                .cloned()
-                .with_context(|| format!("{} has no tensor w.{name}", st.display()))?;
+        for (name, fresh) in self.net.names().iter().zip(self.net.vars()) {
+            let w = match layer_of(name) {
+                // a grown layer: fresh weights, its output projections zero
+                Some(l) if l >= from_layers => {
+                    if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+                        fresh.zeros_like()?
+                    } else {
+                        fresh.as_tensor().clone()
+                    }
+                }
+                _ => saved
+                    .get(&format!("w.{name}"))
+                    .cloned()
+                    .with_context(|| format!("{} has no tensor w.{name}", st.display()))?,
+            };
             named.push((name.clone(), w));
         }
         let device = self.net.vars()[0].device().clone();
