@@ -147,3 +147,94 @@ fn causal_softmax_of_a_query_block_matches_the_masked_softmax() {
     let err = causal_softmax_from(&x, 2).unwrap_err().to_string();
     assert!(err.contains("keys"), "{err}");
 }
+
+/// The fused CPU attention against attention written out in f64: grouped-query heads (3 query
+/// heads per kv head), two sequences, a length that leaves a partial last query block, and a
+/// block of one query; every query sees exactly keys 0..=i.
+#[test]
+fn causal_attention_matches_f64_attention() {
+    use minarc::model::ops::causal_attention_cpu;
+    let (b, n, kvh, s, d) = (2usize, 6usize, 2usize, 37usize, 8usize);
+    let q = noise(&[b, n, s, d], 1.0, 11);
+    let k = noise(&[b, kvh, s, d], 1.0, 12);
+    let v = noise(&[b, kvh, s, d], 1.0, 13);
+    let scale = 1.0 / (d as f32).sqrt();
+    let (qv, kv, vv) = (vec_f64(&q), vec_f64(&k), vec_f64(&v));
+    let mut want = vec![0f64; b * s * n * d];
+    for bi in 0..b {
+        for h in 0..n {
+            let kh = h / (n / kvh);
+            for i in 0..s {
+                let qi = &qv[((bi * n + h) * s + i) * d..][..d];
+                let sc: Vec<f64> = (0..=i)
+                    .map(|jj| {
+                        let kj = &kv[((bi * kvh + kh) * s + jj) * d..][..d];
+                        qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale as f64
+                    })
+                    .collect();
+                let m = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                for dd in 0..d {
+                    want[((bi * s + i) * n + h) * d + dd] = (0..=i)
+                        .map(|jj| (sc[jj] - m).exp() / z * vv[((bi * kvh + kh) * s + jj) * d + dd])
+                        .sum();
+                }
+            }
+        }
+    }
+    // in the projections' layout [b, s, heads, d]
+    let bshd = |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
+    let (q, k, v) = (bshd(&q), bshd(&k), bshd(&v));
+    for block in [16, 1, 64] {
+        let o = causal_attention_cpu(&q, &k, &v, scale, block)
+            .unwrap()
+            .expect("f32 on the CPU takes the fused path");
+        assert_eq!(o.dims(), &[b, s, n, d]);
+        let got = vec_f64(&o);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 2e-6, "block {block}: max |Δ| {err}");
+    }
+    // another dtype: the caller composes candle ops instead
+    let q16 = q.to_dtype(DType::BF16).unwrap();
+    let k16 = k.to_dtype(DType::BF16).unwrap();
+    let v16 = v.to_dtype(DType::BF16).unwrap();
+    assert!(
+        causal_attention_cpu(&q16, &k16, &v16, scale, 16)
+            .unwrap()
+            .is_none()
+    );
+    // shapes that do not fit are an error
+    let k5 = noise(&[b, s, 4, d], 1.0, 14);
+    assert!(causal_attention_cpu(&q, &k5, &k5, scale, 16).is_err());
+}
+
+/// RoPE in the projections' layout `[b, s, h, d]` is candle's `rope` on `[b, h, s, d]`, bit
+/// for bit, over rows split across threads (b·s·h·d above the split size) and a small one.
+#[test]
+fn rope_in_the_projection_layout_is_candles_rope() {
+    use minarc::model::ops::rope_bshd;
+    for (b, s, h, d) in [(2usize, 300usize, 14usize, 64usize), (1, 3, 2, 4)] {
+        let x = noise(&[b, s, h, d], 1.0, 21);
+        let cos = noise(&[s, d / 2], 0.5, 22);
+        let sin = noise(&[s, d / 2], 0.5, 23);
+        let ours = rope_bshd(&x, &cos, &sin).unwrap().expect("f32 on the CPU");
+        let theirs = candle_nn::rotary_emb::rope(
+            &x.transpose(1, 2).unwrap().contiguous().unwrap(),
+            &cos,
+            &sin,
+        )
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap();
+        let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
+        let t: Vec<f32> = theirs.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a.len(), t.len());
+        assert!(a.iter().zip(&t).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+    let x = noise(&[1, 3, 2, 4], 1.0, 1);
+    assert!(rope_bshd(&x, &noise(&[2, 2], 1.0, 2), &noise(&[3, 2], 1.0, 3)).is_err());
+}

@@ -436,3 +436,267 @@ impl candle_core::CustomOp1 for CausalSoftmax {
         Ok(Some((res * grad_res.broadcast_sub(&dot)?)?))
     }
 }
+
+/// Causal self-attention on the CPU in one fused op, f32, no gradient: q `[b, s, n, d]`, k and
+/// v `[b, s, kvh, d]` (kvh divides n: grouped-query heads share their group's k/v; the layout
+/// the projections write, so no transposes) → `[b, s, n, d]`, the layout the output projection
+/// reads. Query head h attends with
+/// softmax(scale · q kᵀ) over keys 0..=i to the values.
+///
+/// Work goes in tasks of one (sequence, head, block of `block` queries); a task sees only its
+/// block's causal key prefix, and its scores stay in a scratch buffer of `[block, keys]`. The
+/// tasks run on candle's pool (the threads of every other op; see `kernels::par_rows`), and
+/// both products are serial `gemm` calls inside them. This replaces, per block, a copy of the
+/// queries, two batched matmuls on another pool, the softmax op and, per layer, the blocks'
+/// concatenation and the transpose to `[b, s, n, d]`.
+///
+/// None when the operands are not f32 on the CPU (the caller then composes candle ops).
+pub fn causal_attention_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    block: usize,
+) -> Result<Option<Tensor>> {
+    if !q.device().is_cpu() || [q, k, v].iter().any(|t| t.dtype() != DType::F32) {
+        return Ok(None);
+    }
+    let (b, s, n, d) = q.dims4()?;
+    let (kb, ks, kvh, kd) = k.dims4()?;
+    if (kb, ks, kd) != (b, s, d) || v.dims() != k.dims() || kvh == 0 || n % kvh != 0 {
+        bail!(
+            "causal attention: q {:?}, k {:?}, v {:?} do not fit",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    Ok(Some(q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        CausalAttention {
+            scale,
+            block: block.max(1),
+        },
+    )?))
+}
+
+struct CausalAttention {
+    scale: f32,
+    block: usize,
+}
+
+/// A pointer to the output that the tasks write disjoint elements of.
+struct OutPtr(*mut f32);
+// SAFETY: the tasks of `CausalAttention` write disjoint elements (one head's rows of one
+// query block each) and nothing reads the buffer until all of them are done.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The output pointer (a method, so closures capture the `Sync` wrapper, not the field).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl candle_core::CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let slice = |st: &'_ candle_core::CpuStorage, l: &candle_core::Layout| match (
+            st,
+            l.contiguous_offsets(),
+        ) {
+            (S::F32(x), Some((a, b))) => Ok((x[a..b].as_ptr(), b - a)),
+            _ => Err(candle_core::Error::Msg(
+                "causal-attention: contiguous f32 operands expected".into(),
+            )),
+        };
+        let (qp, ql) = slice(s1, l1)?;
+        let (kp, kl) = slice(s2, l2)?;
+        let (vp, vl) = slice(s3, l3)?;
+        let &[b, s, n, d] = l1.dims() else {
+            candle_core::bail!("causal-attention: q must be [b, s, n, d]")
+        };
+        let kvh = l2.dims()[2];
+        if ql != b * n * s * d || kl != b * kvh * s * d || vl != kl || kvh == 0 || n % kvh != 0 {
+            candle_core::bail!("causal-attention: operand sizes do not fit");
+        }
+        let g = n / kvh;
+        let c_max = self.block;
+        let blocks = s.div_ceil(c_max);
+        let mut out = vec![0f32; b * s * n * d];
+        let optr = OutPtr(out.as_mut_ptr());
+        let (qp, kp, vp) = (qp as usize, kp as usize, vp as usize);
+        let task = |t: usize| {
+            let (bi, h, blk) = (t / (n * blocks), t / blocks % n, t % blocks);
+            let kh = h / g;
+            let a = blk * c_max;
+            let c = c_max.min(s - a);
+            let j = a + c; // the block's keys: 0..j
+            let (qp, kp, vp) = (qp as *const f32, kp as *const f32, vp as *const f32);
+            let mut scores = vec![0f32; c * j];
+            let mut probs = vec![0f32; c * j];
+            // SAFETY: every pointer below stays inside its operand (sizes checked above:
+            // rows a..a+c of head h, keys 0..j of kv head kh, and the output rows a..a+c of
+            // head h, which no other task writes); `scores`/`probs` are [c, j] row-major.
+            unsafe {
+                // row i of head h: q[bi, i, h, :]; key/value jj of kv head kh: [bi, jj, kh, :]
+                let qh = qp.add(((bi * s + a) * n + h) * d);
+                let kvo = bi * s * kvh * d + kh * d;
+                let kv_rs = (kvh * d) as isize;
+                // scores [c, j] = scale · q [c, d] · kᵀ [d, j]
+                gemm::gemm(
+                    c,
+                    j,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    j as isize,
+                    false,
+                    qh,
+                    1,
+                    (n * d) as isize,
+                    kp.add(kvo),
+                    kv_rs,
+                    1,
+                    0f32,
+                    self.scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                // query a + r sees keys 0..=a+r; the rest of its row stays 0
+                for r in 0..c {
+                    let keys = a + r + 1;
+                    super::kernels::softmax_row(
+                        &scores[r * j..r * j + keys],
+                        &mut probs[r * j..r * j + keys],
+                    );
+                }
+                // out[bi, a + r, h, :] = probs [c, j] · v [j, d]
+                gemm::gemm(
+                    c,
+                    d,
+                    j,
+                    optr.get().add(((bi * s + a) * n + h) * d),
+                    1,
+                    (n * d) as isize,
+                    false,
+                    probs.as_ptr(),
+                    1,
+                    j as isize,
+                    vp.add(kvo),
+                    1,
+                    kv_rs,
+                    0f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        candle_core::utils::barrier_pool().execute_chunked(b * n * blocks, |range| {
+            range.for_each(task);
+        });
+        Ok((S::F32(out), candle_core::Shape::from((b, s, n, d))))
+    }
+}
+
+/// RoPE (rotate-half, as candle's `rope`) on the CPU in the projections' layout, f32, no
+/// gradient: x `[b, s, h, d]`, cos/sin `[s, d/2]` (row i for position i) → `[b, s, h, d]`,
+/// element for element candle's formula. Rows go on all cores (`kernels::par_rows`); candle's
+/// `rope` wants `[b, h, s, d]` (a transpose copy each way) and its `rope_thd` runs one
+/// sequence per thread. None when x is not f32 on the CPU.
+pub fn rope_bshd(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() || [x, cos, sin].iter().any(|t| t.dtype() != DType::F32) {
+        return Ok(None);
+    }
+    let (_, s, _, d) = x.dims4()?;
+    if d % 2 != 0 || cos.dims() != [s, d / 2] || sin.dims() != [s, d / 2] {
+        bail!(
+            "rope: x {:?} needs cos and sin of [{s}, {}], got {:?} and {:?}",
+            x.dims(),
+            d / 2,
+            cos.dims(),
+            sin.dims()
+        );
+    }
+    Ok(Some(x.contiguous()?.apply_op3_no_bwd(
+        &cos.contiguous()?,
+        &sin.contiguous()?,
+        &RopeBshd,
+    )?))
+}
+
+struct RopeBshd;
+
+impl candle_core::CustomOp3 for RopeBshd {
+    fn name(&self) -> &'static str {
+        "rope-bshd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        fn slice<'a>(
+            st: &'a candle_core::CpuStorage,
+            l: &candle_core::Layout,
+        ) -> candle_core::Result<&'a [f32]> {
+            match (st, l.contiguous_offsets()) {
+                (S::F32(x), Some((a, b))) => Ok(&x[a..b]),
+                _ => candle_core::bail!("rope: contiguous f32 operands expected"),
+            }
+        }
+        let (x, cos, sin) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let &[b, s, h, d] = l1.dims() else {
+            candle_core::bail!("rope: x must be [b, s, h, d]")
+        };
+        let half = d / 2;
+        if x.len() != b * s * h * d || cos.len() != s * half || sin.len() != s * half {
+            candle_core::bail!("rope: operand sizes do not fit");
+        }
+        let w = h * d;
+        let mut out = vec![0f32; x.len()];
+        if w > 0 {
+            super::kernels::par_rows(&mut out, w, |r0, dst| {
+                for (r, y) in dst.chunks_mut(w).enumerate() {
+                    let row = r0 + r;
+                    let i = row % s;
+                    let (c, sn) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+                    let xr = &x[row * w..][..w];
+                    for (yh, xh) in y.chunks_mut(d).zip(xr.chunks(d)) {
+                        let (y1, y2) = yh.split_at_mut(half);
+                        let (x1, x2) = xh.split_at(half);
+                        for k in 0..half {
+                            y1[k] = x1[k] * c[k] - x2[k] * sn[k];
+                            y2[k] = x1[k] * sn[k] + x2[k] * c[k];
+                        }
+                    }
+                }
+            });
+        }
+        Ok((S::F32(out), l1.shape().clone()))
+    }
+}

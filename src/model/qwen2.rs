@@ -522,6 +522,22 @@ impl Qwen2 {
         let g = n / kvh;
         let all: Vec<usize> = (0..s).collect();
         let (cos, sin) = self.rope_at(&all, xn.device())?;
+        // f32 on the CPU: RoPE and the attention in the projections' layout [b, s, heads, d],
+        // the attention one fused op with queries in blocks that see only their causal keys
+        if xn.device().is_cpu() && self.dtype == DType::F32 {
+            let proj = |w: &Tensor, bias: &Tensor, h: usize| -> Result<Tensor> {
+                Ok(linear(xn, w, Some(bias))?.reshape((b, s, h, d))?)
+            };
+            let rope = |t: Tensor| -> Result<Tensor> {
+                super::ops::rope_bshd(&t, &cos, &sin)?.context("RoPE: f32 on the CPU expected")
+            };
+            let q = rope(proj(&lw.wq_t, &lw.bq, n)?)?; // [b,s,n,d]
+            let k = rope(proj(&lw.wk_t, &lw.bk, kvh)?)?; // [b,s,kvh,d]
+            let v = proj(&lw.wv_t, &lw.bv, kvh)?; // [b,s,kvh,d]
+            let scale = (1.0 / (d as f64).sqrt()) as f32;
+            return super::ops::causal_attention_cpu(&q, &k, &v, scale, QUERY_BLOCK)?
+                .context("attention: f32 on the CPU expected");
+        }
         let heads = |t: Tensor, h: usize| -> Result<Tensor> {
             let t = t.reshape((b, s, h, d))?.transpose(1, 2)?.contiguous()?;
             Ok(candle_nn::rotary_emb::rope(&t, &cos, &sin)?)
