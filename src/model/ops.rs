@@ -486,6 +486,13 @@ struct CausalAttention {
     block: usize,
 }
 
+thread_local! {
+    /// `CausalAttention`'s per-thread scores and probabilities of one task (`[block, keys]`),
+    /// grown to the largest task seen.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// A pointer to the output that the tasks write disjoint elements of.
 struct OutPtr(*mut f32);
 // SAFETY: the tasks of `CausalAttention` write disjoint elements (one head's rows of one
@@ -546,69 +553,75 @@ impl candle_core::CustomOp3 for CausalAttention {
             let c = c_max.min(s - a);
             let j = a + c; // the block's keys: 0..j
             let (qp, kp, vp) = (qp as *const f32, kp as *const f32, vp as *const f32);
-            let mut scores = vec![0f32; c * j];
-            let mut probs = vec![0f32; c * j];
-            // SAFETY: every pointer below stays inside its operand (sizes checked above:
-            // rows a..a+c of head h, keys 0..j of kv head kh, and the output rows a..a+c of
-            // head h, which no other task writes); `scores`/`probs` are [c, j] row-major.
-            unsafe {
-                // row i of head h: q[bi, i, h, :]; key/value jj of kv head kh: [bi, jj, kh, :]
-                let qh = qp.add(((bi * s + a) * n + h) * d);
-                let kvo = bi * s * kvh * d + kh * d;
-                let kv_rs = (kvh * d) as isize;
-                // scores [c, j] = scale · q [c, d] · kᵀ [d, j]
-                gemm::gemm(
-                    c,
-                    j,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    j as isize,
-                    false,
-                    qh,
-                    1,
-                    (n * d) as isize,
-                    kp.add(kvo),
-                    kv_rs,
-                    1,
-                    0f32,
-                    self.scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                // query a + r sees keys 0..=a+r; the rest of its row stays 0
-                for r in 0..c {
-                    let keys = a + r + 1;
-                    super::kernels::softmax_row(
-                        &scores[r * j..r * j + keys],
-                        &mut probs[r * j..r * j + keys],
+            // per-thread scratch, kept between tasks and calls (no allocation or zeroing per
+            // task): the scores are overwritten whole, each probability row below
+            SCRATCH.with_borrow_mut(|(scores, probs)| {
+                if scores.len() < c * j {
+                    scores.resize(c * j, 0.0);
+                    probs.resize(c * j, 0.0);
+                }
+                let (scores, probs) = (&mut scores[..c * j], &mut probs[..c * j]);
+                // SAFETY: every pointer below stays inside its operand (sizes checked above:
+                // rows a..a+c of head h, keys 0..j of kv head kh, and the output rows a..a+c of
+                // head h, which no other task writes); `scores`/`probs` are [c, j] row-major.
+                unsafe {
+                    // row i of head h: q[bi, i, h, :]; key/value jj of kv head kh: [bi, jj, kh, :]
+                    let qh = qp.add(((bi * s + a) * n + h) * d);
+                    let kvo = bi * s * kvh * d + kh * d;
+                    let kv_rs = (kvh * d) as isize;
+                    // scores [c, j] = scale · q [c, d] · kᵀ [d, j]
+                    gemm::gemm(
+                        c,
+                        j,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        j as isize,
+                        false,
+                        qh,
+                        1,
+                        (n * d) as isize,
+                        kp.add(kvo),
+                        kv_rs,
+                        1,
+                        0f32,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    // query a + r sees keys 0..=a+r; the rest of its row is 0
+                    for r in 0..c {
+                        let keys = a + r + 1;
+                        let row = &mut probs[r * j..(r + 1) * j];
+                        super::kernels::softmax_row(&scores[r * j..r * j + keys], &mut row[..keys]);
+                        row[keys..].fill(0.0);
+                    }
+                    // out[bi, a + r, h, :] = probs [c, j] · v [j, d]
+                    gemm::gemm(
+                        c,
+                        d,
+                        j,
+                        optr.get().add(((bi * s + a) * n + h) * d),
+                        1,
+                        (n * d) as isize,
+                        false,
+                        probs.as_ptr(),
+                        1,
+                        j as isize,
+                        vp.add(kvo),
+                        1,
+                        kv_rs,
+                        0f32,
+                        1f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
                     );
                 }
-                // out[bi, a + r, h, :] = probs [c, j] · v [j, d]
-                gemm::gemm(
-                    c,
-                    d,
-                    j,
-                    optr.get().add(((bi * s + a) * n + h) * d),
-                    1,
-                    (n * d) as isize,
-                    false,
-                    probs.as_ptr(),
-                    1,
-                    j as isize,
-                    vp.add(kvo),
-                    1,
-                    kv_rs,
-                    0f32,
-                    1f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            });
         };
         candle_core::utils::barrier_pool().execute_chunked(b * n * blocks, |range| {
             range.for_each(task);
