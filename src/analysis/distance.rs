@@ -225,15 +225,9 @@ fn distributions(key: HeadKey, t: &Tensor) -> Result<Distributions> {
     ensure!(s > 0, "head {}-{}: the last axis is empty", key.0, key.1);
     let mut p = host_f32(t)?;
     // one pass that vectorizes (no early exit), then the first offender for the message
-    let valid = p
-        .iter()
-        .fold(true, |ok, x| ok & (x.is_finite() & (*x >= 0.0)));
-    if !valid {
-        let x = p
-            .iter()
-            .find(|x| !(x.is_finite() && **x >= 0.0))
-            .copied()
-            .unwrap_or(f32::NAN);
+    let ok = |x: &f32| x.is_finite() & (*x >= 0.0);
+    if !p.iter().fold(true, |all, x| all & ok(x)) {
+        let x = p.iter().find(|x| !ok(x)).copied().unwrap_or(f32::NAN);
         bail!(
             "head {}-{}: attention weight {x} is negative or not finite",
             key.0,
