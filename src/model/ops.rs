@@ -481,6 +481,18 @@ pub fn causal_attention_cpu(
     )?))
 }
 
+/// The elements of a contiguous f32 CPU operand of the custom op `op`.
+fn contiguous_f32<'a>(
+    st: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (st, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(x), Some((a, b))) => Ok(&x[a..b]),
+        _ => candle_core::bail!("{op}: contiguous f32 operands expected"),
+    }
+}
+
 struct CausalAttention {
     scale: f32,
     block: usize,
@@ -521,15 +533,8 @@ impl candle_core::CustomOp3 for CausalAttention {
         l3: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage as S;
-        let slice = |st: &'_ candle_core::CpuStorage, l: &candle_core::Layout| match (
-            st,
-            l.contiguous_offsets(),
-        ) {
-            (S::F32(x), Some((a, b))) => Ok((x[a..b].as_ptr(), b - a)),
-            _ => Err(candle_core::Error::Msg(
-                "causal-attention: contiguous f32 operands expected".into(),
-            )),
-        };
+        let slice =
+            |st, l| contiguous_f32(st, l, "causal-attention").map(|x| (x.as_ptr(), x.len()));
         let (qp, ql) = slice(s1, l1)?;
         let (kp, kl) = slice(s2, l2)?;
         let (vp, vl) = slice(s3, l3)?;
@@ -673,15 +678,7 @@ impl candle_core::CustomOp3 for RopeBshd {
         l3: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage as S;
-        fn slice<'a>(
-            st: &'a candle_core::CpuStorage,
-            l: &candle_core::Layout,
-        ) -> candle_core::Result<&'a [f32]> {
-            match (st, l.contiguous_offsets()) {
-                (S::F32(x), Some((a, b))) => Ok(&x[a..b]),
-                _ => candle_core::bail!("rope: contiguous f32 operands expected"),
-            }
-        }
+        let slice = |st, l| contiguous_f32(st, l, "rope");
         let (x, cos, sin) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let &[b, s, h, d] = l1.dims() else {
             candle_core::bail!("rope: x must be [b, s, h, d]")
