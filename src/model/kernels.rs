@@ -282,7 +282,9 @@ dispatch!(
 /// candle's workers, which spin for a while after each op before they park: on the 2-core
 /// development machine, moving the bf16 products and these passes onto candle's pool made the
 /// bf16-weights forward of the 0.5B shape 10–25 % faster (docs/src/performance.md). A share is
-/// taken by whichever thread is free first, and a call from inside the pool runs inline.
+/// taken by whichever thread is free first, and a call from inside the pool's workers runs
+/// inline. `f` must not run candle ops: the calling thread takes a share while it holds the
+/// pool, and a candle op would wait for the pool it holds.
 pub fn par_rows<T: Send>(dst: &mut [T], w: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let rows = dst.len().checked_div(w).unwrap_or(0);
     let pool = candle_core::utils::barrier_pool();
