@@ -195,3 +195,67 @@ fn test_section_uses_its_own_stream() {
     assert_eq!(pa.train, pb.train);
     assert_eq!(pb.test.len(), 1);
 }
+
+/// The trace the ambiguity filter leaves, which the trained organisms read (docs/src/training.md):
+/// a query cell is taken only where the hidden relation's target holds a colour no other
+/// relation's target holds, so the grids and query cells alone — no answer — name a side
+/// relation. Over the organisms' distribution (side+at, 5×5, 5 colours, three examples of four
+/// questions), the side relation whose target is unique among the query's candidate cells for
+/// the most queries is always the hidden one. If the generator stops leaving this trace, this
+/// test fails and the organisms' notes need revisiting.
+#[test]
+fn the_query_cells_alone_name_a_side_relation() {
+    let params = PuzzleParams {
+        relations: "side+at".into(),
+        n: 5,
+        m: 5,
+        n_color: 5,
+        n_train: 3,
+        q_train: 4,
+        ..PuzzleParams::default()
+    };
+    let relations = relation_set(&params.relations).unwrap();
+    let mut side_puzzles = 0;
+    for seed in 0..300 {
+        let p = gen_puzzle(&PuzzleParams {
+            seed,
+            ..params.clone()
+        })
+        .unwrap();
+        if p.rel_fn.name() == "at" {
+            continue;
+        }
+        side_puzzles += 1;
+        // per relation of the set other than `at`: the queries where its target's colour is
+        // unique among the targets of all relations
+        let unique_for = |r: &Relation| -> usize {
+            p.train
+                .iter()
+                .flat_map(|ex| ex.output.iter().map(move |qa| (ex, qa.query.key)))
+                .filter(|&(ex, (x0, y0))| {
+                    let (x, y) = r.target(x0, y0);
+                    let Some(c) = ex.input.get(x, y) else {
+                        return false;
+                    };
+                    relations
+                        .iter()
+                        .filter(|q| {
+                            let (a, b) = q.target(x0, y0);
+                            ex.input.get(a, b) == Some(c)
+                        })
+                        .count()
+                        == 1
+                })
+                .count()
+        };
+        let counts: Vec<(usize, Relation)> = relations
+            .iter()
+            .filter(|r| r.name() != "at")
+            .map(|r| (unique_for(r), *r))
+            .collect();
+        let best = counts.iter().map(|c| c.0).max().unwrap();
+        let at_best: Vec<Relation> = counts.iter().filter(|c| c.0 == best).map(|c| c.1).collect();
+        assert_eq!(at_best, vec![p.rel_fn], "seed {seed}: {counts:?}");
+    }
+    assert!(side_puzzles > 150, "{side_puzzles} side puzzles");
+}
