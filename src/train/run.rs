@@ -766,6 +766,11 @@ fn finish(t: &mut Trainer, out: &Path, elapsed_s: f64) -> Result<RunResult> {
         .iter()
         .map(|(k, &(h, a))| (k.clone(), h as f64 / a.max(1) as f64))
         .collect();
+    let acc_by_answer: Vec<f64> = e
+        .by_answer
+        .iter()
+        .map(|&(h, a)| h as f64 / a.max(1) as f64)
+        .collect();
     let tail = t.history.len().saturating_sub(100);
     let last = &t.history[tail..];
     let train_acc = last.iter().map(|l| l.answer_acc).sum::<f64>() / last.len().max(1) as f64;
@@ -785,7 +790,7 @@ fn finish(t: &mut Trainer, out: &Path, elapsed_s: f64) -> Result<RunResult> {
             "nll": e.nll,
             "per_relation_acc": per_relation,
             "wrong_answers_read_as": e.wrong_read_as,
-            "acc_by_answer": e.by_answer.iter().map(|&(h, a)| h as f64 / a.max(1) as f64).collect::<Vec<_>>(),
+            "acc_by_answer": acc_by_answer,
         },
         "config": t.cfg,
     });
@@ -821,11 +826,7 @@ fn finish(t: &mut Trainer, out: &Path, elapsed_s: f64) -> Result<RunResult> {
             .join(", "),
         out.join("model").display()
     );
-    let by: Vec<String> = e
-        .by_answer
-        .iter()
-        .map(|&(h, a)| format!("{:.3}", h as f64 / a.max(1) as f64))
-        .collect();
+    let by: Vec<String> = acc_by_answer.iter().map(|a| format!("{a:.3}")).collect();
     eprintln!(
         "  accuracy by scored answer, in prompt order: {}",
         by.join(" ")
