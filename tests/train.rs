@@ -473,7 +473,10 @@ fn the_example_training_phases_parse_and_chain() {
 fn a_trained_folder_brings_its_dataset_options_to_scripts_and_servers() {
     use minarc::backend::Backend;
     let out = tempfile::tempdir().unwrap();
-    let cfg = tiny_run(1);
+    let mut cfg = tiny_run(1);
+    // a distribution off the defaults travels too: the distinct query filter, 10 colours
+    cfg.puzzles.filter = minarc::puzzle::QueryFilter::Distinct;
+    cfg.puzzles.n_color = 10;
     let opts = RunOptions {
         out: out.path().to_path_buf(),
         resume: false,
@@ -494,7 +497,8 @@ fn a_trained_folder_brings_its_dataset_options_to_scripts_and_servers() {
         format!(
             "let m = load_model({dir:?});\nlet o = dataset_options(m);\no.seeds = [0, 2];\n\
              o.tokenizer = tokenizer(m);\nlet ds = gen_dataset(o);\n\
-             print(`${{ds.len()}} ${{ds[0].n_tokens}} ${{ds[0].answers.len()}} ${{o.n}} ${{o.Q_train}}`);\n"
+             print(`${{ds.len()}} ${{ds[0].n_tokens}} ${{ds[0].answers.len()}} ${{o.n}} ${{o.Q_train}} ${{o.filter}}`);\n\
+             print(ds[1].prompt);\n"
         ),
     )
     .unwrap();
@@ -512,10 +516,17 @@ fn a_trained_folder_brings_its_dataset_options_to_scripts_and_servers() {
         .iter()
         .filter(|t| t.kind == minarc::train::data::TargetKind::Answer { evaluated: true })
         .count();
+    let stdout = String::from_utf8_lossy(&run_out.stdout);
+    let (first, prompt) = stdout.split_once('\n').unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&run_out.stdout),
-        format!("2 {} {evaluated} 4 2\n", seqs[0].ids.len())
+        first,
+        format!("2 {} {evaluated} 4 2 distinct", seqs[0].ids.len())
     );
+    // the second seed's prompt, token for token, is the one training scored
+    let ids = tok
+        .encode(prompt.strip_suffix('\n').unwrap(), true)
+        .unwrap();
+    assert_eq!(ids.get_ids(), seqs[1].ids.as_slice());
     // through `minarc serve`, the options travel in /status
     let local = minarc::backend::Local::load(&dir, DType::F32, &Device::Cpu).unwrap();
     let want = local.dataset_options().cloned().unwrap();

@@ -8,7 +8,7 @@ use clap::{ArgAction, Args};
 use tokenizers::Tokenizer;
 
 use super::dataset::write_jsonl;
-use super::generate::{PuzzleParams, gen_puzzle};
+use super::generate::{PuzzleParams, QueryFilter, gen_puzzle};
 use super::grid::Frame;
 use super::prompt::{PromptOptions, Style};
 use super::sample::Sample;
@@ -45,6 +45,12 @@ pub struct PuzzlesArgs {
     /// Questions per test example.
     #[arg(long = "q-test", default_value_t = 1)]
     pub q_test: usize,
+    /// Which cells are asked about: unique (P5's ambiguity filter: the answer colour sits at
+    /// exactly one candidate cell) or distinct (every relation's candidate cell holds a
+    /// different colour, whatever the hidden relation; needs n-color ≥ the number of
+    /// relations, and about 8–10 colours to be quick).
+    #[arg(long, default_value = "unique")]
+    pub filter: String,
     /// Seeds: `A..B` (half-open), `A..=B`, or a single seed; one sample per seed.
     #[arg(long, default_value = "0..25")]
     pub seeds: String,
@@ -138,6 +144,7 @@ fn plan(args: &PuzzlesArgs) -> Result<Plan> {
         q_train: args.q_train,
         q_test: args.q_test,
         seed: 0,
+        filter: QueryFilter::parse(&args.filter)?,
     };
     params.validate()?;
     let opts = PromptOptions {

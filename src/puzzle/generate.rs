@@ -43,6 +43,51 @@ pub struct PuzzleParams {
     pub q_test: usize,
     /// RNG seed.
     pub seed: u64,
+    /// Which cells may be asked about (default: P5's ambiguity filter).
+    #[serde(default, skip_serializing_if = "QueryFilter::is_unique")]
+    pub filter: QueryFilter,
+}
+
+/// Which cells of a grid a puzzle may ask about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryFilter {
+    /// P5's ambiguity filter (the seed's design): a cell is asked about when the answer colour
+    /// sits at exactly one of the query's candidate cells (one per relation of the set). Which
+    /// cells pass depends on the hidden relation, so the query cells alone tell it apart (for
+    /// side+at, a no-answer rule names the relation in every puzzle checked).
+    #[default]
+    Unique,
+    /// A cell is asked about when every relation of the set has an in-bounds cell for it and
+    /// those candidate cells hold pairwise different colours. The rule does not look at the
+    /// hidden relation, so grids and query cells carry no trace of it: only the answers do.
+    /// Needs n_color ≥ the number of relations (side+at: 5), and many more for such cells to
+    /// be common (5 candidates: 3.8 % of cells at 5 colours, 30 % at 10).
+    Distinct,
+}
+
+impl QueryFilter {
+    /// Parses `unique` or `distinct`.
+    pub fn parse(s: &str) -> Result<QueryFilter> {
+        match s {
+            "unique" => Ok(QueryFilter::Unique),
+            "distinct" => Ok(QueryFilter::Distinct),
+            _ => bail!("unknown query filter {s:?} (expected unique or distinct)"),
+        }
+    }
+
+    /// The filter's name as used on the command line and in option maps.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueryFilter::Unique => "unique",
+            QueryFilter::Distinct => "distinct",
+        }
+    }
+
+    /// True for the default (which serialisation leaves out, so older files read the same).
+    pub fn is_unique(&self) -> bool {
+        *self == QueryFilter::Unique
+    }
 }
 
 impl Default for PuzzleParams {
@@ -58,6 +103,7 @@ impl Default for PuzzleParams {
             q_train: 4,
             q_test: 1,
             seed: 0,
+            filter: QueryFilter::Unique,
         }
     }
 }
@@ -95,6 +141,14 @@ impl PuzzleParams {
                 self.n_train.saturating_add(self.n_test)
             );
         }
+        if self.filter == QueryFilter::Distinct && self.n_color < relations.len() {
+            bail!(
+                "filter distinct needs at least as many colours as relations ({} relations in {:?}), got n_color={}",
+                relations.len(),
+                self.relations,
+                self.n_color
+            );
+        }
         let shape = Grid::new(self.frame, vec![vec![0; self.m]; self.n])?;
         for (section, count, q) in [
             ("Q_train", self.n_train, self.q_train),
@@ -105,6 +159,18 @@ impl PuzzleParams {
             }
             if q == 0 {
                 bail!("{section} must be at least 1");
+            }
+            if self.filter == QueryFilter::Distinct {
+                let avail = shared_cells(&shape, &relations).len();
+                if q > avail {
+                    bail!(
+                        "{section}={q} is impossible with filter distinct: only {avail} cells of a {}×{} {} grid have a cell for every relation of {:?}",
+                        self.n,
+                        self.m,
+                        self.frame.name(),
+                        self.relations
+                    );
+                }
             }
             for &r in &relations {
                 let avail = eligible_cells(&shape, r).len();
@@ -182,6 +248,35 @@ pub fn candidates(grid: &Grid, rel: Relation, relations: &[Relation]) -> Vec<(i3
         .collect()
 }
 
+/// Cells eligible for every relation of the set (x outer, y inner), independent of colours.
+pub fn shared_cells(grid: &Grid, relations: &[Relation]) -> Vec<(i32, i32)> {
+    let mut cells = match relations.first() {
+        Some(&r) => eligible_cells(grid, r),
+        None => return Vec::new(),
+    };
+    for &r in &relations[1..] {
+        let other = eligible_cells(grid, r);
+        cells.retain(|c| other.contains(c));
+    }
+    cells
+}
+
+/// Candidate query cells under [`QueryFilter::Distinct`]: cells eligible for every relation of
+/// the set whose candidate cells (one per relation) are distinct cells of pairwise different
+/// colours. The hidden relation plays no part.
+pub fn distinct_candidates(grid: &Grid, relations: &[Relation]) -> Vec<(i32, i32)> {
+    shared_cells(grid, relations)
+        .into_iter()
+        .filter(|&(x0, y0)| {
+            let mut seen = [false; MAX_COLORS];
+            relations.iter().all(|r| {
+                let c = grid[r.target(x0, y0)] as usize;
+                !std::mem::replace(&mut seen[c], true)
+            })
+        })
+        .collect()
+}
+
 /// A uniformly random grid (x outer, y inner draw order).
 fn random_grid(rng: &mut ChaCha8Rng, p: &PuzzleParams) -> Result<Grid> {
     let colors = (0..p.n)
@@ -212,7 +307,10 @@ pub fn gen_puzzle(params: &PuzzleParams) -> Result<Puzzle> {
             params.q_test
         };
         let grid = random_grid(&mut rng, params)?;
-        let cands = candidates(&grid, rel_fn, &relations);
+        let cands = match params.filter {
+            QueryFilter::Unique => candidates(&grid, rel_fn, &relations),
+            QueryFilter::Distinct => distinct_candidates(&grid, &relations),
+        };
         if cands.len() < q {
             continue;
         }
@@ -243,7 +341,7 @@ pub fn gen_puzzle(params: &PuzzleParams) -> Result<Puzzle> {
         }
     }
     bail!(
-        "seed {}: could not generate puzzle: {} of {total} examples ({} train, {} test) after {max_attempts} grid attempts (relation {}, {}×{} {} grid, n_color={}, Q_train={}, Q_test={})",
+        "seed {}: could not generate puzzle: {} of {total} examples ({} train, {} test) after {max_attempts} grid attempts (relation {}, {}×{} {} grid, n_color={}, Q_train={}, Q_test={}, filter {})",
         params.seed,
         train.len() + test.len(),
         params.n_train,
@@ -254,7 +352,8 @@ pub fn gen_puzzle(params: &PuzzleParams) -> Result<Puzzle> {
         params.frame.name(),
         params.n_color,
         params.q_train,
-        params.q_test
+        params.q_test,
+        params.filter.name()
     )
 }
 
@@ -290,6 +389,60 @@ mod tests {
         assert!(candidates(&g, Relation::LeftOf, &side).is_empty());
         assert_eq!(candidates(&g, Relation::Above, &side), vec![(1, 1)]);
         assert_eq!(candidates(&g, Relation::Below, &side), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn distinct_filter_by_hand() {
+        // The grid above: (1,1)'s five candidates are at (1,1)=0, left (0,1)=2, right (2,1)=2,
+        // above (1,0)=1, below (1,2)=3: left and right share colour 2, so the cell fails
+        // whatever the hidden relation.
+        let colors = vec![vec![0, 2, 0], vec![1, 0, 3], vec![0, 2, 0]];
+        let g = Grid::new(Frame::Corner, colors).unwrap();
+        let side_at = relation_set("side+at").unwrap();
+        assert!(distinct_candidates(&g, &side_at).is_empty());
+        // Recolour the right neighbour to 4: five different colours, so the cell passes.
+        let colors = vec![vec![0, 2, 0], vec![1, 0, 3], vec![0, 4, 0]];
+        let g = Grid::new(Frame::Corner, colors).unwrap();
+        assert_eq!(distinct_candidates(&g, &side_at), vec![(1, 1)]);
+        // The query's own colour 0 repeated at a side cell fails it again.
+        let colors = vec![vec![0, 0, 0], vec![1, 0, 3], vec![0, 4, 0]];
+        let g = Grid::new(Frame::Corner, colors).unwrap();
+        assert!(distinct_candidates(&g, &side_at).is_empty());
+        // shared_cells: the intersection of the relations' eligible cells; a set whose
+        // relations have no common cell (a side relation and a corner-frame mirror) has none.
+        let c = Grid::new(Frame::Corner, vec![vec![0; 5]; 5]).unwrap();
+        assert_eq!(shared_cells(&c, &side_at).len(), 9);
+        let mixed = relation_set("left_of,mirror_origin_of").unwrap();
+        assert!(shared_cells(&c, &mixed).is_empty());
+    }
+
+    #[test]
+    fn distinct_filter_puzzles_answer_unambiguously() {
+        let p = PuzzleParams {
+            n: 7,
+            m: 7,
+            n_color: 8,
+            n_train: 3,
+            filter: QueryFilter::Distinct,
+            ..PuzzleParams::default()
+        };
+        for seed in 0..40 {
+            let puzzle = gen_puzzle(&PuzzleParams { seed, ..p.clone() }).unwrap();
+            for ex in &puzzle.train {
+                for qa in &ex.output {
+                    let (x0, y0) = qa.query.key;
+                    let cols: Vec<u8> = puzzle
+                        .relations
+                        .iter()
+                        .map(|r| ex.input[r.target(x0, y0)])
+                        .collect();
+                    for (i, a) in cols.iter().enumerate() {
+                        assert!(!cols[i + 1..].contains(a), "seed {seed}: {cols:?}");
+                    }
+                    assert_eq!(qa.answer.value, ex.input[puzzle.rel_fn.target(x0, y0)]);
+                }
+            }
+        }
     }
 
     #[test]
@@ -329,6 +482,20 @@ mod tests {
             },
             PuzzleParams {
                 n_train: 0,
+                ..ok.clone()
+            },
+            // Five relations cannot show five different colours with four.
+            PuzzleParams {
+                n_color: 4,
+                filter: QueryFilter::Distinct,
+                ..ok.clone()
+            },
+            // side+at on 3×3: one cell has a cell for every relation.
+            PuzzleParams {
+                n: 3,
+                m: 3,
+                q_train: 2,
+                filter: QueryFilter::Distinct,
                 ..ok.clone()
             },
         ];

@@ -20,7 +20,7 @@ pub mod template;
 
 use serde::{Deserialize, Serialize};
 
-pub use generate::{PuzzleParams, gen_puzzle};
+pub use generate::{PuzzleParams, QueryFilter, gen_puzzle};
 pub use grid::{Frame, Grid};
 pub use prompt::{PromptOptions, Style};
 pub use relation::Relation;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::config::ModelConfig;
 use crate::puzzle::template::PromptTemplate;
-use crate::puzzle::{Frame, PromptOptions, PuzzleParams, Style};
+use crate::puzzle::{Frame, PromptOptions, PuzzleParams, QueryFilter, Style};
 
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -101,6 +101,10 @@ pub struct PuzzleDist {
     pub frame: Frame,
     /// Number of colours.
     pub n_color: usize,
+    /// Which cells are asked about: `unique` (P5's ambiguity filter, the default) or
+    /// `distinct` (candidate cells of pairwise different colours, independent of the hidden
+    /// relation, so only the answers carry it).
+    pub filter: QueryFilter,
     /// Numbers of train examples drawn from. The largest is the evaluation variant and must be
     /// ≥ 3 (the evaluated answers are those of the last two examples, each after a worked
     /// example); smaller ones give short sequences with one or two grids.
@@ -145,6 +149,7 @@ impl Default for PuzzleDist {
             sizes: vec![[5, 5]],
             frame: Frame::Corner,
             n_color: 5,
+            filter: QueryFilter::Unique,
             n_train: vec![3],
             q_train: 4,
             style: Style::Dict,
@@ -455,6 +460,7 @@ impl TrainConfig {
                     q_train,
                     q_test: 1,
                     seed: 0,
+                    filter: p.filter,
                 })
             })
             .collect()

@@ -593,6 +593,9 @@ pub fn dataset_options(cfg: &TrainConfig) -> serde_json::Value {
         "style": o.style,
         "remove_instructions": o.remove_instructions,
     });
+    if !v.filter.is_unique() {
+        m["filter"] = v.filter.name().into();
+    }
     if let Some(t) = &o.template {
         m["template"] = serde_json::to_value(t).unwrap_or_default();
     }

@@ -230,6 +230,7 @@ pub fn variants() -> Vec<(PuzzleParams, PromptOptions)> {
                         q_train: 2,
                         q_test: 2,
                         seed,
+                        ..PuzzleParams::default()
                     };
                     let opts = PromptOptions {
                         style,

@@ -5,7 +5,9 @@ use super::args::{RResult, guard, options};
 use crate::puzzle::dataset::{read_jsonl, write_jsonl};
 use crate::puzzle::prompt::gen_prompt;
 use crate::puzzle::sample::DEFAULT_LAST_K;
-use crate::puzzle::{Frame, PromptOptions, Puzzle, PuzzleParams, Sample, Style, gen_puzzle};
+use crate::puzzle::{
+    Frame, PromptOptions, Puzzle, PuzzleParams, QueryFilter, Sample, Style, gen_puzzle,
+};
 use crate::script::docs::Registrar;
 use crate::script::state::{HostState, lock};
 use crate::tokenizer::{fixture_tokenizer, load_tokenizer};
@@ -49,6 +51,8 @@ struct PuzzleKeys {
     q_train: Option<usize>,
     #[serde(default, rename = "Q_test", deserialize_with = "super::args::count")]
     q_test: Option<usize>,
+    #[serde(default)]
+    filter: Option<String>,
     #[serde(default, deserialize_with = "super::args::count")]
     seed: Option<usize>,
 }
@@ -120,6 +124,10 @@ pub fn puzzle_params(map: &Map) -> Result<PuzzleParams> {
         q_train: k.q_train.unwrap_or(d.q_train),
         q_test: k.q_test.unwrap_or(d.q_test),
         seed: k.seed.map_or(d.seed, |v| v as u64),
+        filter: match k.filter {
+            Some(f) => QueryFilter::parse(&f)?,
+            None => d.filter,
+        },
     })
 }
 
@@ -310,7 +318,7 @@ fn register_generation(r: &mut Registrar, state: &Arc<HostState>) {
     r.func(
         "gen_puzzle",
         "gen_puzzle(params: Map) -> Puzzle",
-        "Generate a puzzle (P5). Keys (defaults): relations (\"side+at\"), n, m (5), frame (\"corner\"), n_color (5), n_train (5), n_test (0), Q_train (4), Q_test (1), seed (0).",
+        "Generate a puzzle (P5). Keys (defaults): relations (\"side+at\"), n, m (5), frame (\"corner\"), n_color (5), n_train (5), n_test (0), Q_train (4), Q_test (1), seed (0), filter (\"unique\": P5's ambiguity filter; \"distinct\": query cells whose candidate cells all differ in colour, so only the answers tell the relation).",
         |map: Map| {
             guard("gen_puzzle", || {
                 Ok(ScriptPuzzle(Arc::new(gen_puzzle(&puzzle_params(&map)?)?)))
