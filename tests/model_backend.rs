@@ -185,11 +185,30 @@ fn attention_weights_shapes_cache_and_dataset_identity() {
         ),
         0.0
     );
+    // keys and values are kept per (sample, layer): layers 0 and 1 of a and b
+    assert_eq!(local.kv_cache_stats().0, 3);
     b.drop_dataset("b").unwrap();
     assert_eq!(local.attn_cache_stats().0, 3);
+    assert_eq!(local.kv_cache_stats().0, 2);
     assert_eq!(b.datasets().unwrap(), vec![("a".to_string(), vec![0])]);
     assert!(b.drop_dataset("b").is_err());
     assert!(!b.has_sample(&kb).unwrap());
+    // another prompt forwarded under a's key replaces the sample: nothing cached for the old
+    // one is used (the weights equal those of the same prompt under a fresh key)
+    let other_prompt = "<|im_start|>user\nA third prompt with its own tokens: R R K<|im_end|>";
+    let s1 = b
+        .forward_sample("a", &input(0, other_prompt), &CaptureSpec::full(), true)
+        .unwrap();
+    b.forward_sample("c", &input(0, other_prompt), &CaptureSpec::full(), false)
+        .unwrap();
+    let q = [s1 - 1];
+    let replaced = b.attn_weights(&ka, 1, &HeadSel::One(2), Some(&q)).unwrap();
+    let fresh = b
+        .attn_weights(&SampleKey::new("c", 0), 1, &HeadSel::One(2), Some(&q))
+        .unwrap();
+    assert_eq!(replaced.dims(), &[1, 1, s1]);
+    assert_ne!(s1, s0);
+    assert_eq!(max_diff(&replaced, &fresh), 0.0);
 }
 
 #[test]

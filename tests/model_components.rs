@@ -480,3 +480,118 @@ fn gradients_mlp_and_lm_head_objective() {
     );
     let _ = DType::F32;
 }
+
+/// `attention_weights_vjp` is the gradient of ⟨attention(w), gy⟩ with respect to the weights:
+/// against autograd through `attention` with injected weights, against central differences
+/// (exact up to rounding: the output is linear in w), for a head subset, all heads, the
+/// ZeroAfterSoftmax variant and a batch of output gradients.
+#[test]
+fn attention_weights_vjp_is_the_weights_gradient() {
+    let s = 9;
+    let (_d, m, out) = setup(s, 17);
+    let x = xn(&m, &out, 1);
+    let qp = vec![3usize, 8];
+    let xq = x
+        .index_select(&Tensor::new(&[3u32, 8], x.device()).unwrap(), 1)
+        .unwrap();
+    let e = m.config().hidden_size;
+    let all: Vec<usize> = (0..m.config().num_attention_heads).collect();
+    for (hs, no_sink, b, seed) in [
+        (vec![1usize, 2], NoSink::Off, 1usize, 40u64),
+        (all.clone(), NoSink::Off, 1, 41),
+        (vec![0], NoSink::ZeroAfterSoftmax, 1, 42),
+        (vec![3, 0], NoSink::Off, 3, 43),
+    ] {
+        let a = AttnInputs::new(&xq, &x, &x, &qp)
+            .heads(&hs)
+            .no_sink(no_sink);
+        let w = m
+            .attention_weights(1, &AttnInputs::new(&xq, &x, &x, &qp).heads(&hs))
+            .unwrap(); // [1,h,2,s]
+        let gy = randn(&[b, 2, e], seed);
+        let got = m.attention_weights_vjp(1, &a, &gy).unwrap();
+        assert_eq!(got.dims(), [b, hs.len(), 2, s]);
+        // autograd: the weights as a batch-b variable
+        let wb = Tensor::cat(&vec![w.clone(); b], 0).unwrap();
+        let wv = Var::from_tensor(&wb).unwrap();
+        let y = m.attention(1, &a.with_weights(wv.as_tensor())).unwrap();
+        let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        let want = g.get(wv.as_tensor()).unwrap();
+        assert!(
+            max_diff(&got, want) < 1e-5,
+            "{hs:?} {no_sink:?}: {}",
+            max_diff(&got, want)
+        );
+        // central differences along random directions
+        let f = |t: &Tensor| -> f64 {
+            let y = m.attention(1, &a.with_weights(t)).unwrap();
+            vals(&(&y * &gy).unwrap()).iter().map(|&v| v as f64).sum()
+        };
+        for k in 0..3 {
+            let u = randn(wb.dims(), seed * 7 + k);
+            let h = 1e-2;
+            let numeric = (f(&(&wb + (&u * h).unwrap()).unwrap())
+                - f(&(&wb - (&u * h).unwrap()).unwrap()))
+                / (2.0 * h);
+            let analytic: f64 = vals(&(&got * &u).unwrap()).iter().map(|&v| v as f64).sum();
+            assert!(
+                (analytic - numeric).abs() <= 1e-3 * numeric.abs().max(1.0),
+                "{hs:?}: analytic {analytic} vs numeric {numeric}"
+            );
+        }
+        if no_sink == NoSink::ZeroAfterSoftmax {
+            assert_eq!(max_abs(&got.narrow(3, 0, 1).unwrap()), 0.0);
+        }
+    }
+    // MaskBeforeSoftmax has no meaning for given weights: an error, as in `attention`
+    let a = AttnInputs::new(&xq, &x, &x, &qp).no_sink(NoSink::MaskBeforeSoftmax);
+    assert!(
+        m.attention_weights_vjp(1, &a, &randn(&[1, 2, e], 1))
+            .is_err()
+    );
+}
+
+/// Keys and values projected once (`kv_projection`) and passed with `with_kv` give the same
+/// weights, outputs and weight gradients as projecting xk / xv in each call, for a head subset
+/// across KV groups and for all heads; malformed ones are an error.
+#[test]
+fn given_keys_and_values_match_projected_ones() {
+    let s = 10;
+    let (_d, m, out) = setup(s, 18);
+    let x = xn(&m, &out, 1);
+    let qp = vec![4usize, 9];
+    let xq = x
+        .index_select(&Tensor::new(&[4u32, 9], x.device()).unwrap(), 1)
+        .unwrap();
+    let kv = m.kv_projection(1, &x).unwrap();
+    let n = m.config().num_attention_heads;
+    let kvh = m.config().num_kv_heads();
+    assert_eq!(kv.keys.dims(), [1, kvh, s, m.config().head_dim()]);
+    let all: Vec<usize> = (0..n).collect();
+    let gy = randn(&[1, 2, m.config().hidden_size], 50);
+    for hs in [vec![n - 1, 0], all] {
+        let plain = AttnInputs::new(&xq, &x, &x, &qp).heads(&hs);
+        let given = AttnInputs::new(&xq, &xq, &xq, &qp).heads(&hs).with_kv(&kv);
+        let d = max_diff(
+            &m.attention_weights(1, &plain).unwrap(),
+            &m.attention_weights(1, &given).unwrap(),
+        );
+        assert_eq!(d, 0.0, "weights {hs:?}");
+        let d = max_diff(
+            &m.attention(1, &plain).unwrap(),
+            &m.attention(1, &given).unwrap(),
+        );
+        assert_eq!(d, 0.0, "outputs {hs:?}");
+        let d = max_diff(
+            &m.attention_weights_vjp(1, &plain, &gy).unwrap(),
+            &m.attention_weights_vjp(1, &given, &gy).unwrap(),
+        );
+        assert_eq!(d, 0.0, "vjp {hs:?}");
+    }
+    let bad = minarc::model::KvProj {
+        keys: kv.keys.narrow(1, 0, 1).unwrap(),
+        values: kv.values.clone(),
+    };
+    let a = AttnInputs::new(&xq, &xq, &xq, &qp).with_kv(&bad);
+    assert!(m.attention_weights(1, &a).is_err());
+}

@@ -238,3 +238,63 @@ fn rope_in_the_projection_layout_is_candles_rope() {
     let x = noise(&[1, 3, 2, 4], 1.0, 1);
     assert!(rope_bshd(&x, &noise(&[2, 2], 1.0, 2), &noise(&[3, 2], 1.0, 3)).is_err());
 }
+
+/// `rope_rotate_half` takes candle's fused `rope` when no operand is tracked and the composed
+/// candle ops under autograd: both give the rotation by hand, x1·cos − x2·sin and x2·cos + x1·sin.
+#[test]
+fn rope_rotate_half_is_the_same_rotation_fused_and_composed() {
+    use candle_core::Var;
+    use minarc::model::ops::rope_rotate_half;
+    let (b, h, t, d) = (2usize, 3usize, 5usize, 8usize);
+    let x = noise(&[b, h, t, d], 1.0, 31);
+    let cos = noise(&[t, d / 2], 0.5, 32);
+    let sin = noise(&[t, d / 2], 0.5, 33);
+    let fused = rope_rotate_half(&x, &cos, &sin).unwrap();
+    let xv = Var::from_tensor(&x).unwrap();
+    let composed = rope_rotate_half(xv.as_tensor(), &cos, &sin).unwrap();
+    assert!(
+        composed.track_op(),
+        "the tracked input must stay on the autograd path"
+    );
+    let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let (c, s): (Vec<f32>, Vec<f32>) = (
+        cos.flatten_all().unwrap().to_vec1().unwrap(),
+        sin.flatten_all().unwrap().to_vec1().unwrap(),
+    );
+    let mut want = vec![0f32; xs.len()];
+    for row in 0..b * h * t {
+        let p = row % t;
+        for i in 0..d / 2 {
+            let (x1, x2) = (xs[row * d + i], xs[row * d + i + d / 2]);
+            let (ci, si) = (c[p * d / 2 + i], s[p * d / 2 + i]);
+            want[row * d + i] = x1 * ci - x2 * si;
+            want[row * d + i + d / 2] = x2 * ci + x1 * si;
+        }
+    }
+    for got in [&fused, &composed] {
+        let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+        let err = g
+            .iter()
+            .zip(&want)
+            .map(|(a, w)| (a - w).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-6, "max |Δ| {err}");
+    }
+    // the composed form passes a gradient: d Σ out / d x1 = cos + sin, d/d x2 = cos − sin
+    let g = composed.sum_all().unwrap().backward().unwrap();
+    let gx: Vec<f32> = g
+        .get(xv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for row in 0..b * h * t {
+        let p = row % t;
+        for i in 0..d / 2 {
+            let (ci, si) = (c[p * d / 2 + i], s[p * d / 2 + i]);
+            assert!((gx[row * d + i] - (ci + si)).abs() < 1e-6);
+            assert!((gx[row * d + i + d / 2] - (ci - si)).abs() < 1e-6);
+        }
+    }
+}

@@ -12,7 +12,7 @@ use super::disk;
 use super::lru::{CacheStats, Evicted, Lru};
 use super::{Act, Backend, CachedSample, HeadSel, InterveneOptions, SampleInput, SampleKey};
 use crate::ig::{self, NodeForwardRequest, NodeGrad, NodeGradRequest, ResidualRequest};
-use crate::model::components::{AttnInputs, Norm};
+use crate::model::components::{AttnInputs, KvProj, Norm};
 use crate::model::config::ModelConfig;
 use crate::model::intervene::{IntervenedRun, Intervention};
 use crate::model::loader::LoadOptions;
@@ -38,6 +38,9 @@ pub struct Local {
     dataset_options: Option<serde_json::Value>,
     store: RwLock<Store>,
     attn_cache: Mutex<HashMap<AttnKey, Tensor>>,
+    /// Keys and values per (sample, layer), shared by attention-weight reads and attn_a
+    /// backwards.
+    kv_cache: Mutex<super::kv::KvCache>,
     /// Activation-cache byte budget and LRU order (lock order: store, then lru).
     lru: Mutex<Lru>,
     /// Folder that evicted samples are written to (None: dropped and recomputed on demand).
@@ -116,6 +119,7 @@ impl Local {
             dataset_options: None,
             store: RwLock::new(HashMap::new()),
             attn_cache: Mutex::new(HashMap::new()),
+            kv_cache: Mutex::new(super::kv::KvCache::default()),
             lru: Mutex::new(Lru::default()),
             spill: Mutex::new(None),
             fingerprint: OnceLock::new(),
@@ -502,6 +506,29 @@ impl Local {
                 Some(k) => c.retain(|a, _| !(a.dataset == k.dataset && a.index == k.index)),
             }
         }
+        if let Ok(mut c) = self.kv_cache.lock() {
+            c.forget(key.map(|k| k.dataset.as_str()), key.map(|k| k.index));
+        }
+    }
+
+    /// (entries, bytes) of the keys-and-values cache.
+    pub fn kv_cache_stats(&self) -> (usize, usize) {
+        self.kv_cache.lock().map(|c| c.stats()).unwrap_or((0, 0))
+    }
+
+    /// The keys and values of `layer` for the cached sample `s` of `key`, from the cache or
+    /// computed ([`ig::layer_kv`]) and kept.
+    fn kv_of(&self, key: &SampleKey, s: &Arc<CachedSample>, layer: usize) -> Result<Arc<KvProj>> {
+        let ck = (key.dataset.clone(), key.index, layer);
+        let id = Arc::as_ptr(s) as usize;
+        if let Some(kv) = self.kv_cache.lock().ok().and_then(|mut c| c.get(&ck, id)) {
+            return Ok(kv);
+        }
+        let kv = Arc::new(ig::layer_kv(&self.model, s, layer)?);
+        if let Ok(mut c) = self.kv_cache.lock() {
+            c.insert(ck, id, kv.clone());
+        }
+        Ok(kv)
     }
 
     /// (entries, bytes) of the attention-weights cache.
@@ -580,16 +607,16 @@ impl Local {
             );
         }
         crate::model::ops::check_pos_ids(pos_ids, out.seq_len)?;
-        let hs = out.hidden_state(layer, None)?; // [1,s,e]
-        let var = out.input_norm_var(layer, None)?;
-        let xn = self.model.rms_norm(Norm::Input(layer), &hs, Some(&var))?;
+        // the query rows only are normed here: the keys come from the (sample, layer) cache
+        let hs = out.hidden_state(layer, pos_ids)?; // [1,k,e]
+        let var = out.input_norm_var(layer, pos_ids)?;
+        let xq = self.model.rms_norm(Norm::Input(layer), &hs, Some(&var))?;
         let all: Vec<usize> = (0..out.seq_len).collect();
         let q_pos = pos_ids.unwrap_or(&all);
-        let xq = match pos_ids {
-            Some(p) => xn.index_select(&crate::model::ops::index_tensor(p, xn.device())?, 1)?,
-            None => xn.clone(),
-        };
-        let a = AttnInputs::new(&xq, &xn, &xn, q_pos).heads(&list);
+        let kv = self.kv_of(key, &s, layer)?;
+        let a = AttnInputs::new(&xq, &xq, &xq, q_pos)
+            .heads(&list)
+            .with_kv(&kv);
         let mut w = to_host(self.model.attention_weights(layer, &a)?)?; // [1,h,k,s]
         if matches!(heads, HeadSel::One(_)) {
             w = w.squeeze(1)?;
@@ -813,6 +840,9 @@ impl Backend for Local {
         if let Ok(mut c) = self.attn_cache.lock() {
             c.retain(|a, _| a.dataset != dataset);
         }
+        if let Ok(mut c) = self.kv_cache.lock() {
+            c.forget(Some(dataset), None);
+        }
         Ok(())
     }
 
@@ -858,7 +888,8 @@ impl Backend for Local {
     }
 
     fn node_gradient(&self, key: &SampleKey, req: &NodeGradRequest) -> Result<NodeGrad> {
-        ig::node_gradient(&self.model, &*self.sample(key)?, req)
+        let s = self.sample(key)?;
+        ig::node_gradient_kv(&self.model, &s, req, &|l| self.kv_of(key, &s, l))
     }
 
     fn node_forward(&self, key: &SampleKey, req: &NodeForwardRequest) -> Result<Tensor> {

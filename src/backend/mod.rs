@@ -5,6 +5,7 @@
 //! Every tensor a `Backend` returns is f32 on the CPU, whatever the compute device/dtype.
 
 pub mod disk;
+pub mod kv;
 pub mod local;
 pub mod lru;
 pub mod spread;

@@ -8,7 +8,9 @@ use super::kernels::*;
 use super::node_type::NodeType;
 use super::request::*;
 use super::rule::{Completeness, IgRule};
-use crate::model::components::{NoSink, Norm};
+use std::sync::Arc;
+
+use crate::model::components::{KvProj, NoSink, Norm};
 use crate::model::ops::softmax_last;
 use crate::model::qwen2::Qwen2;
 use crate::model::sample::CachedSample;
@@ -31,8 +33,30 @@ fn output_grad(m: &Qwen2, req: &NodeGradRequest) -> Result<Tensor> {
     f32t(gy, m.device())
 }
 
+/// Where a node backward gets a layer's keys and values ([`Qwen2::kv_projection`] of the
+/// layer's full-sequence normed input): a cache keyed by (sample, layer), or [`layer_kv`].
+pub type KvSource<'a> = &'a dyn Fn(usize) -> Result<Arc<KvProj>>;
+
+/// Keys and values of layer `l` for a cached sample, computed afresh.
+pub fn layer_kv(m: &Qwen2, s: &CachedSample, l: usize) -> Result<KvProj> {
+    need_full(s, NodeType::AttnA)?;
+    let (xkv, _) = attn_inputs(m, s, l)?;
+    m.kv_projection(l, &xkv)
+}
+
 /// The node backward of A13 on one cached sample.
 pub fn node_gradient(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest) -> Result<NodeGrad> {
+    node_gradient_kv(m, s, req, &|l| layer_kv(m, s, l).map(Arc::new))
+}
+
+/// [`node_gradient`] with the keys and values of attn_a nodes from `kv` (the same numbers,
+/// shared between calls on one sample and layer).
+pub fn node_gradient_kv(
+    m: &Qwen2,
+    s: &CachedSample,
+    req: &NodeGradRequest,
+    kv: KvSource,
+) -> Result<NodeGrad> {
     let t = req.node_type;
     check_req_positions(s, &req.pos_ids, "pos_ids")?;
     check_req_positions(s, &req.src_pos_ids, "src_pos_ids")?;
@@ -56,7 +80,7 @@ pub fn node_gradient(m: &Qwen2, s: &CachedSample, req: &NodeGradRequest) -> Resu
         NodeType::AttnQ | NodeType::AttnQns | NodeType::AttnK | NodeType::AttnV => {
             attn_grad(m, s, req, rule)
         }
-        NodeType::AttnA => attn_a_grad(m, s, req, rule),
+        NodeType::AttnA => attn_a_grad(m, s, req, rule, kv),
         NodeType::Embed => bail!("the embed node has no inputs to attribute"),
     }
 }
@@ -251,19 +275,21 @@ fn attn_a_grad(
     s: &CachedSample,
     req: &NodeGradRequest,
     rule: IgRule,
+    kv: KvSource,
 ) -> Result<NodeGrad> {
     let (l, pos) = (req.layer, &req.pos_ids);
     let head = need_head(req.head, NodeType::AttnA)?;
     need_full(s, NodeType::AttnA)?;
     let hd = Head::new(m, l, head)?;
     let gy = output_grad(m, req)?;
-    let (xkv, _) = attn_inputs(m, s, l)?;
-    let xq = select_rows(&xkv, pos)?;
-    let aw = hd.probs(&xq, &xkv, pos, NoSink::Off)?.detach(); // [1,1,k,s]
-    // the scaled batch is [b,k,s]
-    let g = ig_path_grad(&aw.squeeze(1)?, &rule, &gy, |xs| {
-        hd.apply(&xs.unsqueeze(1)?, &xq, &xkv, pos)
-    })?;
+    let kv = kv(l)?;
+    let xq = attn_query_rows(m, s, l, pos)?; // [1,k,e]
+    let aw = hd.probs_kv(&xq, &kv, pos)?.detach(); // [1,1,k,s]
+    // The head's output is linear in its weights, so the gradient is the same at every point
+    // α·aw of the path: the path sum Σ_b w_b ∂/∂x_b is (Σ_b w_b) times the one VJP.
+    crate::cancel::check()?;
+    let wsum: f64 = rule.points()?.iter().map(|&(_, w)| w).sum();
+    let g = (hd.weights_vjp(&xq, &kv, pos, &gy)?.squeeze(1)? * wsum)?; // [1,k,s]
     Ok(NodeGrad {
         grad: None,
         aw: Some(aw.squeeze(1)?.to_device(&Device::Cpu)?),

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::node_type::NodeType;
 use super::rule::IgRule;
-use crate::model::components::{AttnInputs, NoSink, Norm};
+use crate::model::components::{AttnInputs, KvProj, NoSink, Norm};
 use crate::model::ops::check_positions;
 use crate::model::ops::index_tensor;
 use crate::model::qwen2::Qwen2;
@@ -60,6 +60,29 @@ impl<'m> Head<'m> {
             .heads(&self.head)
             .no_sink(no_sink);
         self.m.attention_weights(self.layer, &a)
+    }
+
+    /// The head's weights `[1,1,i,j]` (no sink handling) for xq `[1,i,e]` against given keys.
+    pub(super) fn probs_kv(&self, xq: &Tensor, kv: &KvProj, q_pos: &[usize]) -> Result<Tensor> {
+        let a = AttnInputs::new(xq, xq, xq, q_pos)
+            .heads(&self.head)
+            .with_kv(kv);
+        self.m.attention_weights(self.layer, &a)
+    }
+
+    /// ∂⟨apply(w), gy⟩/∂w `[b,1,i,j]` (the same at every w: `apply` is linear in w) for the
+    /// query-side input xq `[1,i,e]`, given values, gy `[1,i,e]`.
+    pub(super) fn weights_vjp(
+        &self,
+        xq: &Tensor,
+        kv: &KvProj,
+        q_pos: &[usize],
+        gy: &Tensor,
+    ) -> Result<Tensor> {
+        let a = AttnInputs::new(xq, xq, xq, q_pos)
+            .heads(&self.head)
+            .with_kv(kv);
+        self.m.attention_weights_vjp(self.layer, &a, gy)
     }
 
     /// The head's residual contribution `[b,i,e]` from weights `[b|1,1,i,j]`, the query-side
@@ -208,6 +231,19 @@ pub(super) fn need_full(s: &CachedSample, t: NodeType) -> Result<()> {
          positions only"
     );
     Ok(())
+}
+
+/// The normed attention input of layer `l` at the rows `pos` only `[1,k,e]` (the query side,
+/// with the cached variance; the same rows as selecting them from [`attn_inputs`]).
+pub(super) fn attn_query_rows(
+    m: &Qwen2,
+    s: &CachedSample,
+    l: usize,
+    pos: &[usize],
+) -> Result<Tensor> {
+    let hs = s.outputs.hidden_state(l, Some(pos))?;
+    let var = s.outputs.input_norm_var(l, Some(pos))?;
+    normed(m, Norm::Input(l), &hs, &var)
 }
 
 /// (full-sequence normed input `[1,s,e]`, its variance `[1,s,1]`) of a layer's attention.

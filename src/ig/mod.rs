@@ -15,7 +15,7 @@ pub mod residual;
 pub mod rule;
 pub mod wire;
 
-pub use backward::node_gradient;
+pub use backward::{KvSource, layer_kv, node_gradient, node_gradient_kv};
 pub use forward::node_forward;
 pub use node_type::NodeType;
 pub use request::{

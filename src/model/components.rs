@@ -62,6 +62,37 @@ pub struct AttnInputs<'a> {
     pub attn_weights: Option<&'a Tensor>,
     /// Sink handling.
     pub no_sink: NoSink,
+    /// Keys and values computed beforehand ([`Qwen2::kv_projection`] of the key/value-side
+    /// input): used instead of projecting xk and xv, which are then ignored (pass any
+    /// `[b|1,·,e]` tensor, e.g. xq). Not for gradients with respect to xk or xv.
+    pub kv: Option<&'a KvProj>,
+}
+
+/// Keys (after RoPE) and values of every KV head of a layer over key positions 0..j:
+/// both `[b,kvh,j,d]` in the compute dtype ([`Qwen2::kv_projection`]).
+#[derive(Debug, Clone)]
+pub struct KvProj {
+    /// Keys after RoPE `[b,kvh,j,d]`.
+    pub keys: Tensor,
+    /// Values `[b,kvh,j,d]`.
+    pub values: Tensor,
+}
+
+impl KvProj {
+    /// Number of key positions j.
+    pub fn len(&self) -> usize {
+        self.keys.dims().get(2).copied().unwrap_or(0)
+    }
+
+    /// True when there are no key positions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by the two tensors.
+    pub fn bytes(&self) -> usize {
+        (self.keys.elem_count() + self.values.elem_count()) * self.keys.dtype().size_in_bytes()
+    }
 }
 
 impl<'a> AttnInputs<'a> {
@@ -75,6 +106,7 @@ impl<'a> AttnInputs<'a> {
             heads: None,
             attn_weights: None,
             no_sink: NoSink::Off,
+            kv: None,
         }
     }
     /// Restricts to the given query heads.
@@ -91,6 +123,11 @@ impl<'a> AttnInputs<'a> {
     /// Sets the sink handling.
     pub fn no_sink(mut self, no_sink: NoSink) -> Self {
         self.no_sink = no_sink;
+        self
+    }
+    /// Uses keys and values computed beforehand (see [`AttnInputs::kv`]).
+    pub fn with_kv(mut self, kv: &'a KvProj) -> Self {
+        self.kv = Some(kv);
         self
     }
 }
@@ -176,11 +213,26 @@ impl Qwen2 {
         self.cfg.check_layer(layer)?;
         let (heads, all_heads) = self.resolve_heads(a.heads)?;
         let (_, i) = self.check_hidden(a.xq, "xq")?;
-        let (_, j) = self.check_hidden(a.xk, "xk")?;
-        let (_, jv) = self.check_hidden(a.xv, "xv")?;
-        if jv != j {
-            bail!("xk has {j} positions but xv has {jv}");
-        }
+        let j = match a.kv {
+            Some(kv) => {
+                let (kvh, d) = (self.cfg.num_kv_heads(), self.cfg.head_dim());
+                let (kd, vd) = (kv.keys.dims(), kv.values.dims());
+                if kd.len() != 4 || kd[1] != kvh || kd[3] != d || vd != kd {
+                    bail!(
+                        "given keys/values must both be [b|1,{kvh},j,{d}], got {kd:?} and {vd:?}"
+                    );
+                }
+                kd[2]
+            }
+            None => {
+                let (_, j) = self.check_hidden(a.xk, "xk")?;
+                let (_, jv) = self.check_hidden(a.xv, "xv")?;
+                if jv != j {
+                    bail!("xk has {j} positions but xv has {jv}");
+                }
+                j
+            }
+        };
         if a.q_pos.len() != i {
             bail!(
                 "q_pos has {} entries but xq has {i} positions",
@@ -194,7 +246,10 @@ impl Qwen2 {
         {
             bail!("query position {p} out of range: keys cover positions 0..{j}");
         }
-        broadcast_batch(&[("xq", a.xq), ("xk", a.xk), ("xv", a.xv)])?;
+        match a.kv {
+            Some(kv) => broadcast_batch(&[("xq", a.xq), ("keys", &kv.keys)])?,
+            None => broadcast_batch(&[("xq", a.xq), ("xk", a.xk), ("xv", a.xv)])?,
+        };
         Ok(AttnShape {
             heads,
             all_heads,
@@ -212,6 +267,22 @@ impl Qwen2 {
     /// Projects x `[b,t,e]` with the key or value weights of the KV groups used by `heads`,
     /// then expands groups to heads: → `[b,h,t,d]` (RoPE applied for keys, positions 0..t).
     fn kv_heads(&self, layer: usize, x: &Tensor, sh: &AttnShape, is_key: bool) -> Result<Tensor> {
+        let mut groups: Vec<usize> = sh.heads.iter().map(|&h| self.cfg.kv_group(h)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let y = self.kv_groups(layer, x, &groups, is_key)?;
+        self.groups_to_heads(&y, &groups, sh)
+    }
+
+    /// The keys or values of the sorted KV `groups` of x `[b,t,e]` → `[b,G,t,d]` (RoPE applied
+    /// for keys, positions 0..t).
+    fn kv_groups(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        groups: &[usize],
+        is_key: bool,
+    ) -> Result<Tensor> {
         let lw = self.w.layer(layer)?;
         let d = self.cfg.head_dim();
         let (w, bias) = if is_key {
@@ -219,9 +290,6 @@ impl Qwen2 {
         } else {
             (&lw.wv_t, &lw.bv)
         };
-        let mut groups: Vec<usize> = sh.heads.iter().map(|&h| self.cfg.kv_group(h)).collect();
-        groups.sort_unstable();
-        groups.dedup();
         let all_groups = groups.len() == self.cfg.num_kv_heads();
         let y = if all_groups {
             linear(x, w, Some(bias))?
@@ -249,16 +317,57 @@ impl Qwen2 {
             let (cos, sin) = self.rope_at(&pos, y.device())?;
             y = rope_rotate_half(&y, &cos, &sin)?;
         }
-        // group slot of each selected head
+        Ok(y)
+    }
+
+    /// `[b,G,t,d]` of the sorted KV `groups` → `[b,h,t,d]`, one slice per selected head.
+    fn groups_to_heads(&self, y: &Tensor, groups: &[usize], sh: &AttnShape) -> Result<Tensor> {
         let slots: Vec<usize> = sh
             .heads
             .iter()
             .map(|&h| groups.binary_search(&self.cfg.kv_group(h)).unwrap_or(0))
             .collect();
         if slots.len() == groups.len() && slots.iter().enumerate().all(|(a, &b)| a == b) {
-            return Ok(y);
+            return Ok(y.clone());
         }
         Ok(y.index_select(&index_tensor(&slots, y.device())?, 1)?)
+    }
+
+    /// The selected heads' keys (`is_key`) or values `[b,h,j,d]`: from `a.kv` when given, else
+    /// projected from xk / xv.
+    fn heads_kv(
+        &self,
+        layer: usize,
+        a: &AttnInputs,
+        sh: &AttnShape,
+        is_key: bool,
+    ) -> Result<Tensor> {
+        let dev = self.layer_device(layer);
+        match a.kv {
+            Some(kv) => {
+                let all: Vec<usize> = (0..self.cfg.num_kv_heads()).collect();
+                let y = if is_key { &kv.keys } else { &kv.values };
+                self.groups_to_heads(&y.to_device(dev)?.to_dtype(self.dtype)?, &all, sh)
+            }
+            None => {
+                let x = self.prep_on(if is_key { a.xk } else { a.xv }, dev)?;
+                self.kv_heads(layer, &x, sh, is_key)
+            }
+        }
+    }
+
+    /// Keys (after RoPE) and values of every KV head of `layer` for the input-normed x
+    /// `[b,j,e]` (positions 0..j): what [`AttnInputs::with_kv`] takes, so that calls on the same
+    /// keys share one projection.
+    pub fn kv_projection(&self, layer: usize, x: &Tensor) -> Result<KvProj> {
+        self.cfg.check_layer(layer)?;
+        self.check_hidden(x, "x")?;
+        let x = self.prep_on(x, self.layer_device(layer))?;
+        let all: Vec<usize> = (0..self.cfg.num_kv_heads()).collect();
+        Ok(KvProj {
+            keys: self.kv_groups(layer, &x, &all, true)?,
+            values: self.kv_groups(layer, &x, &all, false)?,
+        })
     }
 
     /// Computed post-softmax weights `[b,h,i,j]` f32.
@@ -268,7 +377,6 @@ impl Qwen2 {
         let h = sh.heads.len();
         let dev = lw.wq_t.device();
         let xq = self.prep_on(a.xq, dev)?;
-        let xk = self.prep_on(a.xk, dev)?;
         let q = if sh.all_heads {
             linear(&xq, &lw.wq_t, Some(&lw.bq))?
         } else {
@@ -283,13 +391,13 @@ impl Qwen2 {
         let q = q.reshape((bq, sh.i, h, d))?.transpose(1, 2)?.contiguous()?; // [bq,h,i,d]
         let (cos, sin) = self.rope_at(a.q_pos, dev)?;
         let q = rope_rotate_half(&q, &cos, &sin)?;
-        let k = self.kv_heads(layer, &xk, sh, true)?; // [bk,h,j,d]
+        let k = self.heads_kv(layer, a, sh, true)?; // [bk,h,j,d]
         let b = q.dim(0)?.max(k.dim(0)?);
         let q = expand_batch(&q, b)?;
         let k = expand_batch(&k, b)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores =
-            (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
+        // the product reads kᵀ through its strides: no transposed copy of the keys
+        let scores = (q.matmul(&k.transpose(2, 3)?)? * scale)?.to_dtype(DType::F32)?;
         let sink = (a.no_sink == NoSink::MaskBeforeSoftmax).then_some(0);
         let mask = query_mask(a.q_pos, sh.j, sink, dev)?; // [i,j]
         let mut w = softmax_last(&scores.broadcast_add(&mask)?)?;
@@ -357,8 +465,7 @@ impl Qwen2 {
         }
         .to_dtype(self.dtype)?; // [bw,h,i,j]
         let dev = self.layer_device(layer);
-        let xv = self.prep_on(a.xv, dev)?;
-        let v = self.kv_heads(layer, &xv, &sh, false)?; // [bv,h,j,d]
+        let v = self.heads_kv(layer, a, &sh, false)?; // [bv,h,j,d]
         let b = w.dim(0)?.max(v.dim(0)?).max(a.xq.dim(0)?);
         let o = expand_batch(&w, b)?.matmul(&expand_batch(&v, b)?)?; // [b,h,i,d]
         let h = sh.heads.len();
@@ -370,6 +477,56 @@ impl Qwen2 {
         } else {
             let idx = index_tensor(&self.head_cols(&sh.heads), dev)?;
             linear(&o, &lw.wo_t.index_select(&idx, 0)?, None)?
+        })
+    }
+
+    /// The vector–Jacobian product of [`Qwen2::attention`] with respect to its attention
+    /// weights: gw\[b,h,i,j\] = Σ_e gy\[b,i,e\] · (v_hj W_o,h)\[e\] = (gy W_o,hᵀ)\[b,h,i,:\] · v\[b,h,j,:\].
+    /// The output is linear in the weights, so this is its exact gradient at any weights: no
+    /// forward pass, no autograd. Same arguments as `attention` (xq gives the query count; the
+    /// weights themselves are not needed and `a.attn_weights` is ignored); `ZeroAfterSoftmax`
+    /// zeroes column 0, whose weight `attention` discards. gy `[b|1,i,e]` → `[b,h,i,j]` f32.
+    pub fn attention_weights_vjp(
+        &self,
+        layer: usize,
+        a: &AttnInputs,
+        gy: &Tensor,
+    ) -> Result<Tensor> {
+        let sh = self.attn_shape(layer, a)?;
+        let (_, ig) = self.check_hidden(gy, "gy")?;
+        if ig != sh.i {
+            bail!("gy has {ig} positions but xq has {}", sh.i);
+        }
+        match a.kv {
+            Some(kv) => broadcast_batch(&[("values", &kv.values), ("gy", gy)])?,
+            None => broadcast_batch(&[("xv", a.xv), ("gy", gy)])?,
+        };
+        if a.no_sink == NoSink::MaskBeforeSoftmax {
+            bail!("no_sink MaskBeforeSoftmax does not apply to given attention weights");
+        }
+        let (h, d) = (sh.heads.len(), self.cfg.head_dim());
+        let dev = self.layer_device(layer);
+        let v = self.heads_kv(layer, a, &sh, false)?; // [bv,h,j,d]
+        let lw = self.w.layer(layer)?;
+        let wo = if sh.all_heads {
+            lw.wo_t.clone()
+        } else {
+            let idx = index_tensor(&self.head_cols(&sh.heads), dev)?;
+            lw.wo_t.index_select(&idx, 0)?
+        }; // [h·d, e]
+        let wo = wo.to_dtype(self.dtype)?.t()?.contiguous()?; // [e, h·d]
+        let gy = self.prep_on(gy, dev)?;
+        let bg = gy.dim(0)?;
+        let gh = linear(&gy, &wo, None)? // [bg,i,h·d]
+            .reshape((bg, sh.i, h, d))?
+            .transpose(1, 2)?
+            .contiguous()?; // [bg,h,i,d]
+        let b = bg.max(v.dim(0)?);
+        let vt = expand_batch(&v, b)?.transpose(2, 3)?; // [b,h,d,j], read through its strides
+        let gw = expand_batch(&gh, b)?.matmul(&vt)?.to_dtype(DType::F32)?; // [b,h,i,j]
+        self.home(match a.no_sink {
+            NoSink::ZeroAfterSoftmax => zero_sink(&gw)?,
+            _ => gw,
         })
     }
 

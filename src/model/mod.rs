@@ -22,7 +22,7 @@ pub mod qwen2;
 pub mod sample;
 pub mod weights;
 
-pub use components::{AttnInputs, NoSink, Norm};
+pub use components::{AttnInputs, KvProj, NoSink, Norm};
 pub use config::{ModelConfig, parse_device, parse_dtype};
 pub use intervene::{Edit, EditKind, IntervenedRun, Intervention, Site};
 pub use loader::LoadOptions;

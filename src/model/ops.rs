@@ -235,9 +235,19 @@ impl candle_core::CustomOp2 for SwiGlu {
 
 /// Rotate-half RoPE (autograd-safe): x `[b,h,t,d]`, cos/sin `[t, d/2]` → `[b,h,t,d]`.
 /// out1 = x1·cos − x2·sin, out2 = x2·cos + x1·sin with x1/x2 the two halves of d.
+/// When no operand is tracked by autograd the fused `candle_nn::rotary_emb::rope` computes the
+/// same products in one pass (it passes no gradient, so tracked operands take the composed form).
 pub fn rope_rotate_half(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     let half = d / 2;
+    let untracked = ![x, cos, sin].iter().any(|t| t.track_op());
+    if untracked && x.rank() == 4 && cos.dims() == [x.dim(2)?, half] && cos.dims() == sin.dims() {
+        return Ok(candle_nn::rotary_emb::rope(
+            &x.contiguous()?,
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+        )?);
+    }
     let cos = Tensor::cat(&[cos, cos], D::Minus1)?
         .unsqueeze(0)?
         .unsqueeze(0)?;
