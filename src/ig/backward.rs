@@ -1,6 +1,8 @@
 //! The node backward of A13 on one cached sample: the path-averaged gradient of a node's
 //! output (against its downstream gradient) with respect to its attributed input.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor};
 
@@ -8,8 +10,6 @@ use super::kernels::*;
 use super::node_type::NodeType;
 use super::request::*;
 use super::rule::{Completeness, IgRule};
-use std::sync::Arc;
-
 use crate::model::components::{KvProj, NoSink, Norm};
 use crate::model::ops::softmax_last;
 use crate::model::qwen2::Qwen2;
