@@ -439,14 +439,29 @@ fn the_example_training_config_parses_and_trains() {
     assert!(out.path().join("checkpoints/step-0000002.json").is_file());
 }
 
-/// The three phases of run K chain: each starts from the previous phase's checkpoint
-/// (one step each here; the commands are in each file's header).
+/// The three phases of run K, and the three of run Q, chain: each starts from the previous
+/// phase's checkpoint (one step each here; the commands are in each file's header).
 #[test]
 fn the_example_training_phases_parse_and_chain() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/organism");
+    for run in [
+        ["phase1", "phase2", "phase3"],
+        ["distinct-phase1", "distinct-phase1c", "distinct-phase2"],
+    ] {
+        chain_phases(&dir, &run);
+    }
+    let q = TrainConfig::from_file(&dir.join("distinct-phase2.toml")).unwrap();
+    assert_eq!(q.puzzles.filter, minarc::puzzle::QueryFilter::Distinct);
+    assert_eq!(
+        q.eval_variant().filter,
+        minarc::puzzle::QueryFilter::Distinct
+    );
+}
+
+fn chain_phases(dir: &std::path::Path, phases: &[&str]) {
     let out = tempfile::tempdir().unwrap();
     let mut init: Option<std::path::PathBuf> = None;
-    for phase in ["phase1", "phase2", "phase3"] {
+    for &phase in phases {
         let cfg = TrainConfig::from_file(&dir.join(format!("{phase}.toml"))).unwrap();
         assert_eq!(cfg.model.layers, 4, "{phase}");
         let o = out.path().join(phase);
