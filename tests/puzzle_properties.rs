@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use minarc::puzzle::generate::trace_winners;
 use minarc::puzzle::relation::{Relation, RelationType, relation_set};
 use minarc::puzzle::{Frame, Grid, Puzzle, PuzzleParams, QueryFilter, gen_puzzle};
 
@@ -209,6 +210,8 @@ fn the_query_cells_alone_name_a_side_relation() {
     for p in side_at_puzzles(5, QueryFilter::Unique, 0..300) {
         side_puzzles += 1;
         assert_eq!(trace_rule(&p), vec![p.rel_fn], "seed {}", p.params.seed);
+        // the library's rule (over all five relations, `at` included) agrees
+        assert_eq!(trace_winners(&p), vec![p.rel_fn], "seed {}", p.params.seed);
     }
     assert!(side_puzzles > 150, "{side_puzzles} side puzzles");
 }
@@ -222,6 +225,7 @@ fn under_the_distinct_filter_the_query_cells_tell_nothing() {
     for p in side_at_puzzles(10, QueryFilter::Distinct, 0..300) {
         side_puzzles += 1;
         assert_eq!(trace_rule(&p).len(), 4, "seed {}", p.params.seed);
+        assert_eq!(trace_winners(&p).len(), 5, "seed {}", p.params.seed);
     }
     assert!(side_puzzles > 150, "{side_puzzles} side puzzles");
 }

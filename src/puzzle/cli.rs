@@ -8,7 +8,7 @@ use clap::{ArgAction, Args};
 use tokenizers::Tokenizer;
 
 use super::dataset::write_jsonl;
-use super::generate::{PuzzleParams, QueryFilter, gen_puzzle};
+use super::generate::{PuzzleParams, QueryFilter, gen_puzzle, trace_winners};
 use super::grid::Frame;
 use super::prompt::{PromptOptions, Style};
 use super::sample::Sample;
@@ -211,10 +211,21 @@ fn summary(samples: &[Sample]) -> String {
         (Some(a), Some(b)) => format!("{a}..{b} tokens"),
         _ => "no tokenizer".to_string(),
     };
+    // the trace of the query filter: puzzles whose query cells alone name the hidden relation
+    let named = samples
+        .iter()
+        .filter_map(|s| s.puzzle.as_ref())
+        .filter(|p| trace_winners(p) == [p.rel_fn])
+        .count();
+    let filter = samples
+        .first()
+        .map_or("unique", |s| s.params.puzzle.filter.name());
     format!(
-        "{} samples; relations: {}; {tokens}",
+        "{} samples; relations: {}; {tokens}; filter {filter}: the query cells alone name the \
+         hidden relation in {named} of {}",
         samples.len(),
-        hist.join(", ")
+        hist.join(", "),
+        samples.len()
     )
 }
 

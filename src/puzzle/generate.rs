@@ -277,6 +277,32 @@ pub fn distinct_candidates(grid: &Grid, relations: &[Relation]) -> Vec<(i32, i32
         .collect()
 }
 
+/// What the query cells alone say about the hidden relation, reading no answer: the relations
+/// of the set whose candidate cell holds a colour no other candidate cell holds at the most
+/// queries of the train examples. Under [`QueryFilter::Unique`] the hidden relation's cell always
+/// does, so a single winner usually names it; under [`QueryFilter::Distinct`] every relation's
+/// cell always does, so all relations tie.
+pub fn trace_winners(p: &Puzzle) -> Vec<Relation> {
+    let unique_at = |r: Relation| -> usize {
+        p.train
+            .iter()
+            .flat_map(|ex| ex.output.iter().map(move |qa| (&ex.input, qa.query.key)))
+            .filter(|&(g, (x0, y0))| {
+                let (x, y) = r.target(x0, y0);
+                g.get(x, y)
+                    .is_some_and(|c| count_matching(g, &p.relations, x0, y0, c) == 1)
+            })
+            .count()
+    };
+    let counts: Vec<(Relation, usize)> = p.relations.iter().map(|&r| (r, unique_at(r))).collect();
+    let best = counts.iter().map(|c| c.1).max().unwrap_or(0);
+    counts
+        .into_iter()
+        .filter(|c| c.1 == best)
+        .map(|c| c.0)
+        .collect()
+}
+
 /// A uniformly random grid (x outer, y inner draw order).
 fn random_grid(rng: &mut ChaCha8Rng, p: &PuzzleParams) -> Result<Grid> {
     let colors = (0..p.n)
@@ -443,6 +469,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_trace_by_hand() {
+        // One 3×3 example, side+at, query (1,1): at=0, left (0,1)=2, right (2,1)=2, above
+        // (1,0)=1, below (1,2)=3. Unique colours: at, above, below; left and right share 2.
+        let colors = vec![vec![0, 2, 0], vec![1, 0, 3], vec![0, 2, 0]];
+        let g = Grid::new(Frame::Corner, colors).unwrap();
+        let relations = relation_set("side+at").unwrap();
+        let qa = |t: (i32, i32)| Qa {
+            query: Item::new((1, 1), 0),
+            answer: Item::new(t, g[t]),
+        };
+        let puzzle = |out: Vec<Qa>| Puzzle {
+            rel_fn: Relation::Above,
+            relations: relations.clone(),
+            params: PuzzleParams::default(),
+            train: vec![Example {
+                input: g.clone(),
+                output: out,
+                input_ranges: None,
+            }],
+            test: Vec::new(),
+        };
+        let mut w = trace_winners(&puzzle(vec![qa((1, 0))]));
+        w.sort_by_key(|r| r.name());
+        let mut want = vec![Relation::At, Relation::Above, Relation::Below];
+        want.sort_by_key(|r| r.name());
+        assert_eq!(w, want);
     }
 
     #[test]
