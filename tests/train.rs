@@ -439,16 +439,22 @@ fn the_example_training_config_parses_and_trains() {
     assert!(out.path().join("checkpoints/step-0000002.json").is_file());
 }
 
-/// The three phases of run K, and the three of run Q, chain: each starts from the previous
+/// The three phases of run K, and the four of run Q, chain: each starts from the previous
 /// phase's checkpoint (one step each here; the commands are in each file's header).
 #[test]
 fn the_example_training_phases_parse_and_chain() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/organism");
     for run in [
-        ["phase1", "phase2", "phase3"],
-        ["distinct-phase1", "distinct-phase1c", "distinct-phase2"],
+        ["phase1", "phase2", "phase3"].as_slice(),
+        [
+            "distinct-phase1",
+            "distinct-phase1c",
+            "distinct-phase1d",
+            "distinct-phase2",
+        ]
+        .as_slice(),
     ] {
-        chain_phases(&dir, &run);
+        chain_phases(&dir, run);
     }
     let q = TrainConfig::from_file(&dir.join("distinct-phase2.toml")).unwrap();
     assert_eq!(q.puzzles.filter, minarc::puzzle::QueryFilter::Distinct);
