@@ -93,7 +93,6 @@ impl KvCache {
     /// Drops the entries of one sample (`index` Some), of a dataset (None), or all (`dataset`
     /// None).
     pub fn forget(&mut self, dataset: Option<&str>, index: Option<usize>) {
-        let before: usize = self.bytes;
         let mut freed = 0;
         self.map.retain(|(d, i, _), e| {
             let hit = dataset.is_none_or(|ds| ds == d) && index.is_none_or(|ix| ix == *i);
@@ -102,7 +101,7 @@ impl KvCache {
             }
             !hit
         });
-        self.bytes = before - freed;
+        self.bytes -= freed;
     }
 
     /// (entries, bytes).
